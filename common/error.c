@@ -1,0 +1,86 @@
+#include "error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+const char *corral_err_name(int code)
+{
+    switch (code) {
+#define XX(name, val, http, msg) case val: return #name;
+        CORRAL_ERR_MAP(XX)
+#undef XX
+    }
+    return "EUNKNOWN";
+}
+
+const char *corral_strerror(int code)
+{
+    switch (code) {
+#define XX(name, val, http, msg) case val: return msg;
+        CORRAL_ERR_MAP(XX)
+#undef XX
+    }
+    return "unknown error";
+}
+
+int corral_err_http_status(int code)
+{
+    switch (code) {
+#define XX(name, val, http, msg) case val: return http;
+        CORRAL_ERR_MAP(XX)
+#undef XX
+    }
+    return 500;
+}
+
+int corral_err_known(int code)
+{
+    switch (code) {
+#define XX(name, val, http, msg) case val: return 1;
+        CORRAL_ERR_MAP(XX)
+#undef XX
+    }
+    return 0;
+}
+
+int cerr_set(struct cerr *e, int code, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        e->code = code;
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int cerr_prefix(struct cerr *e, const char *fmt, ...)
+{
+    if (!e)
+        return CORRAL_EINTERNAL;
+    char head[CERR_MSG_MAX], old[CERR_MSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(head, sizeof head, fmt, ap);
+    va_end(ap);
+    memcpy(old, e->msg, sizeof old);
+    /* Truncation is acceptable: the message is for people and stays bounded. */
+    size_t hl = strnlen(head, sizeof e->msg - 3);
+    memcpy(e->msg, head, hl);
+    memcpy(e->msg + hl, ": ", 2);
+    size_t room = sizeof e->msg - hl - 3;
+    size_t ol = strnlen(old, room);
+    memcpy(e->msg + hl + 2, old, ol);
+    e->msg[hl + 2 + ol] = '\0';
+    return e->code;
+}
+
+void cerr_clear(struct cerr *e)
+{
+    if (e) {
+        e->code = CORRAL_OK;
+        e->msg[0] = '\0';
+    }
+}
