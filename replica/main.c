@@ -1,0 +1,226 @@
+/*
+ * corral-replica: serves one version of one model over NNG.
+ *
+ * Start-up order matters: the model is loaded, checked against its config and
+ * its parity vectors replayed before the socket is opened, so a replica that
+ * answers is always one whose numbers were verified. Any failure before that
+ * prints one line naming the problem and exits 1.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "log.h"
+#include "model_repo.h"
+#include "parity.h"
+#include "server.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: corral-replica --model-repo DIR --model NAME [--version N] --listen URL\n"
+            "                      [--device cpu] [--threads N] [--contexts N] [--log-level LEVEL]\n"
+            "       corral-replica --model-repo DIR --model NAME [--version N] --verify\n"
+            "\n"
+            "Loads models/NAME/<version>/model.onnx (the highest version when none is given),\n"
+            "replays its parity vectors and, when they match, serves infer, metadata and health\n"
+            "requests on an NNG REP socket at URL (e.g. tcp://127.0.0.1:9101; port 0 picks one).\n"
+            "\n"
+            "  --model-repo DIR   model repository root (holds NAME/config.json)\n"
+            "  --model NAME       model to serve\n"
+            "  --version N        version directory to load (default: highest)\n"
+            "  --listen URL       NNG URL to serve on\n"
+            "  --device DEV       cpu (default); cuda:N needs a CUDA build and device\n"
+            "  --threads N        compute threads for the CPU backend (default 1)\n"
+            "  --contexts N       requests accepted at once (default 64)\n"
+            "  --verify           check the parity vectors, print the max abs difference per\n"
+            "                     output and exit 0 (within tolerance) or 1\n"
+            "  --log-level L      debug, info, warn or error (default info)\n");
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* The config is what clients are told; the graph is what runs: they must agree. */
+static int check_config_matches(const struct model_config *cfg, const struct engine *eng,
+                                struct cerr *e)
+{
+    if (cfg->n_inputs != engine_num_inputs(eng) || cfg->n_outputs != engine_num_outputs(eng))
+        return cerr_set(e, CORRAL_EINVAL,
+                        "config.json declares %zu inputs and %zu outputs, model.onnx has %zu and %zu",
+                        cfg->n_inputs, cfg->n_outputs, engine_num_inputs(eng),
+                        engine_num_outputs(eng));
+    for (size_t i = 0; i < cfg->n_inputs + cfg->n_outputs; i++) {
+        int is_in = i < cfg->n_inputs;
+        size_t k = is_in ? i : i - cfg->n_inputs;
+        const struct model_io *c = is_in ? &cfg->inputs[k] : &cfg->outputs[k];
+        const struct engine_io_info *g = is_in ? engine_input(eng, k) : engine_output(eng, k);
+        if (strcmp(c->name, g->name) != 0 || c->dtype != g->dtype || c->ndim != g->ndim)
+            return cerr_set(e, CORRAL_EINVAL,
+                            "config.json %s %zu is '%s' %s rank %d, model.onnx has '%s' %s rank %d",
+                            is_in ? "input" : "output", k, c->name, dtype_name(c->dtype), c->ndim,
+                            g->name, dtype_name(g->dtype), g->ndim);
+    }
+    return CORRAL_OK;
+}
+
+int main(int argc, char **argv)
+{
+    const char *repo = NULL, *model = NULL, *listen = NULL, *device = "cpu";
+    long version = 0, threads = 1, contexts = 64;
+    int verify = 0, rc = 1;
+    struct model_config cfg;
+    struct engine *eng = NULL;
+    struct replica_server *srv = NULL;
+    struct cerr e = {0};
+    int have_cfg = 0;
+
+    static const struct option opts[] = {
+        {"model-repo", required_argument, 0, 'r'}, {"model", required_argument, 0, 'm'},
+        {"version", required_argument, 0, 'v'},    {"listen", required_argument, 0, 'l'},
+        {"device", required_argument, 0, 'd'},     {"threads", required_argument, 0, 't'},
+        {"contexts", required_argument, 0, 'c'},   {"verify", no_argument, 0, 'V'},
+        {"log-level", required_argument, 0, 'L'},  {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    log_init("replica");
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r': repo = optarg; break;
+        case 'm': model = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'd': device = optarg; break;
+        case 'V': verify = 1; break;
+        case 'v':
+            if (parse_long(optarg, 1, 1000000000L, &version)) {
+                fprintf(stderr, "corral-replica: --version '%s' is not a positive integer\n", optarg);
+                return 2;
+            }
+            break;
+        case 't':
+            if (parse_long(optarg, 1, 1024, &threads)) {
+                fprintf(stderr, "corral-replica: --threads '%s' is not an integer in 1..1024\n", optarg);
+                return 2;
+            }
+            break;
+        case 'c':
+            if (parse_long(optarg, 1, 4096, &contexts)) {
+                fprintf(stderr, "corral-replica: --contexts '%s' is not an integer in 1..4096\n", optarg);
+                return 2;
+            }
+            break;
+        case 'L': {
+            int l = log_parse_level(optarg);
+            if (l < 0) {
+                fprintf(stderr, "corral-replica: --log-level '%s' is not debug, info, warn or error\n", optarg);
+                return 2;
+            }
+            log_set_level((enum log_level)l);
+            break;
+        }
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "corral-replica: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 2;
+    }
+    if (!repo || !model || (!verify && !listen)) {
+        fprintf(stderr, "corral-replica: --model-repo, --model and --listen (or --verify) are required\n");
+        usage(stderr);
+        return 2;
+    }
+    if (strcmp(device, "cpu") != 0) {
+        if (strncmp(device, "cuda:", 5) == 0)
+            fprintf(stderr, "corral-replica: device '%s' is not available: this build has no CUDA "
+                            "backend and no CUDA device was found (use --device cpu)\n", device);
+        else
+            fprintf(stderr, "corral-replica: unknown device '%s' (expected cpu or cuda:N)\n", device);
+        return 1;
+    }
+
+    if (model_repo_load(repo, model, version, &cfg, &e)) {
+        fprintf(stderr, "corral-replica: %s\n", e.msg);
+        goto out;
+    }
+    have_cfg = 1;
+    struct engine_options eo = ENGINE_OPTIONS_DEFAULT;
+    eo.threads = (int)threads;
+    eo.device = device;
+    if (engine_load_file(cfg.model_path, &eo, &eng, &e)) {
+        fprintf(stderr, "corral-replica: %s: %s\n", cfg.model_path, e.msg);
+        goto out;
+    }
+    if (check_config_matches(&cfg, eng, &e)) {
+        fprintf(stderr, "corral-replica: %s: %s\n", cfg.model_path, e.msg);
+        goto out;
+    }
+
+    size_t nout = engine_num_outputs(eng), nsets = 0;
+    struct parity_result *pr = calloc(nout, sizeof *pr);
+    if (!pr) {
+        fprintf(stderr, "corral-replica: out of memory\n");
+        goto out;
+    }
+    int prc = parity_check(eng, cfg.vectors_dir, cfg.parity_atol, cfg.parity_rtol, pr, &nsets, &e);
+    if (verify) {
+        for (size_t j = 0; j < nout && (prc == 0 || prc == CORRAL_EMISMATCH); j++)
+            printf("output '%s': max abs diff %.3g over %zu vectors (tolerance atol %.3g rtol %.3g): %s\n",
+                   pr[j].output, pr[j].max_abs_diff, nsets, cfg.parity_atol, cfg.parity_rtol,
+                   pr[j].ok ? "ok" : "MISMATCH");
+    }
+    free(pr);
+    if (prc) {
+        fprintf(stderr, "corral-replica: %s/%s: %s\n", cfg.name, cfg.version_str, e.msg);
+        goto out;
+    }
+    if (verify) {
+        printf("verified %s version %s: %zu parity vectors within tolerance\n", cfg.name,
+               cfg.version_str, nsets);
+        rc = 0;
+        goto out;
+    }
+
+    /* Signals are taken synchronously by sigwait, so every thread started below blocks them. */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct replica_server_options so = REPLICA_SERVER_OPTIONS_DEFAULT;
+    so.contexts = (int)contexts;
+    if (replica_server_start(&srv, listen, eng, &cfg, &so, &e)) {
+        fprintf(stderr, "corral-replica: %s\n", e.msg);
+        goto out;
+    }
+    LOG_INFO("serving model %s version %s on %s (device %s, %ld threads, %zu parity vectors ok)",
+             cfg.name, cfg.version_str, replica_server_url(srv), device, threads, nsets);
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    LOG_INFO("signal %d: shutting down", sig);
+    replica_server_stop(srv);
+    rc = 0;
+out:
+    engine_free(eng);
+    if (have_cfg)
+        model_config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,146 @@
+"""Starts real corral processes on loopback for integration tests.
+
+Usage:
+    with Cluster(build_dir, repo) as c:
+        c.replica("digits")            # a corral-replica on an ephemeral port
+        c.replica("digits")
+        c.router()                     # corral-router over every replica started
+        status, body = c.http("GET", "/v2/health/ready")
+
+Every process is started with port 0 and the bound address is read from its
+log line, so tests can run in parallel. Everything started is killed on exit.
+"""
+import http.client
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+
+
+class ProcessFailed(Exception):
+    pass
+
+
+class Proc:
+    def __init__(self, argv, ready_re, timeout=60):
+        self.argv = argv
+        self.lines = []
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1)
+        self.match = None
+        self._cv = threading.Condition()
+        self._t = threading.Thread(target=self._pump, args=(re.compile(ready_re),), daemon=True)
+        self._t.start()
+        deadline = time.time() + timeout
+        with self._cv:
+            while self.match is None and self.p.poll() is None and time.time() < deadline:
+                self._cv.wait(0.1)
+        if self.match is None:
+            self.kill()
+            raise ProcessFailed("%s did not start (exit %s):\n%s" %
+                                (argv[0], self.p.returncode, "".join(self.lines[-30:])))
+
+    def _pump(self, rx):
+        for line in self.p.stdout:
+            with self._cv:
+                self.lines.append(line)
+                if self.match is None:
+                    m = rx.search(line)
+                    if m:
+                        self.match = m
+                self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def output(self):
+        with self._cv:
+            return "".join(self.lines)
+
+    def kill(self, sig=None):
+        if self.p.poll() is None:
+            if sig is None:
+                self.p.terminate()
+            else:
+                self.p.send_signal(sig)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+class Cluster:
+    def __init__(self, build_dir, repo):
+        self.build = build_dir
+        self.repo = repo
+        self.replicas = []
+        self.router_proc = None
+        self.port = None
+        self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        if self._conn:
+            self._conn.close()
+        if self.router_proc:
+            self.router_proc.kill()
+        for name, r in self.replicas:
+            r.kill()
+
+    def replica(self, model, *extra):
+        argv = [os.path.join(self.build, "replica", "corral-replica"), "--model-repo", self.repo,
+                "--model", model, "--listen", "tcp://127.0.0.1:0", "--device", "cpu"] + list(extra)
+        r = Proc(argv, r" on (tcp://127\.0\.0\.1:\d+)")
+        self.replicas.append((model, r))
+        return r.match.group(1)
+
+    def router(self, *extra):
+        argv = [os.path.join(self.build, "router", "corral-router"), "--listen", "127.0.0.1:0"]
+        for name, r in self.replicas:
+            argv += ["--replica", "%s=%s" % (name, r.match.group(1))]
+        self.router_proc = Proc(argv + list(extra), r"listening on http://127\.0\.0\.1:(\d+)")
+        self.port = int(self.router_proc.match.group(1))
+        return self.port
+
+    def http(self, method, path, body=None, headers=None, raw=False):
+        """One request on a kept-alive connection; reconnects when the server closed it."""
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        for attempt in (0, 1):
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                self._conn.request(method, path, body=body, headers=headers or {})
+                resp = self._conn.getresponse()
+                data = resp.read()
+                if resp.getheader("Connection", "").lower() == "close":
+                    self._conn.close()
+                    self._conn = None
+                break
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._conn.close()
+                self._conn = None
+                if attempt:
+                    raise
+        if raw:
+            return resp.status, data, resp
+        try:
+            return resp.status, json.loads(data) if data else None
+        except ValueError:
+            return resp.status, data
+
+    def wait_ready(self, path="/v2/health/ready", timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status, _ = self.http("GET", path)
+            if status == 200:
+                return
+            time.sleep(0.1)
+        raise ProcessFailed("router never became ready at %s" % path)
