@@ -164,7 +164,8 @@ int main(int argc, char **argv)
     eo.threads = (int)threads;
     eo.device = device;
     if (engine_load_file(cfg.model_path, &eo, &eng, &e)) {
-        fprintf(stderr, "corral-replica: %s: %s\n", cfg.model_path, e.msg);
+        /* The engine's message already names the file. */
+        fprintf(stderr, "corral-replica: %s\n", e.msg);
         goto out;
     }
     if (check_config_matches(&cfg, eng, &e)) {

@@ -17,6 +17,11 @@
  * supported, every value produced before use, every initializer present) and
  * fails with a message naming the node and op at fault.
  *
+ * Supported (engine v0, FP32 compute, opsets 11-21 semantics): Gemm, MatMul,
+ * Add/Sub/Mul (FP32, INT64), Div, Relu, Sigmoid, Tanh, Softmax, Flatten,
+ * Reshape, Identity, Dropout (inference) and Constant. Shapes are computed per
+ * run from the actual inputs, so the batch dimension may vary between runs.
+ *
  * engine_run checks each input against the model's declared inputs (name,
  * datatype, rank, fixed dimensions), so callers may pass untrusted tensors. It
  * is not reentrant: one thread runs a given engine at a time. Outputs are owned
@@ -34,12 +39,20 @@
 struct engine;
 
 struct engine_options {
-    int threads;        /* CPU threads for compute; 0: library default */
+    /*
+     * CPU threads for compute; 0: library default. oneDNN here runs on OpenMP,
+     * so engine_run sets omp_set_num_threads(threads) on its calling thread
+     * (the setting is per thread) before the first kernel.
+     */
+    int threads;
     const char *device; /* "cpu" (only value supported by engine v0) */
 };
 #define ENGINE_OPTIONS_DEFAULT {.threads = 1, .device = "cpu"}
 
-/* A model input or output as declared by the graph; dims[i] == -1 is variable. */
+/*
+ * A model input or output as declared by the graph; dims[i] == -1 is variable.
+ * ndim == -1 when the model declares no shape at all (any rank is accepted).
+ */
 struct engine_io_info {
     const char *name;
     enum dtype dtype;
@@ -51,7 +64,22 @@ int engine_load_file(const char *path, const struct engine_options *opt, struct 
                      struct cerr *e);
 int engine_load_buffer(const void *buf, size_t len, const struct engine_options *opt,
                        struct engine **out, struct cerr *e);
+/* As engine_load_buffer; `what` names the model in messages ("models/x/1/model.onnx"). */
+int engine_load_buffer_named(const void *buf, size_t len, const char *what,
+                             const struct engine_options *opt, struct engine **out,
+                             struct cerr *e);
 void engine_free(struct engine *eng);
+
+/*
+ * Loading fails with CORRAL_EUNSUPP (and a message naming the op, node, datatype
+ * or feature) for any model the engine cannot run; other codes mean the model
+ * itself is broken. engine_op_supported answers for one op ("" or NULL domain is
+ * the default ONNX domain); engine_supported_ops lists them for messages.
+ */
+int engine_op_supported(const char *domain, const char *op_type);
+const char *engine_supported_ops(void);
+/* The model's opset for the default ONNX domain. */
+int engine_opset(const struct engine *eng);
 
 size_t engine_num_inputs(const struct engine *eng);
 const struct engine_io_info *engine_input(const struct engine *eng, size_t i);

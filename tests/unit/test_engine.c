@@ -1,0 +1,1021 @@
+/*
+ * Unit tests for the engine: small ONNX models are built here with the
+ * protobuf-c structs generated from onnx.proto, packed to bytes and loaded
+ * through engine_load_buffer, so each test states its whole model. Expected
+ * values are worked out by hand in the comments.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "engine.h"
+#include "onnx.pb-c.h"
+
+/* ---- a tiny arena: every builder allocation is freed at the end of a test ---- */
+
+static void **arena;
+static size_t arena_n, arena_cap;
+
+static void *ta(size_t n)
+{
+    if (arena_n == arena_cap) {
+        arena_cap = arena_cap ? 2 * arena_cap : 256;
+        arena = realloc(arena, arena_cap * sizeof *arena);
+        assert_non_null(arena);
+    }
+    void *p = calloc(1, n ? n : 1);
+    assert_non_null(p);
+    arena[arena_n++] = p;
+    return p;
+}
+
+static char *ts(const char *s)
+{
+    char *p = ta(strlen(s) + 1);
+    memcpy(p, s, strlen(s) + 1);
+    return p;
+}
+
+static int arena_teardown(void **state)
+{
+    for (size_t i = 0; i < arena_n; i++)
+        free(arena[i]);
+    free(arena);
+    arena = NULL;
+    arena_n = arena_cap = 0;
+    return 0;
+}
+
+/* ---- model builder ---- */
+
+#define GB_MAX 32
+
+struct gb {
+    Onnx__ModelProto m;
+    Onnx__GraphProto g;
+    Onnx__OperatorSetIdProto opset;
+    Onnx__OperatorSetIdProto *opsets[1];
+};
+
+static void gb_init(struct gb *b, int opset)
+{
+    onnx__model_proto__init(&b->m);
+    onnx__graph_proto__init(&b->g);
+    onnx__operator_set_id_proto__init(&b->opset);
+    b->opset.domain = ts("");
+    b->opset.has_version = 1;
+    b->opset.version = opset;
+    b->opsets[0] = &b->opset;
+    b->m.has_ir_version = 1;
+    b->m.ir_version = 8;
+    b->m.n_opset_import = 1;
+    b->m.opset_import = b->opsets;
+    b->m.graph = &b->g;
+    b->g.name = ts("test");
+    b->g.node = ta(GB_MAX * sizeof *b->g.node);
+    b->g.initializer = ta(GB_MAX * sizeof *b->g.initializer);
+    b->g.input = ta(GB_MAX * sizeof *b->g.input);
+    b->g.output = ta(GB_MAX * sizeof *b->g.output);
+}
+
+/* Splits "a,b,,c" into names; an empty name is an omitted optional input. */
+static size_t split(const char *s, char ***out)
+{
+    size_t n = 0;
+    char **v = ta(GB_MAX * sizeof *v);
+    if (s && *s) {
+        const char *p = s;
+        for (;;) {
+            const char *c = strchr(p, ',');
+            size_t l = c ? (size_t)(c - p) : strlen(p);
+            v[n] = ta(l + 1);
+            memcpy(v[n], p, l);
+            n++;
+            if (!c)
+                break;
+            p = c + 1;
+        }
+    }
+    *out = v;
+    return n;
+}
+
+static Onnx__NodeProto *gb_node(struct gb *b, const char *op, const char *name, const char *ins,
+                                const char *outs)
+{
+    Onnx__NodeProto *n = ta(sizeof *n);
+    onnx__node_proto__init(n);
+    n->op_type = ts(op);
+    n->name = ts(name);
+    n->n_input = split(ins, &n->input);
+    n->n_output = split(outs, &n->output);
+    n->attribute = ta(GB_MAX * sizeof *n->attribute);
+    b->g.node[b->g.n_node++] = n;
+    return n;
+}
+
+static Onnx__AttributeProto *attr(Onnx__NodeProto *n, const char *name,
+                                  Onnx__AttributeProto__AttributeType t)
+{
+    Onnx__AttributeProto *a = ta(sizeof *a);
+    onnx__attribute_proto__init(a);
+    a->name = ts(name);
+    a->has_type = 1;
+    a->type = t;
+    n->attribute[n->n_attribute++] = a;
+    return a;
+}
+
+static void attr_i(Onnx__NodeProto *n, const char *name, int64_t v)
+{
+    Onnx__AttributeProto *a = attr(n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INT);
+    a->has_i = 1;
+    a->i = v;
+}
+
+static void attr_f(Onnx__NodeProto *n, const char *name, float v)
+{
+    Onnx__AttributeProto *a = attr(n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOAT);
+    a->has_f = 1;
+    a->f = v;
+}
+
+static void attr_ints(Onnx__NodeProto *n, const char *name, size_t cnt, const int64_t *v)
+{
+    Onnx__AttributeProto *a = attr(n, name, ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__INTS);
+    a->n_ints = cnt;
+    a->ints = ta(cnt * sizeof(int64_t));
+    memcpy(a->ints, v, cnt * sizeof(int64_t));
+}
+
+static Onnx__ValueInfoProto *value_info(const char *name, int32_t elem, int ndim,
+                                        const int64_t *dims)
+{
+    Onnx__ValueInfoProto *vi = ta(sizeof *vi);
+    onnx__value_info_proto__init(vi);
+    vi->name = ts(name);
+    Onnx__TypeProto *tp = ta(sizeof *tp);
+    onnx__type_proto__init(tp);
+    Onnx__TypeProto__Tensor *tt = ta(sizeof *tt);
+    onnx__type_proto__tensor__init(tt);
+    tt->has_elem_type = 1;
+    tt->elem_type = elem;
+    if (ndim >= 0) {
+        Onnx__TensorShapeProto *sh = ta(sizeof *sh);
+        onnx__tensor_shape_proto__init(sh);
+        sh->n_dim = (size_t)ndim;
+        sh->dim = ta((size_t)ndim * sizeof *sh->dim);
+        for (int i = 0; i < ndim; i++) {
+            Onnx__TensorShapeProto__Dimension *d = ta(sizeof *d);
+            onnx__tensor_shape_proto__dimension__init(d);
+            if (dims[i] < 0) {
+                d->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_PARAM;
+                d->dim_param = ts("N");
+            } else {
+                d->value_case = ONNX__TENSOR_SHAPE_PROTO__DIMENSION__VALUE_DIM_VALUE;
+                d->dim_value = dims[i];
+            }
+            sh->dim[i] = d;
+        }
+        tt->shape = sh;
+    }
+    tp->value_case = ONNX__TYPE_PROTO__VALUE_TENSOR_TYPE;
+    tp->tensor_type = tt;
+    vi->type = tp;
+    return vi;
+}
+
+#define FLOAT_T ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT
+#define INT64_T ONNX__TENSOR_PROTO__DATA_TYPE__INT64
+
+static void gb_input(struct gb *b, const char *name, int32_t elem, int ndim, const int64_t *dims)
+{
+    b->g.input[b->g.n_input++] = value_info(name, elem, ndim, dims);
+}
+
+static void gb_output(struct gb *b, const char *name, int32_t elem, int ndim, const int64_t *dims)
+{
+    b->g.output[b->g.n_output++] = value_info(name, elem, ndim, dims);
+}
+
+static Onnx__TensorProto *tensor_proto(const char *name, int32_t type, int ndim,
+                                       const int64_t *dims, const void *data, size_t n, int raw)
+{
+    Onnx__TensorProto *t = ta(sizeof *t);
+    onnx__tensor_proto__init(t);
+    t->name = ts(name);
+    t->has_data_type = 1;
+    t->data_type = type;
+    t->n_dims = (size_t)ndim;
+    t->dims = ta((size_t)ndim * sizeof(int64_t));
+    if (ndim)
+        memcpy(t->dims, dims, (size_t)ndim * sizeof(int64_t));
+    size_t es = type == INT64_T ? 8 : 4;
+    if (raw) {
+        t->has_raw_data = 1;
+        t->raw_data.len = n * es;
+        t->raw_data.data = ta(n * es);
+        memcpy(t->raw_data.data, data, n * es);
+    } else if (type == INT64_T) {
+        t->n_int64_data = n;
+        t->int64_data = ta(n * 8);
+        memcpy(t->int64_data, data, n * 8);
+    } else {
+        t->n_float_data = n;
+        t->float_data = ta(n * 4);
+        memcpy(t->float_data, data, n * 4);
+    }
+    return t;
+}
+
+static Onnx__TensorProto *gb_init_f(struct gb *b, const char *name, int ndim, const int64_t *dims,
+                                    const float *data, size_t n, int raw)
+{
+    Onnx__TensorProto *t = tensor_proto(name, FLOAT_T, ndim, dims, data, n, raw);
+    b->g.initializer[b->g.n_initializer++] = t;
+    return t;
+}
+
+static void gb_init_i64(struct gb *b, const char *name, int ndim, const int64_t *dims,
+                        const int64_t *data, size_t n)
+{
+    b->g.initializer[b->g.n_initializer++] = tensor_proto(name, INT64_T, ndim, dims, data, n, 1);
+}
+
+static uint8_t *gb_pack(struct gb *b, size_t *len)
+{
+    *len = onnx__model_proto__get_packed_size(&b->m);
+    uint8_t *buf = ta(*len);
+    onnx__model_proto__pack(&b->m, buf);
+    return buf;
+}
+
+static int gb_load(struct gb *b, struct engine **eng, struct cerr *e)
+{
+    size_t len;
+    uint8_t *buf = gb_pack(b, &len);
+    struct engine_options opt = ENGINE_OPTIONS_DEFAULT;
+    return engine_load_buffer(buf, len, &opt, eng, e);
+}
+
+static struct engine *must_load(struct gb *b)
+{
+    struct engine *eng = NULL;
+    struct cerr e = {0};
+    int rc = gb_load(b, &eng, &e);
+    if (rc)
+        fail_msg("load failed: %s", e.msg);
+    return eng;
+}
+
+static struct tensor ften(const char *name, int ndim, const int64_t *dims, float *data)
+{
+    struct tensor t = {.name = name, .dtype = DT_FP32, .ndim = ndim, .data = data};
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        t.dims[i] = dims[i];
+        n *= (size_t)dims[i];
+    }
+    t.nbytes = n * sizeof(float);
+    return t;
+}
+
+static void expect_floats(const struct tensor *t, int ndim, const int64_t *dims,
+                          const float *want, size_t n)
+{
+    assert_int_equal(t->dtype, DT_FP32);
+    assert_int_equal(t->ndim, ndim);
+    for (int i = 0; i < ndim; i++)
+        assert_int_equal(t->dims[i], dims[i]);
+    assert_int_equal(t->nbytes, n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        if (!(((const float *)t->data)[i] - want[i] < 1e-5f &&
+              want[i] - ((const float *)t->data)[i] < 1e-5f))
+            fail_msg("element %zu is %g, expected %g", i, (double)((const float *)t->data)[i],
+                     (double)want[i]);
+}
+
+/* Runs a one-input one-output model and checks the output. */
+static void run1(struct engine *eng, struct tensor in, int ndim, const int64_t *dims,
+                 const float *want, size_t n)
+{
+    struct tensor out[4];
+    struct cerr e = {0};
+    assert_true(engine_num_outputs(eng) <= 4);
+    if (engine_run(eng, &in, 1, out, &e))
+        fail_msg("run failed: %s", e.msg);
+    expect_floats(&out[0], ndim, dims, want, n);
+    assert_string_equal(out[0].name, engine_output(eng, 0)->name);
+    for (size_t i = 0; i < engine_num_outputs(eng); i++)
+        tensor_release(&out[i]);
+}
+
+static const int64_t D1[] = {1}, D2[] = {2}, D3[] = {3}, D4[] = {4};
+static const int64_t D22[] = {2, 2}, D23[] = {2, 3}, D32[] = {3, 2}, D13[] = {1, 3};
+static const int64_t DN4[] = {-1, 4}, DN2[] = {-1, 2};
+
+/* ---- ops ---- */
+
+/*
+ * An MLP as PyTorch exports it: Gemm(transB=1) -> Relu -> Gemm, weights stored
+ * once as raw_data and once as float_data, run with batch 1 and batch 2.
+ */
+static void test_mlp(void **state)
+{
+    struct gb b;
+    gb_init(&b, 17);
+    gb_input(&b, "input", FLOAT_T, 2, DN4);
+    gb_output(&b, "logits", FLOAT_T, 2, DN2);
+    /* W1 [3,4] (out x in), b1 [3]; W2 [2,3], b2 [2]. */
+    const float w1[] = {1, 0, 0, 0, 0, 1, 0, 0, 1, 1, 1, 1};
+    const float b1[] = {0, -10, 1};
+    const float w2[] = {1, 1, 1, 0, 0, 2};
+    const float b2[] = {0.5f, -1};
+    const int64_t dw1[] = {3, 4}, dw2[] = {2, 3};
+    gb_init_f(&b, "W1", 2, dw1, w1, 12, 1);
+    gb_init_f(&b, "b1", 1, D3, b1, 3, 0);
+    gb_init_f(&b, "W2", 2, dw2, w2, 6, 0);
+    gb_init_f(&b, "b2", 1, D2, b2, 2, 1);
+    /* Initializers listed as graph inputs (old exporters) are weights, not model inputs. */
+    gb_input(&b, "W1", FLOAT_T, 2, dw1);
+    Onnx__NodeProto *n = gb_node(&b, "Gemm", "fc1", "input,W1,b1", "h");
+    attr_i(n, "transB", 1);
+    gb_node(&b, "Relu", "relu", "h", "r");
+    n = gb_node(&b, "Gemm", "fc2", "r,W2,b2", "logits");
+    attr_i(n, "transB", 1);
+    struct engine *eng = must_load(&b);
+    assert_int_equal(engine_num_inputs(eng), 1);
+    assert_string_equal(engine_input(eng, 0)->name, "input");
+    assert_int_equal(engine_input(eng, 0)->dtype, DT_FP32);
+    assert_int_equal(engine_input(eng, 0)->ndim, 2);
+    assert_int_equal(engine_input(eng, 0)->dims[0], -1);
+    assert_int_equal(engine_input(eng, 0)->dims[1], 4);
+    assert_int_equal(engine_num_outputs(eng), 1);
+    assert_string_equal(engine_output(eng, 0)->name, "logits");
+    assert_int_equal(engine_output(eng, 0)->dims[1], 2);
+    assert_int_equal(engine_opset(eng), 17);
+
+    /*
+     * x = [1,2,3,4]: h = [1, 2-10, 10+1] = [1,-8,11]; r = [1,0,11];
+     * logits = [1+0+11+0.5, 0+0+22-1] = [12.5, 21].
+     * x = [-1,5,0,0]: h = [-1, -5, 5]; r = [0,0,5]; logits = [5+0.5, 10-1] = [5.5, 9].
+     */
+    float x[] = {1, 2, 3, 4, -1, 5, 0, 0};
+    const int64_t d14[] = {1, 4}, d24[] = {2, 4}, d12[] = {1, 2}, d22[] = {2, 2};
+    run1(eng, ften("input", 2, d14, x), 2, d12, (float[]){12.5f, 21}, 2);
+    run1(eng, ften("input", 2, d24, x), 2, d22, (float[]){12.5f, 21, 5.5f, 9}, 4);
+    /* Batch 0 is a valid (empty) batch. */
+    const int64_t d04[] = {0, 4}, d02[] = {0, 2};
+    run1(eng, ften("input", 2, d04, x), 2, d02, NULL, 0);
+    engine_free(eng);
+}
+
+/* Gemm with alpha, beta, transA and a scalar and a column C. */
+static void test_gemm_attrs(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    gb_input(&b, "a", FLOAT_T, 2, D32); /* stored [K=3, M=2], transA */
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    const float w[] = {1, 2, 3, 4, 5, 6}; /* B [3,2] */
+    const float c[] = {10};
+    gb_init_f(&b, "B", 2, D32, w, 6, 1);
+    gb_init_f(&b, "C", 1, D1, c, 1, 1);
+    Onnx__NodeProto *n = gb_node(&b, "Gemm", "g", "a,B,C", "y");
+    attr_i(n, "transA", 1);
+    attr_f(n, "alpha", 2.0f);
+    attr_f(n, "beta", 0.5f);
+    struct engine *eng = must_load(&b);
+    /*
+     * A^T = [[1,0,1],[0,1,1]] (a stored as [[1,0],[0,1],[1,1]]).
+     * A^T B = [[1+5, 2+6], [3+5, 4+6]] = [[6,8],[8,10]];
+     * y = 2 * that + 0.5 * 10 = [[17,21],[21,25]].
+     */
+    float a[] = {1, 0, 0, 1, 1, 1};
+    run1(eng, ften("a", 2, D32, a), 2, D22, (float[]){17, 21, 21, 25}, 4);
+    engine_free(eng);
+
+    /* C of shape [2,1] broadcasts along columns; no C at all gives the bare product. */
+    gb_init(&b, 13);
+    gb_input(&b, "a", FLOAT_T, 2, D23);
+    gb_output(&b, "y", FLOAT_T, 2, D22);
+    gb_output(&b, "z", FLOAT_T, 2, D22);
+    const int64_t d21[] = {2, 1};
+    gb_init_f(&b, "B", 2, D32, w, 6, 1);
+    gb_init_f(&b, "C", 2, d21, (float[]){100, 200}, 2, 1);
+    gb_node(&b, "Gemm", "g1", "a,B,C", "y");
+    gb_node(&b, "Gemm", "g2", "a,B", "z");
+    eng = must_load(&b);
+    /* a = [[1,0,1],[0,1,1]]: aB = [[6,8],[8,10]]. */
+    struct tensor in = ften("a", 2, D23, (float[]){1, 0, 1, 0, 1, 1});
+    struct tensor out[2];
+    struct cerr e = {0};
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    expect_floats(&out[0], 2, D22, (float[]){106, 108, 208, 210}, 4);
+    expect_floats(&out[1], 2, D22, (float[]){6, 8, 8, 10}, 4);
+    tensor_release(&out[0]);
+    tensor_release(&out[1]);
+    engine_free(eng);
+}
+
+/* MatMul: 2-D, batched with a broadcast right operand, and 1-D operands. */
+static void test_matmul(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    const int64_t d223[] = {2, 2, 3}, d132[] = {1, 3, 2};
+    gb_input(&b, "a", FLOAT_T, 3, d223);
+    gb_input(&b, "bb", FLOAT_T, 3, d132);
+    gb_input(&b, "v", FLOAT_T, 1, D3);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_output(&b, "w", FLOAT_T, -1, NULL);
+    gb_output(&b, "s", FLOAT_T, -1, NULL);
+    gb_node(&b, "MatMul", "mm", "a,bb", "y");
+    gb_node(&b, "MatMul", "mv", "a,v", "w");
+    gb_node(&b, "MatMul", "vv", "v,v", "s");
+    struct engine *eng = must_load(&b);
+    float a[] = {1, 0, 0, 0, 1, 0, /* batch 0: first two rows of I3 */
+                 1, 1, 1, 2, 0, 0};
+    float bb[] = {1, 2, 3, 4, 5, 6};
+    float v[] = {1, 2, 3};
+    struct tensor in[3] = {ften("a", 3, d223, a), ften("bb", 3, d132, bb), ften("v", 1, D3, v)};
+    struct tensor out[3];
+    struct cerr e = {0};
+    if (engine_run(eng, in, 3, out, &e))
+        fail_msg("%s", e.msg);
+    /* batch 0: rows [1,2],[3,4]; batch 1: [1+3+5, 2+4+6] = [9,12], [2,4]. */
+    const int64_t d222[] = {2, 2, 2};
+    expect_floats(&out[0], 3, d222, (float[]){1, 2, 3, 4, 9, 12, 2, 4}, 8);
+    /* a @ v: [[1,2],[6,2]] with the vector axis dropped. */
+    expect_floats(&out[1], 2, D22, (float[]){1, 2, 6, 2}, 4);
+    /* v @ v = 14, a scalar. */
+    expect_floats(&out[2], 0, NULL, (float[]){14}, 1);
+    for (int i = 0; i < 3; i++)
+        tensor_release(&out[i]);
+    /* The declared shape [1,3,2] is fixed, so a wrong one is rejected before any kernel runs. */
+    const int64_t d142[] = {1, 4, 2};
+    in[1] = ften("bb", 3, d142, (float[]){0, 0, 0, 0, 0, 0, 0, 0});
+    assert_int_equal(engine_run(eng, in, 3, out, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "input 'bb' has shape [1,4,2], expected [1,3,2]"));
+    engine_free(eng);
+}
+
+/* MatMul + Add of a 1-D bias (nn.Linear on 3-D input) is fused; results must not change. */
+static void test_matmul_add_bias(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    const int64_t dx[] = {-1, 2, 3};
+    gb_input(&b, "x", FLOAT_T, 3, dx);
+    gb_output(&b, "y", FLOAT_T, 3, (const int64_t[]){-1, 2, 2});
+    gb_init_f(&b, "W", 2, D32, (float[]){1, 0, 0, 1, 1, 1}, 6, 1);
+    gb_init_f(&b, "bias", 1, D2, (float[]){0.5f, -0.5f}, 2, 1);
+    gb_node(&b, "MatMul", "mm", "x,W", "t");
+    gb_node(&b, "Add", "add", "bias,t", "y");
+    struct engine *eng = must_load(&b);
+    const int64_t d123[] = {1, 2, 3}, d122[] = {1, 2, 2};
+    /* rows [1,2,3] -> [1+3, 2+3] = [4,5]; [0,0,1] -> [1,1]; plus bias. */
+    run1(eng, ften("x", 3, d123, (float[]){1, 2, 3, 0, 0, 1}), 3, d122,
+         (float[]){4.5f, 4.5f, 1.5f, 0.5f}, 4);
+    engine_free(eng);
+}
+
+/* Add/Sub/Mul/Div with numpy broadcasting, and INT64 Add. */
+static void test_binary_broadcast(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    const int64_t d21[] = {2, 1};
+    gb_input(&b, "a", FLOAT_T, 2, D23);
+    gb_input(&b, "c", FLOAT_T, 2, d21);
+    gb_input(&b, "r", FLOAT_T, 2, D13);
+    gb_input(&b, "i", INT64_T, 1, D2);
+    gb_output(&b, "s1", FLOAT_T, -1, NULL);
+    gb_output(&b, "s2", FLOAT_T, -1, NULL);
+    gb_output(&b, "s3", FLOAT_T, -1, NULL);
+    gb_output(&b, "s4", INT64_T, -1, NULL);
+    gb_output(&b, "s5", FLOAT_T, -1, NULL);
+    gb_init_f(&b, "row", 1, D3, (float[]){10, 20, 30}, 3, 1);
+    gb_init_i64(&b, "k", 0, NULL, (int64_t[]){100}, 1);
+    gb_node(&b, "Add", "add1", "a,row", "s1");
+    gb_node(&b, "Sub", "sub", "c,r", "s2"); /* [2,1] - [1,3] -> [2,3] */
+    gb_node(&b, "Mul", "mul", "a,c", "m");
+    gb_node(&b, "Div", "div", "m,row", "s3");
+    gb_node(&b, "Add", "addi", "i,k", "s4");
+    gb_node(&b, "Mul", "mul2", "m,m", "s5"); /* m read twice by one node and by div */
+    struct engine *eng = must_load(&b);
+    float a[] = {1, 2, 3, 4, 5, 6}, c[] = {2, 3}, r[] = {1, 2, 3};
+    int64_t iv[] = {1, -7};
+    struct tensor in[4] = {ften("a", 2, D23, a), ften("c", 2, d21, c), ften("r", 2, D13, r),
+                           ften("i", 1, D2, NULL)};
+    in[3].dtype = DT_INT64;
+    in[3].data = iv;
+    in[3].nbytes = sizeof iv;
+    struct tensor out[5];
+    struct cerr e = {0};
+    if (engine_run(eng, in, 4, out, &e))
+        fail_msg("%s", e.msg);
+    expect_floats(&out[0], 2, D23, (float[]){11, 22, 33, 14, 25, 36}, 6);
+    expect_floats(&out[1], 2, D23, (float[]){1, 0, -1, 2, 1, 0}, 6);
+    /* m = [[2,4,6],[12,15,18]]; m / row = [[.2,.2,.2],[1.2,.75,.6]]. */
+    expect_floats(&out[2], 2, D23, (float[]){0.2f, 0.2f, 0.2f, 1.2f, 0.75f, 0.6f}, 6);
+    assert_int_equal(out[3].dtype, DT_INT64);
+    assert_int_equal(((int64_t *)out[3].data)[0], 101);
+    assert_int_equal(((int64_t *)out[3].data)[1], 93);
+    expect_floats(&out[4], 2, D23, (float[]){4, 16, 36, 144, 225, 324}, 6);
+    for (int i = 0; i < 5; i++)
+        tensor_release(&out[i]);
+    /* Shapes that do not broadcast name the node and both shapes. */
+    engine_free(eng);
+
+    gb_init(&b, 14);
+    gb_input(&b, "a", FLOAT_T, 2, (const int64_t[]){-1, 3});
+    gb_input(&b, "z", FLOAT_T, 1, (const int64_t[]){-1});
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_node(&b, "Add", "plus", "a,z", "y");
+    eng = must_load(&b);
+    struct tensor bad[2] = {ften("a", 2, D23, a), ften("z", 1, D2, c)};
+    assert_int_equal(engine_run(eng, bad, 2, out, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "node 'plus' (Add): shapes [2,3] and [2] cannot be broadcast"));
+    engine_free(eng);
+}
+
+static void test_unary(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    gb_input(&b, "x", FLOAT_T, 1, D4);
+    gb_output(&b, "r", FLOAT_T, 1, D4);
+    gb_output(&b, "s", FLOAT_T, 1, D4);
+    gb_output(&b, "t", FLOAT_T, 1, D4);
+    gb_node(&b, "Relu", "", "x", "r");
+    gb_node(&b, "Sigmoid", "", "x", "s");
+    gb_node(&b, "Tanh", "", "x", "t");
+    struct engine *eng = must_load(&b);
+    struct tensor in = ften("x", 1, D4, (float[]){-2, 0, 1.5f, -200});
+    struct tensor out[3];
+    struct cerr e = {0};
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    expect_floats(&out[0], 1, D4, (float[]){0, 0, 1.5f, 0}, 4);
+    /* sigmoid(-2) = 0.11920292, sigmoid(1.5) = 0.81757448; huge negatives give 0, not NaN. */
+    expect_floats(&out[1], 1, D4, (float[]){0.11920292f, 0.5f, 0.81757448f, 0}, 4);
+    /* tanh(-2) = -0.96402758, tanh(1.5) = 0.90514825. */
+    expect_floats(&out[2], 1, D4, (float[]){-0.96402758f, 0, 0.90514825f, -1}, 4);
+    for (int i = 0; i < 3; i++)
+        tensor_release(&out[i]);
+    engine_free(eng);
+}
+
+/* Softmax over [1,2,2] at axis 1: one softmax of 4 before opset 13, per column after. */
+static void test_softmax_opsets(void **state)
+{
+    const int64_t d122[] = {1, 2, 2};
+    float x[] = {0, 1, 2, 3};
+    for (int opset = 11; opset <= 13; opset += 2) {
+        struct gb b;
+        gb_init(&b, opset);
+        gb_input(&b, "x", FLOAT_T, 3, d122);
+        gb_output(&b, "y", FLOAT_T, 3, d122);
+        Onnx__NodeProto *n = gb_node(&b, "Softmax", "sm", "x", "y");
+        attr_i(n, "axis", 1);
+        struct engine *eng = must_load(&b);
+        if (opset == 11)
+            /* e^k / (1+e+e^2+e^3) for k = 0..3 */
+            run1(eng, ften("x", 3, d122, x), 3, d122,
+                 (float[]){0.0320586f, 0.08714432f, 0.23688282f, 0.64391426f}, 4);
+        else
+            /* columns {0,2} and {1,3}: each 1/(1+e^2), e^2/(1+e^2) */
+            run1(eng, ften("x", 3, d122, x), 3, d122,
+                 (float[]){0.11920292f, 0.11920292f, 0.88079708f, 0.88079708f}, 4);
+        engine_free(eng);
+    }
+    /* Opset 13 default axis is the last one. */
+    struct gb b;
+    gb_init(&b, 13);
+    gb_input(&b, "x", FLOAT_T, 2, D22);
+    gb_output(&b, "y", FLOAT_T, 2, D22);
+    gb_node(&b, "Softmax", "sm", "x", "y");
+    struct engine *eng = must_load(&b);
+    run1(eng, ften("x", 2, D22, (float[]){0, 0, 1000, 1000}), 2, D22,
+         (float[]){0.5f, 0.5f, 0.5f, 0.5f}, 4);
+    engine_free(eng);
+}
+
+/* Flatten, Reshape (0, -1) and Identity, chained so buffers get handed on. */
+static void test_shape_ops(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    const int64_t d2x3[] = {-1, 2, 3};
+    gb_input(&b, "x", FLOAT_T, 3, d2x3);
+    gb_output(&b, "f0", FLOAT_T, -1, NULL);
+    gb_output(&b, "f2", FLOAT_T, -1, NULL);
+    gb_output(&b, "r", FLOAT_T, -1, NULL);
+    gb_output(&b, "id", FLOAT_T, -1, NULL);
+    gb_init_i64(&b, "shape", 1, D3, (int64_t[]){0, -1, 1}, 3);
+    Onnx__NodeProto *n = gb_node(&b, "Flatten", "fl0", "x", "f0");
+    attr_i(n, "axis", 0);
+    n = gb_node(&b, "Flatten", "fl2", "x", "f2");
+    attr_i(n, "axis", -1);
+    gb_node(&b, "Relu", "relu", "x", "t");
+    gb_node(&b, "Reshape", "rs", "t,shape", "r");
+    gb_node(&b, "Relu", "relu2", "x", "u");
+    gb_node(&b, "Identity", "idn", "u", "id");
+    struct engine *eng = must_load(&b);
+    const int64_t d123[] = {1, 2, 3};
+    float x[] = {1, -2, 3, -4, 5, -6};
+    struct tensor in = ften("x", 3, d123, x);
+    struct tensor out[4];
+    struct cerr e = {0};
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    const int64_t d16[] = {1, 6}, d23b[] = {2, 3}, d161[] = {1, 6, 1};
+    expect_floats(&out[0], 2, d16, x, 6);
+    expect_floats(&out[1], 2, d23b, x, 6);
+    expect_floats(&out[2], 3, d161, (float[]){1, 0, 3, 0, 5, 0}, 6);
+    expect_floats(&out[3], 3, d123, (float[]){1, 0, 3, 0, 5, 0}, 6);
+    for (int i = 0; i < 4; i++)
+        tensor_release(&out[i]);
+    /* With batch 0, the -1 cannot be inferred (0 elements, known product 0). */
+    const int64_t d023[] = {0, 2, 3};
+    in = ften("x", 3, d023, x);
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "node 'rs' (Reshape): cannot reshape [0,2,3] to [0,-1,1]"));
+    engine_free(eng);
+
+    /* allowzero keeps a 0 as a real zero-sized dimension instead of copying the input's. */
+    for (int az = 0; az <= 1; az++) {
+        gb_init(&b, 14);
+        gb_input(&b, "x", FLOAT_T, 2, (const int64_t[]){-1, 3});
+        gb_output(&b, "z", FLOAT_T, -1, NULL);
+        gb_init_i64(&b, "zshape", 1, D2, (int64_t[]){0, 3}, 2);
+        n = gb_node(&b, "Reshape", "rz", "x,zshape", "z");
+        attr_i(n, "allowzero", az);
+        eng = must_load(&b);
+        in = ften("x", 2, D23, x);
+        if (az) {
+            assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+            assert_non_null(strstr(e.msg, "cannot reshape [2,3] to [0,3] (allowzero)"));
+        } else {
+            assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+            expect_floats(&out[0], 2, D23, x, 6);
+            tensor_release(&out[0]);
+        }
+        in = ften("x", 2, (const int64_t[]){0, 3}, x);
+        assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+        expect_floats(&out[0], 2, (const int64_t[]){0, 3}, NULL, 0);
+        tensor_release(&out[0]);
+        engine_free(eng);
+    }
+}
+
+/* Constant in each attribute form, including one that is itself a graph output. */
+static void test_constant(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    gb_input(&b, "x", FLOAT_T, 1, D2);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_output(&b, "c", FLOAT_T, -1, NULL);
+    gb_output(&b, "r", FLOAT_T, -1, NULL);
+    Onnx__NodeProto *n = gb_node(&b, "Constant", "k", "", "k");
+    Onnx__AttributeProto *a = attr(n, "value", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__TENSOR);
+    a->t = tensor_proto("", FLOAT_T, 1, D2, (float[]){10, 20}, 2, 0);
+    n = gb_node(&b, "Constant", "s", "", "s");
+    attr_f(n, "value_float", 0.5f);
+    gb_node(&b, "Add", "a1", "x,k", "t");
+    gb_node(&b, "Mul", "m1", "t,s", "y");
+    n = gb_node(&b, "Constant", "c", "", "c");
+    a = attr(n, "value_floats", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__FLOATS);
+    a->n_floats = 3;
+    a->floats = ta(3 * sizeof(float));
+    a->floats[0] = 1;
+    a->floats[1] = 2;
+    a->floats[2] = 3;
+    n = gb_node(&b, "Constant", "shp", "", "shp");
+    attr_ints(n, "value_ints", 2, (int64_t[]){2, 1});
+    gb_node(&b, "Reshape", "rs", "x,shp", "r");
+    struct engine *eng = must_load(&b);
+    struct tensor in = ften("x", 1, D2, (float[]){1, 2});
+    struct tensor out[3];
+    struct cerr e = {0};
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    expect_floats(&out[0], 1, D2, (float[]){5.5f, 11}, 2);
+    expect_floats(&out[1], 1, D3, (float[]){1, 2, 3}, 3);
+    expect_floats(&out[2], 2, (const int64_t[]){2, 1}, (float[]){1, 2}, 2);
+    for (int i = 0; i < 3; i++)
+        tensor_release(&out[i]);
+    engine_free(eng);
+}
+
+/* A value read by two nodes and also a graph output survives until the end. */
+static void test_value_lifetimes(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    gb_input(&b, "x", FLOAT_T, 1, D2);
+    gb_output(&b, "h", FLOAT_T, -1, NULL);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_output(&b, "h2", FLOAT_T, -1, NULL);
+    gb_node(&b, "Relu", "r", "x", "h");
+    gb_node(&b, "Identity", "i", "h", "h2"); /* h is an output: must be copied, not moved */
+    gb_node(&b, "Add", "a", "h,h2", "y");
+    gb_node(&b, "Sigmoid", "dead", "x", "unused"); /* read by nobody */
+    struct engine *eng = must_load(&b);
+    for (int rep = 0; rep < 3; rep++) {
+        struct tensor in = ften("x", 1, D2, (float[]){-1, 3});
+        struct tensor out[3];
+        struct cerr e = {0};
+        assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+        expect_floats(&out[0], 1, D2, (float[]){0, 3}, 2);
+        expect_floats(&out[1], 1, D2, (float[]){0, 6}, 2);
+        expect_floats(&out[2], 1, D2, (float[]){0, 3}, 2);
+        assert_ptr_not_equal(out[0].data, out[2].data);
+        for (int i = 0; i < 3; i++)
+            tensor_release(&out[i]);
+    }
+    engine_free(eng);
+}
+
+/* Input bytes straight from a protobuf message need not be aligned. */
+static void test_unaligned_input(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    gb_input(&b, "x", FLOAT_T, 1, D3);
+    gb_output(&b, "y", FLOAT_T, 1, D3);
+    gb_node(&b, "Relu", "r", "x", "y");
+    struct engine *eng = must_load(&b);
+    float v[] = {-1, 2, -3};
+    char *raw = ta(sizeof v + 1);
+    memcpy(raw + 1, v, sizeof v);
+    run1(eng, ften("x", 1, D3, (float *)(void *)(raw + 1)), 1, D3, (float[]){0, 2, 0}, 3);
+    engine_free(eng);
+}
+
+/* ---- errors ---- */
+
+static void build_relu(struct gb *b)
+{
+    const int64_t d[] = {-1, 64};
+    gb_init(b, 14);
+    gb_input(b, "input", FLOAT_T, 2, d);
+    gb_output(b, "y", FLOAT_T, 2, d);
+    gb_node(b, "Relu", "r", "input", "y");
+}
+
+static void test_err_truncated(void **state)
+{
+    struct gb b;
+    build_relu(&b);
+    gb_init_f(&b, "w", 1, (const int64_t[]){64}, (float[64]){0}, 64, 1);
+    size_t len;
+    uint8_t *buf = gb_pack(&b, &len);
+    struct engine *eng = NULL;
+    struct cerr e = {0};
+    assert_int_equal(engine_load_buffer(buf, len - 7, NULL, &eng, &e), CORRAL_EPARSE);
+    assert_null(eng);
+    assert_non_null(strstr(e.msg, "is not a valid ONNX model (protobuf parse failed)"));
+
+    /* The same through a file names the file. */
+    char path[] = "/tmp/corral-test-engine-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, len / 2), (ssize_t)(len / 2));
+    close(fd);
+    assert_int_equal(engine_load_file(path, NULL, &eng, &e), CORRAL_EPARSE);
+    char want[128];
+    snprintf(want, sizeof want, "%s is not a valid ONNX model (protobuf parse failed)", path);
+    assert_string_equal(e.msg, want);
+    unlink(path);
+    assert_int_equal(engine_load_file(path, NULL, &eng, &e), CORRAL_ENOTFOUND);
+    assert_non_null(strstr(e.msg, path));
+}
+
+static void test_err_unsupported_op(void **state)
+{
+    struct gb b;
+    build_relu(&b);
+    gb_node(&b, "Conv", "conv1", "y,w", "z");
+    struct engine *eng = NULL;
+    struct cerr e = {0};
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
+    assert_null(eng);
+    assert_non_null(strstr(e.msg, "unsupported op 'Conv' in node 'conv1' (Conv)"));
+
+    build_relu(&b);
+    Onnx__NodeProto *n = gb_node(&b, "Relu", "fancy", "y", "z");
+    n->domain = ts("com.example");
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "'Relu' from domain 'com.example'"));
+    assert_non_null(strstr(e.msg, "node 'fancy'"));
+    assert_true(engine_op_supported("", "Gemm"));
+    assert_true(engine_op_supported("ai.onnx", "MatMul"));
+    assert_false(engine_op_supported(NULL, "Conv"));
+    assert_false(engine_op_supported("com.example", "Relu"));
+}
+
+static void test_err_missing_initializer(void **state)
+{
+    struct gb b;
+    build_relu(&b);
+    gb_node(&b, "Gemm", "fc1", "y,W,b", "z");
+    struct engine *eng = NULL;
+    struct cerr e = {0};
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "node 'fc1' (Gemm): input 'W' is not a graph input, an "
+                                  "initializer or the output of an earlier node"));
+
+    /* A value produced later means the nodes are out of order. */
+    build_relu(&b);
+    gb_node(&b, "Relu", "first", "late", "z");
+    gb_node(&b, "Relu", "second", "y", "late");
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "node 'first' (Relu) uses 'late' before node 'second' (Relu) "
+                                  "produces it"));
+}
+
+static void test_err_bad_initializers(void **state)
+{
+    struct gb b;
+    struct engine *eng = NULL;
+    struct cerr e = {0};
+    /* raw_data one float short of its dims. */
+    build_relu(&b);
+    Onnx__TensorProto *t = gb_init_f(&b, "W", 2, D22, (float[]){1, 2, 3, 4}, 4, 1);
+    t->raw_data.len -= 4;
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "initializer 'W' has 12 bytes of raw_data, expected 16 for "
+                                  "FP32 of shape [2,2]"));
+    /* float_data with the wrong count. */
+    build_relu(&b);
+    t = gb_init_f(&b, "W", 2, D22, (float[]){1, 2, 3, 4}, 4, 0);
+    t->n_float_data = 3;
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "initializer 'W' has 3 values in float_data, expected 4"));
+    /* External data. */
+    build_relu(&b);
+    t = gb_init_f(&b, "W", 2, D22, (float[]){1, 2, 3, 4}, 4, 1);
+    t->has_data_location = 1;
+    t->data_location = ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL;
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "initializer 'W' stores its data in an external file"));
+    /* Unsupported data type. */
+    build_relu(&b);
+    t = gb_init_f(&b, "S", 1, D1, (float[]){0}, 1, 1);
+    t->data_type = ONNX__TENSOR_PROTO__DATA_TYPE__COMPLEX64;
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "initializer 'S' has data type COMPLEX64"));
+    /* An op given a datatype it does not implement. */
+    gb_init(&b, 14);
+    gb_input(&b, "q", ONNX__TENSOR_PROTO__DATA_TYPE__UINT8, 1, D2);
+    gb_output(&b, "y", ONNX__TENSOR_PROTO__DATA_TYPE__UINT8, 1, D2);
+    gb_node(&b, "Relu", "r8", "q", "y");
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "node 'r8' (Relu): input 'q' is UINT8"));
+    /* A graph output nobody produces. */
+    build_relu(&b);
+    gb_output(&b, "ghost", FLOAT_T, -1, NULL);
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "graph output 'ghost' is not produced"));
+}
+
+static void test_err_run_inputs(void **state)
+{
+    struct gb b;
+    build_relu(&b);
+    struct engine *eng = must_load(&b);
+    float x[2 * 64] = {0};
+    const int64_t ok[] = {2, 64}, bad[] = {2, 63}, rank3[] = {1, 2, 64};
+    struct tensor out[1];
+    struct cerr e = {0};
+
+    struct tensor in = ften("x", 2, ok, x);
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+    assert_string_equal(e.msg, "unknown input 'x' (model inputs: input)");
+
+    in = ften("input", 2, ok, x);
+    in.dtype = DT_INT64;
+    in.nbytes = 2 * 64 * 8;
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+    assert_string_equal(e.msg, "input 'input' has datatype INT64, expected FP32");
+
+    in = ften("input", 2, bad, x);
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+    assert_string_equal(e.msg, "input 'input' has shape [2,63], expected [-1,64]");
+
+    in = ften("input", 3, rank3, x);
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+    assert_string_equal(e.msg, "input 'input' has shape [1,2,64], expected [-1,64]");
+
+    assert_int_equal(engine_run(eng, NULL, 0, out, &e), CORRAL_EINVAL);
+    assert_string_equal(e.msg, "missing input 'input' (model inputs: input)");
+
+    struct tensor two[2] = {ften("input", 2, ok, x), ften("input", 2, ok, x)};
+    assert_int_equal(engine_run(eng, two, 2, out, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "'input' is given more than once"));
+
+    in = ften("input", 2, ok, x);
+    in.nbytes -= 4;
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "input 'input' has 508 bytes of data, expected 512"));
+
+    /* The engine still runs after rejected requests. */
+    in = ften("input", 2, ok, x);
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    tensor_release(&out[0]);
+    engine_free(eng);
+}
+
+/* ---- TensorProto files ---- */
+
+static void test_read_tensor_pb(void **state)
+{
+    char path[] = "/tmp/corral-test-tensor-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    Onnx__TensorProto *t = tensor_proto("input", FLOAT_T, 2, D23, (float[]){1, 2, 3, 4, 5, 6}, 6, 1);
+    size_t len = onnx__tensor_proto__get_packed_size(t);
+    uint8_t *buf = ta(len);
+    onnx__tensor_proto__pack(t, buf);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
+
+    struct tensor out;
+    char *name = NULL;
+    struct cerr e = {0};
+    assert_int_equal(engine_read_tensor_pb(path, &out, &name, &e), 0);
+    assert_string_equal(name, "input");
+    assert_ptr_equal(out.name, name);
+    expect_floats(&out, 2, D23, (float[]){1, 2, 3, 4, 5, 6}, 6);
+    tensor_release(&out);
+    free(name);
+
+    /* int64_data typed field. */
+    t = tensor_proto("", INT64_T, 1, D3, (int64_t[]){-1, 0, 1LL << 40}, 3, 0);
+    len = onnx__tensor_proto__get_packed_size(t);
+    buf = ta(len);
+    onnx__tensor_proto__pack(t, buf);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
+    assert_int_equal(engine_read_tensor_pb(path, &out, &name, &e), 0);
+    assert_string_equal(name, "");
+    assert_int_equal(out.dtype, DT_INT64);
+    assert_int_equal(((int64_t *)out.data)[2], 1LL << 40);
+    tensor_release(&out);
+    free(name);
+
+    /* Truncated: dims promise more bytes than the (cut) raw_data holds. */
+    t = tensor_proto("x", FLOAT_T, 2, D23, (float[]){1, 2, 3, 4, 5, 6}, 6, 1);
+    t->raw_data.len = 20;
+    len = onnx__tensor_proto__get_packed_size(t);
+    buf = ta(len);
+    onnx__tensor_proto__pack(t, buf);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_int_equal(write(fd, buf, len), (ssize_t)len);
+    close(fd);
+    assert_int_equal(engine_read_tensor_pb(path, &out, &name, &e), CORRAL_EINVAL);
+    assert_null(name);
+    assert_non_null(strstr(e.msg, "has 20 bytes of raw_data, expected 24"));
+    /* Garbage that is not a protobuf. */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_int_equal(write(fd, "\xff\xff\xff", 3), 3);
+    close(fd);
+    assert_int_equal(engine_read_tensor_pb(path, &out, &name, &e), CORRAL_EPARSE);
+    unlink(path);
+}
+
+#define T(f) cmocka_unit_test_teardown(f, arena_teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(test_mlp),
+        T(test_gemm_attrs),
+        T(test_matmul),
+        T(test_matmul_add_bias),
+        T(test_binary_broadcast),
+        T(test_unary),
+        T(test_softmax_opsets),
+        T(test_shape_ops),
+        T(test_constant),
+        T(test_value_lifetimes),
+        T(test_unaligned_input),
+        T(test_err_truncated),
+        T(test_err_unsupported_op),
+        T(test_err_missing_initializer),
+        T(test_err_bad_initializers),
+        T(test_err_run_inputs),
+        T(test_read_tensor_pb),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
