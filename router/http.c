@@ -1,0 +1,972 @@
+#include "http.h"
+
+#include <http_parser.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "buf.h"
+#include "log.h"
+
+#define HTTP_READ_CHUNK 65536
+/* Bytes of answers queued for a client beyond which its further requests wait. */
+#define HTTP_WRITE_HIGH ((size_t)4 << 20)
+
+enum { HS_NONE = 0, HS_FIELD, HS_VALUE };
+
+struct http_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    int listener_open;
+    struct http_limits lim;
+    http_handler_fn handler;
+    void *arg;
+    struct http_conn *conns;
+    unsigned n_conns;
+    unsigned handles; /* libuv handles not yet closed (listener, connections, rejects) */
+    uint64_t seq;
+    int closing;
+    void (*done)(void *);
+    void *done_arg;
+    char readbuf[HTTP_READ_CHUNK];
+};
+
+struct http_conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shut;
+    struct http_server *srv;
+    struct http_conn *prev, *next;
+    http_parser parser;
+    struct http_request *cur;         /* being parsed */
+    struct http_request *head, *tail; /* complete, answered in this order */
+    unsigned inflight;
+    int err_status; /* status to answer when a parser callback rejected the message */
+    char err_msg[256];
+    int handles;
+    int closing;
+    int stop_reading; /* no further request will be parsed on this connection */
+    int shutting_down;
+    int paused;
+    int reading;
+    int in_feed, in_resume;
+    char *stash; /* bytes read but not parsed while the parser is paused */
+    size_t stash_len;
+};
+
+struct http_write {
+    uv_write_t w;
+    char *head;
+    char *body;
+};
+
+static http_parser_settings g_settings;
+
+void http_limits_default(struct http_limits *l)
+{
+    l->max_header_bytes = 16 * 1024;
+    l->max_body_bytes = (size_t)64 << 20;
+    l->idle_timeout_ms = 60000;
+    l->max_connections = 4096;
+    l->max_pipelined = 64;
+    l->max_headers = 100;
+}
+
+const char *http_status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    }
+    return "Unknown";
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int http_split_target(const char *target, char *dst, size_t cap, const char **query)
+{
+    const char *p = target;
+    if (cap == 0)
+        return -1;
+    if (strncasecmp(p, "http://", 7) == 0 || strncasecmp(p, "https://", 8) == 0) {
+        /* Absolute form: the authority is the Host, which this server ignores. */
+        p = strstr(p, "://") + 3;
+        p += strcspn(p, "/?");
+        if (*p != '/') {
+            /* "http://host" and "http://host?q" both mean the root path. */
+            if (cap < 2)
+                return -1;
+            dst[0] = '/';
+            dst[1] = '\0';
+            *query = *p == '?' ? p + 1 : "";
+            return 0;
+        }
+    }
+    if (*p != '/')
+        return -1;
+    size_t n = 0;
+    for (; *p && *p != '?' && *p != '#'; p++) {
+        char c = *p;
+        if (c == '%') {
+            int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = (char)(hi << 4 | lo);
+            if (c == '\0')
+                return -1;
+            p += 2;
+        }
+        if (n + 1 >= cap)
+            return -1;
+        dst[n++] = c;
+    }
+    dst[n] = '\0';
+    *query = *p == '?' ? p + 1 : "";
+    return 0;
+}
+
+static void request_free(struct http_request *r)
+{
+    if (!r)
+        return;
+    free(r->target);
+    free(r->path);
+    free(r->headers);
+    free(r->body);
+    free(r->hbuf);
+    free(r->hoff);
+    free(r->resp_head);
+    free(r->resp_body);
+    free(r);
+}
+
+const char *http_request_header(const struct http_request *r, const char *name)
+{
+    for (int i = 0; i < r->n_headers; i++)
+        if (strcasecmp(r->headers[i].name, name) == 0)
+            return r->headers[i].value;
+    return NULL;
+}
+
+void http_request_drop_body(struct http_request *r)
+{
+    free(r->body);
+    r->body = NULL;
+    r->body_len = 0;
+    r->body_cap = 0;
+}
+
+int http_request_alive(const struct http_request *r) { return r->conn != NULL && !r->conn->closing; }
+
+unsigned http_server_connections(const struct http_server *s) { return s->n_conns; }
+
+static void server_handle_closed(struct http_server *s)
+{
+    if (--s->handles == 0 && s->closing) {
+        void (*done)(void *) = s->done;
+        void *arg = s->done_arg;
+        free(s);
+        if (done)
+            done(arg);
+    }
+}
+
+static void conn_handle_closed(uv_handle_t *h)
+{
+    struct http_conn *c = h->data;
+    if (--c->handles > 0)
+        return;
+    struct http_server *s = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->n_conns--;
+    free(c->stash);
+    free(c);
+    server_handle_closed(s);
+}
+
+/*
+ * Closing detaches every unanswered request rather than freeing it: the handler
+ * may still hold it (an upstream call in flight) and will answer it later.
+ */
+static void conn_close(struct http_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->stop_reading = 1;
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+    /* Inside the parser the message being parsed is still in use; conn_process frees it. */
+    if (!c->in_feed) {
+        request_free(c->cur);
+        c->cur = NULL;
+    }
+    struct http_request *r = c->head;
+    while (r) {
+        struct http_request *next = r->next;
+        r->next = NULL;
+        r->conn = NULL;
+        if (r->responded)
+            request_free(r);
+        r = next;
+    }
+    c->head = c->tail = NULL;
+    c->inflight = 0;
+    uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
+}
+
+static void on_shutdown(uv_shutdown_t *sr, int status)
+{
+    conn_close(sr->data);
+}
+
+/* Half-closes after the queued writes drain, so the last answer is not cut by a reset. */
+static void conn_shutdown(struct http_conn *c)
+{
+    if (c->closing || c->shutting_down)
+        return;
+    c->shutting_down = 1;
+    c->stop_reading = 1;
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+    c->shut.data = c;
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) != 0)
+        conn_close(c);
+}
+
+static void conn_maybe_resume(struct http_conn *c);
+
+/*
+ * Parsing more requests waits while too many are unanswered or while answers
+ * pile up unread (a client that pipelines without reading would otherwise make
+ * the write queue grow without bound).
+ */
+static int conn_can_parse(const struct http_conn *c)
+{
+    return c->inflight < c->srv->lim.max_pipelined &&
+           uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) < HTTP_WRITE_HIGH;
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    struct http_write *hw = (struct http_write *)w;
+    struct http_conn *c = w->handle->data;
+    free(hw->head);
+    free(hw->body);
+    free(hw);
+    if (status < 0 && status != UV_ECANCELED) {
+        LOG_DEBUG("write to client failed: %s", uv_strerror(status));
+        conn_close(c);
+        return;
+    }
+    if (!c->closing && c->paused)
+        conn_maybe_resume(c);
+}
+
+static void conn_write_raw(struct http_conn *c, char *head, size_t hlen, char *body, size_t blen)
+{
+    struct http_write *hw = calloc(1, sizeof *hw);
+    if (!hw) {
+        free(head);
+        free(body);
+        conn_close(c);
+        return;
+    }
+    hw->head = head;
+    hw->body = body;
+    uv_buf_t bufs[2] = {uv_buf_init(head, (unsigned)hlen), uv_buf_init(body ? body : "", (unsigned)blen)};
+    int rc = uv_write(&hw->w, (uv_stream_t *)&c->tcp, bufs, blen ? 2 : 1, on_write);
+    if (rc) {
+        LOG_DEBUG("write to client failed: %s", uv_strerror(rc));
+        free(head);
+        free(body);
+        free(hw);
+        conn_close(c);
+    }
+}
+
+static void conn_flush(struct http_conn *c)
+{
+    while (!c->closing && c->head && c->head->responded) {
+        struct http_request *r = c->head;
+        c->head = r->next;
+        if (!c->head)
+            c->tail = NULL;
+        c->inflight--;
+        int keep = r->keep_alive;
+        conn_write_raw(c, r->resp_head, r->resp_head_len, r->resp_body, r->resp_body_len);
+        r->resp_head = r->resp_body = NULL;
+        request_free(r);
+        if (!keep) {
+            /* Anything pipelined after a closing request is dropped, as HTTP requires. */
+            c->stop_reading = 1;
+            struct http_request *q = c->head;
+            while (q) {
+                struct http_request *next = q->next;
+                q->next = NULL;
+                q->conn = NULL;
+                if (q->responded)
+                    request_free(q);
+                q = next;
+            }
+            c->head = c->tail = NULL;
+            c->inflight = 0;
+        }
+    }
+    if (c->closing)
+        return;
+    if (c->stop_reading && !c->head && !c->in_feed) {
+        conn_shutdown(c);
+        return;
+    }
+    conn_maybe_resume(c);
+}
+
+static void conn_enqueue(struct http_conn *c, struct http_request *r)
+{
+    r->conn = c;
+    r->next = NULL;
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->inflight++;
+}
+
+static char *error_body(const char *msg, size_t *len)
+{
+    struct buf b = {0};
+    buf_puts(&b, "{\"error\":");
+    buf_json_string(&b, msg, strlen(msg));
+    buf_putc(&b, '}');
+    return buf_steal(&b, len);
+}
+
+/* Answers a message the parser rejected, then closes: the stream position is unknown. */
+static void conn_parse_error(struct http_conn *c, enum http_errno err)
+{
+    int status = c->err_status ? c->err_status : 400;
+    char msg[400];
+    if (c->err_status)
+        snprintf(msg, sizeof msg, "%s", c->err_msg);
+    else
+        snprintf(msg, sizeof msg, "malformed HTTP request: %s", http_errno_description(err));
+    LOG_ERROR("client request rejected with %d: %s", status, msg);
+    request_free(c->cur);
+    c->cur = NULL;
+    c->stop_reading = 1;
+    if (c->reading)
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = 0;
+    struct http_request *r = calloc(1, sizeof *r);
+    if (!r) {
+        conn_close(c);
+        return;
+    }
+    r->method = -1;
+    r->method_name = "-";
+    r->keep_alive = 0;
+    r->start_ns = uv_hrtime();
+    conn_enqueue(c, r);
+    size_t blen = 0;
+    char *body = error_body(msg, &blen);
+    http_respond(r, status, "application/json", NULL, body, body ? blen : 0);
+}
+
+static void conn_process(struct http_conn *c, const char *data, size_t n)
+{
+    c->in_feed = 1;
+    while (n > 0 && !c->closing && !c->stop_reading) {
+        size_t used = http_parser_execute(&c->parser, &g_settings, data, n);
+        enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
+        if (used > n)
+            used = n;
+        data += used;
+        n -= used;
+        if (c->closing)
+            break;
+        if (err == HPE_PAUSED) {
+            if (c->stop_reading)
+                break;
+            if (conn_can_parse(c)) {
+                http_parser_pause(&c->parser, 0);
+                continue;
+            }
+            /* Too much outstanding: keep the rest until answers drain. */
+            if (n) {
+                char *s = malloc(n);
+                if (!s) {
+                    c->in_feed = 0;
+                    conn_close(c);
+                    return;
+                }
+                memcpy(s, data, n);
+                c->stash = s;
+                c->stash_len = n;
+            }
+            LOG_DEBUG("client connection paused: %u answers pending, %zu bytes unsent",
+                      c->inflight, uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp));
+            c->paused = 1;
+            if (c->reading)
+                uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = 0;
+            break;
+        }
+        if (err != HPE_OK) {
+            c->in_feed = 0;
+            conn_parse_error(c, err);
+            return;
+        }
+        if (c->parser.upgrade || used == 0) {
+            /* Protocol upgrades are not offered; the connection ends after the answer. */
+            c->stop_reading = 1;
+            break;
+        }
+    }
+    c->in_feed = 0;
+    if (c->closing) {
+        request_free(c->cur);
+        c->cur = NULL;
+        return;
+    }
+    conn_flush(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    struct http_conn *c = h->data;
+    /* Reads are parsed synchronously, so one buffer per server is enough. */
+    *b = uv_buf_init(c->srv->readbuf, sizeof c->srv->readbuf);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    struct http_conn *c = st->data;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF && !c->closing) {
+            /* The client finished sending; answer what it asked, then close. */
+            c->stop_reading = 1;
+            if (c->reading)
+                uv_read_stop(st);
+            c->reading = 0;
+            request_free(c->cur);
+            c->cur = NULL;
+            conn_flush(c);
+        } else {
+            conn_close(c);
+        }
+        return;
+    }
+    uv_timer_again(&c->timer);
+    if (c->stop_reading || c->closing)
+        return;
+    conn_process(c, b->base, (size_t)nread);
+}
+
+static void conn_maybe_resume(struct http_conn *c)
+{
+    if (c->in_feed || c->in_resume)
+        return;
+    c->in_resume = 1;
+    while (c->paused && !c->closing && !c->stop_reading && conn_can_parse(c)) {
+        c->paused = 0;
+        http_parser_pause(&c->parser, 0);
+        char *s = c->stash;
+        size_t n = c->stash_len;
+        c->stash = NULL;
+        c->stash_len = 0;
+        if (s)
+            conn_process(c, s, n);
+        free(s);
+    }
+    if (!c->paused && !c->closing && !c->stop_reading && !c->reading) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = 1;
+        else
+            conn_close(c);
+    }
+    c->in_resume = 0;
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    struct http_conn *c = t->data;
+    if (c->head) {
+        /* Answers are still pending; the client is waiting on us, not idle. */
+        uv_timer_again(t);
+        return;
+    }
+    LOG_DEBUG("closing idle client connection");
+    conn_close(c);
+}
+
+/* ---- parser callbacks ---- */
+
+static int reject(struct http_conn *c, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int reject(struct http_conn *c, int status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
+    va_end(ap);
+    c->err_status = status;
+    return -1;
+}
+
+static int head_append(struct http_conn *c, char **p, size_t *len, size_t *cap, const char *at,
+                       size_t n)
+{
+    struct http_request *r = c->cur;
+    size_t lim = c->srv->lim.max_header_bytes;
+    if (r->url_len + r->hbuf_len + n > lim)
+        return reject(c, 431, "request line and headers exceed the %zu byte limit", lim);
+    if (*len + n + 1 > *cap) {
+        size_t nc = *cap ? *cap : 256;
+        while (nc < *len + n + 1)
+            nc *= 2;
+        char *np = realloc(*p, nc);
+        if (!np)
+            return reject(c, 500, "out of memory while reading the request headers");
+        *p = np;
+        *cap = nc;
+    }
+    memcpy(*p + *len, at, n);
+    *len += n;
+    (*p)[*len] = '\0';
+    return 0;
+}
+
+static int on_message_begin(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    request_free(c->cur);
+    c->cur = calloc(1, sizeof *c->cur);
+    if (!c->cur)
+        return reject(c, 500, "out of memory while reading a request");
+    c->cur->hoff = calloc(2 * (size_t)c->srv->lim.max_headers + 2, sizeof(size_t));
+    if (!c->cur->hoff)
+        return reject(c, 500, "out of memory while reading a request");
+    return 0;
+}
+
+static int on_url(http_parser *p, const char *at, size_t n)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    struct http_request *r = c->cur;
+    return head_append(c, &r->target, &r->url_len, &r->url_cap, at, n);
+}
+
+/*
+ * Header names and values may arrive in several pieces (a read can end in the
+ * middle of either), so they are collected into one buffer as "name\0value\0"
+ * pairs and turned into pointers once the header block is complete.
+ */
+static int on_header_field(http_parser *p, const char *at, size_t n)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    struct http_request *r = c->cur;
+    if (r->hstate != HS_FIELD) {
+        if (r->hstate == HS_VALUE && head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
+            return -1;
+        if ((unsigned)r->n_headers >= c->srv->lim.max_headers)
+            return reject(c, 431, "request has more than %u header fields", c->srv->lim.max_headers);
+        r->hoff[2 * r->n_headers] = r->hbuf_len;
+        r->n_headers++;
+        r->hstate = HS_FIELD;
+    }
+    return head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, at, n);
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t n)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    struct http_request *r = c->cur;
+    if (r->hstate != HS_VALUE) {
+        if (head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
+            return -1;
+        r->hoff[2 * (r->n_headers - 1) + 1] = r->hbuf_len;
+        r->hstate = HS_VALUE;
+    }
+    return head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, at, n);
+}
+
+static int on_headers_complete(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    struct http_request *r = c->cur;
+    struct http_server *s = c->srv;
+    if (r->hstate == HS_FIELD) /* a name without a value cannot pass the parser, but be safe */
+        return reject(c, 400, "malformed HTTP request: header field without a value");
+    if (r->hstate == HS_VALUE && head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
+        return -1;
+    if (r->n_headers) {
+        r->headers = calloc((size_t)r->n_headers, sizeof *r->headers);
+        if (!r->headers)
+            return reject(c, 500, "out of memory while reading the request headers");
+        for (int i = 0; i < r->n_headers; i++) {
+            r->headers[i].name = r->hbuf + r->hoff[2 * i];
+            r->headers[i].value = r->hbuf + r->hoff[2 * i + 1];
+        }
+    }
+    if (!r->target)
+        return reject(c, 400, "malformed HTTP request: empty request target");
+    r->path = malloc(r->url_len + 2);
+    if (!r->path)
+        return reject(c, 500, "out of memory while reading the request target");
+    const char *q = "";
+    if (http_split_target(r->target, r->path, r->url_len + 2, &q) != 0)
+        return reject(c, 400,
+                      "request target '%.200s' is not a valid path (expected /v2/... with "
+                      "well-formed percent escapes)",
+                      r->target);
+    r->query = (char *)q;
+    r->method = (int)p->method;
+    r->method_name = http_method_str((enum http_method)p->method);
+    r->http_major = p->http_major;
+    r->http_minor = p->http_minor;
+    if (p->http_major != 1)
+        return reject(c, 505, "HTTP/%d.%d is not supported (expected HTTP/1.0 or HTTP/1.1)",
+                      p->http_major, p->http_minor);
+    int has_len = (p->flags & F_CONTENTLENGTH) != 0;
+    if (has_len && p->content_length > s->lim.max_body_bytes)
+        return reject(c, 413, "request body of %llu bytes exceeds the %zu byte limit",
+                      (unsigned long long)p->content_length, s->lim.max_body_bytes);
+    if (has_len && p->content_length > 0) {
+        r->body = malloc((size_t)p->content_length + 1);
+        r->body_cap = (size_t)p->content_length + 1;
+        if (!r->body)
+            return reject(c, 500, "out of memory for a request body of %llu bytes",
+                          (unsigned long long)p->content_length);
+    }
+    const char *expect = http_request_header(r, "Expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0 && !c->head) {
+        /* Only when nothing is queued ahead: an interim answer must not overtake one. */
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        char *h = malloc(sizeof cont);
+        if (h) {
+            memcpy(h, cont, sizeof cont);
+            conn_write_raw(c, h, sizeof cont - 1, NULL, 0);
+        }
+        if (c->closing)
+            return -1;
+    }
+    return 0;
+}
+
+static int on_body(http_parser *p, const char *at, size_t n)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    struct http_request *r = c->cur;
+    size_t lim = c->srv->lim.max_body_bytes;
+    if (n > lim - r->body_len)
+        return reject(c, 413, "request body exceeds the %zu byte limit", lim);
+    if (r->body_len + n + 1 > r->body_cap) {
+        /* Chunked bodies grow geometrically; declared lengths were allocated up front. */
+        size_t nc = r->body_cap ? r->body_cap : 4096;
+        while (nc < r->body_len + n + 1)
+            nc *= 2;
+        uint8_t *nb = realloc(r->body, nc);
+        if (!nb)
+            return reject(c, 500, "out of memory while reading the request body");
+        r->body = nb;
+        r->body_cap = nc;
+    }
+    memcpy(r->body + r->body_len, at, n);
+    r->body_len += n;
+    return 0;
+}
+
+static int on_message_complete(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    struct http_server *s = c->srv;
+    struct http_request *r = c->cur;
+    c->cur = NULL;
+    if (!r->body) {
+        r->body = malloc(1);
+        if (!r->body) {
+            request_free(r);
+            return reject(c, 500, "out of memory while reading a request");
+        }
+    }
+    r->body[r->body_len] = '\0';
+    free(r->hoff);
+    r->hoff = NULL;
+    r->keep_alive = http_should_keep_alive(p) && !p->upgrade;
+    r->seq = ++s->seq;
+    r->start_ns = uv_hrtime();
+    conn_enqueue(c, r);
+    if (!r->keep_alive)
+        c->stop_reading = 1;
+    s->handler(s->arg, r);
+    /* Pausing stops the parser after this message; conn_process decides whether to go on. */
+    if (c->closing || c->stop_reading || !conn_can_parse(c))
+        http_parser_pause(p, 1);
+    return 0;
+}
+
+/* ---- responses ---- */
+
+void http_respond(struct http_request *req, int status, const char *content_type,
+                  const char *extra_headers, char *body, size_t len)
+{
+    double ms = (double)(uv_hrtime() - req->start_ns) / 1e6;
+    LOG_DEBUG("request %llu: %s %s -> %d (%zu bytes, %.3f ms)%s", (unsigned long long)req->seq,
+              req->method_name ? req->method_name : "-", req->target ? req->target : "-", status,
+              len, ms, req->conn ? "" : " [client gone]");
+    struct http_conn *c = req->conn;
+    if (!c || c->closing) {
+        /* The client left: nobody is waiting, so just drop the answer. */
+        free(body);
+        if (!c)
+            request_free(req);
+        return;
+    }
+    if (req->responded) {
+        LOG_ERROR("internal error: request %llu answered twice", (unsigned long long)req->seq);
+        free(body);
+        return;
+    }
+    struct buf h = {0};
+    buf_printf(&h, "HTTP/1.1 %d %s\r\n", status, http_status_text(status));
+    if (content_type)
+        buf_printf(&h, "Content-Type: %s\r\n", content_type);
+    buf_printf(&h, "Content-Length: %zu\r\n", len);
+    if (!req->keep_alive)
+        buf_puts(&h, "Connection: close\r\n");
+    else if (req->http_minor == 0)
+        buf_puts(&h, "Connection: keep-alive\r\n");
+    if (extra_headers)
+        buf_puts(&h, extra_headers);
+    buf_puts(&h, "\r\n");
+    size_t hlen = 0;
+    char *head = buf_steal(&h, &hlen);
+    if (!head) {
+        /* Without a status line nothing valid can be sent; the client sees a close. */
+        free(body);
+        LOG_ERROR("out of memory building an HTTP response");
+        req->responded = 1;
+        conn_close(c);
+        return;
+    }
+    if (req->method == HTTP_HEAD) {
+        /* HEAD gets the headers of the GET answer but never its body. */
+        free(body);
+        body = NULL;
+        len = 0;
+    }
+    req->status = status;
+    req->resp_head = head;
+    req->resp_head_len = hlen;
+    req->resp_body = body;
+    req->resp_body_len = len;
+    req->responded = 1;
+    conn_flush(c);
+}
+
+/* ---- server ---- */
+
+static void on_reject_closed(uv_handle_t *h)
+{
+    struct http_server *s = h->data;
+    free(h);
+    server_handle_closed(s);
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    struct http_server *s = ls->data;
+    if (status < 0) {
+        LOG_WARN("accepting a client connection failed: %s", uv_strerror(status));
+        return;
+    }
+    if (s->n_conns >= s->lim.max_connections) {
+        uv_tcp_t *t = malloc(sizeof *t);
+        if (!t || uv_tcp_init(s->loop, t) != 0) {
+            free(t);
+            return;
+        }
+        t->data = s;
+        s->handles++;
+        (void)uv_accept(ls, (uv_stream_t *)t);
+        LOG_WARN("refusing a client connection: %u connections already open (limit)", s->n_conns);
+        uv_close((uv_handle_t *)t, on_reject_closed);
+        return;
+    }
+    struct http_conn *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles = 2;
+    s->handles++;
+    s->n_conns++;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    http_parser_init(&c->parser, HTTP_REQUEST);
+    c->parser.data = c;
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_timer_start(&c->timer, on_idle, s->lim.idle_timeout_ms, s->lim.idle_timeout_ms);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->reading = 1;
+}
+
+int http_server_new(struct http_server **out, uv_loop_t *loop, const struct http_limits *lim,
+                    http_handler_fn handler, void *arg, struct cerr *e)
+{
+    struct http_server *s = calloc(1, sizeof *s);
+    if (!s)
+        return cerr_set(e, CORRAL_ENOMEM, "cannot allocate the HTTP server");
+    if (!g_settings.on_message_complete) {
+        g_settings.on_message_begin = on_message_begin;
+        g_settings.on_url = on_url;
+        g_settings.on_header_field = on_header_field;
+        g_settings.on_header_value = on_header_value;
+        g_settings.on_headers_complete = on_headers_complete;
+        g_settings.on_body = on_body;
+        g_settings.on_message_complete = on_message_complete;
+    }
+    s->loop = loop;
+    s->lim = *lim;
+    if (s->lim.max_pipelined == 0)
+        s->lim.max_pipelined = 1;
+    s->handler = handler;
+    s->arg = arg;
+    *out = s;
+    return CORRAL_OK;
+}
+
+int http_server_listen(struct http_server *s, const char *host, int port, int *bound_port,
+                       struct cerr *e)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    int rc;
+    if (strchr(host, ':'))
+        rc = uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
+    else
+        rc = uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+    if (rc) {
+        /* Not numeric: resolve the name once, at start, where blocking is harmless. */
+        struct addrinfo hints, *res = NULL;
+        memset(&hints, 0, sizeof hints);
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE;
+        int g = getaddrinfo(host, NULL, &hints, &res);
+        if (g != 0 || !res)
+            return cerr_set(e, CORRAL_EINVAL, "cannot resolve listen host '%s': %s", host,
+                            gai_strerror(g));
+        memcpy(&ss, res->ai_addr, res->ai_addrlen);
+        freeaddrinfo(res);
+        if (ss.ss_family == AF_INET6)
+            ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)port);
+        else
+            ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)port);
+    }
+    uv_tcp_init(s->loop, &s->listener);
+    s->listener.data = s;
+    s->listener_open = 1;
+    s->handles++;
+    rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
+    if (rc)
+        return cerr_set(e, CORRAL_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+    struct sockaddr_storage got;
+    int len = sizeof got;
+    rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&got, &len);
+    if (rc)
+        return cerr_set(e, CORRAL_EIO, "cannot read the bound address: %s", uv_strerror(rc));
+    if (got.ss_family == AF_INET6)
+        *bound_port = ntohs(((struct sockaddr_in6 *)&got)->sin6_port);
+    else
+        *bound_port = ntohs(((struct sockaddr_in *)&got)->sin_port);
+    return CORRAL_OK;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    server_handle_closed(h->data);
+}
+
+void http_server_close(struct http_server *s, void (*done)(void *), void *done_arg)
+{
+    s->closing = 1;
+    s->done = done;
+    s->done_arg = done_arg;
+    s->handles++; /* held across this function so the server outlives the loop below */
+    if (s->listener_open) {
+        s->listener_open = 0;
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+    }
+    for (struct http_conn *c = s->conns; c; c = c->next)
+        conn_close(c);
+    server_handle_closed(s);
+}
