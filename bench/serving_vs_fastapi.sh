@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Serving benchmark: corral (router + 2 CPU replicas of models/digits) against the
+# FastAPI + PyTorch baseline (bench/fastapi_server.py under uvicorn --workers 2),
+# both on loopback, driven by wrk with keep-alive at several concurrencies.
+#
+# Usage: bench/serving_vs_fastapi.sh [DURATION_SECONDS]
+#
+# Builds nothing: it expects corral-router and corral-replica in build/ (or the
+# paths below) and the tooling virtualenv (deploy/setup.sh --python).
+#
+# Environment:
+#   DURATION      seconds per measurement (default 10; the argument wins)
+#   CONCURRENCY   connection counts to measure (default "1 16 64")
+#   SERVERS       which servers to measure (default "corral fastapi")
+#   CORRAL_BUILD  build directory (default build/ of this tree)
+#   CORRAL_ROUTER, CORRAL_REPLICA   the binaries (default in CORRAL_BUILD)
+#   CORRAL_PYTHON the virtualenv's python (default: deploy/setup.sh --python)
+#   WRK_THREADS   wrk threads, capped at the connection count (default 2)
+#
+# Output: one line per measurement,
+#   server=corral conc=16 rps=... p50_ms=... p99_ms=... errors=0
+# then, when both servers ran, corral/fastapi ratios per concurrency.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+duration="${1:-${DURATION:-10}}"
+concurrency="${CONCURRENCY:-1 16 64}"
+servers="${SERVERS:-corral fastapi}"
+build="${CORRAL_BUILD:-$root/build}"
+router="${CORRAL_ROUTER:-$build/router/corral-router}"
+replica="${CORRAL_REPLICA:-$build/replica/corral-replica}"
+wrk_threads="${WRK_THREADS:-2}"
+
+die() { echo "serving_vs_fastapi: $*" >&2; exit 1; }
+
+[[ "$duration" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive number of seconds, got '$duration'"
+command -v wrk >/dev/null || die "wrk is not installed (Debian package wrk)"
+command -v curl >/dev/null || die "curl is not installed"
+if [[ " $servers " == *" corral "* ]]; then
+    [ -x "$router" ] || die "no corral-router at $router (build it, or set CORRAL_ROUTER / CORRAL_BUILD)"
+    [ -x "$replica" ] || die "no corral-replica at $replica (build it, or set CORRAL_REPLICA / CORRAL_BUILD)"
+fi
+py="${CORRAL_PYTHON:-}"
+if [ -z "$py" ]; then
+    venv="$("$root/deploy/setup.sh" --python | tail -n 1)" || die "deploy/setup.sh --python failed"
+    py="$venv/bin/python"
+fi
+[ -x "$py" ] || die "no python at $py (set CORRAL_PYTHON)"
+[ -f models/digits/sample.json ] || die "models/digits/sample.json is missing (run models/digits/train.py)"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/corral-bench.XXXXXX")"
+pids=()
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Free loopback ports, asked of the kernel; a race with another process is possible
+# but rare, and shows as a failed start below.
+read -r -a ports <<<"$("$py" -c '
+import socket
+ss = [socket.socket() for _ in range(4)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in ss))
+')"
+router_port=${ports[0]} fastapi_port=${ports[1]} rep_a=${ports[2]} rep_b=${ports[3]}
+
+"$py" -c '
+import json, sys
+d = json.load(open("models/digits/sample.json"))
+json.dump({"input": d["inputs"][0]["data"]}, open(sys.argv[1], "w"))
+' "$work/fastapi_body.json"
+
+# wait_http URL NAME LOG: polls until URL answers 200, or fails after 60 s.
+wait_http() {
+    local i
+    for i in $(seq 1 300); do
+        if curl -sf -o /dev/null "$1"; then return 0; fi
+        sleep 0.2
+    done
+    echo "serving_vs_fastapi: $2 did not become ready at $1 within 60 s; its log:" >&2
+    tail -n 30 "$3" >&2 || true
+    exit 1
+}
+
+# check_answer URL BODY: one request up front, so a server answering errors is not
+# mistaken for a fast one; prints the predicted class.
+check_answer() {
+    local out
+    out="$(curl -sS -f -X POST -H 'Content-Type: application/json' --data @"$2" "$1")" ||
+        die "POST $1 failed: ${out:-no answer}"
+    "$py" -c '
+import json, sys
+r = json.loads(sys.argv[1])
+if "prediction" in r:
+    print(r["prediction"])
+else:
+    o = r["outputs"][0]
+    print(max(range(len(o["data"])), key=lambda i: o["data"][i]))
+' "$out"
+}
+
+declare -A rps p50 p99
+measure() { # SERVER URL BODY
+    local server=$1 url=$2 body=$3 c t line req dur errs
+    for c in $concurrency; do
+        t=$(( wrk_threads < c ? wrk_threads : c ))
+        line="$(BODY_FILE="$body" wrk -t"$t" -c"$c" -d"${duration}s" --latency \
+                -s "$root/bench/wrk_post.lua" "$url" | grep '^RESULT ')" ||
+            die "wrk against $url at concurrency $c produced no result"
+        read -r req dur p50u p99u errs <<<"$(awk '{
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+            print v["requests"], v["duration_us"], v["p50_us"], v["p99_us"],
+                  v["errors_connect"] + v["errors_read"] + v["errors_write"] + v["errors_status"] + v["errors_timeout"]
+        }' <<<"$line")"
+        rps[$server,$c]=$(awk -v r="$req" -v d="$dur" 'BEGIN { printf "%.1f", r / (d / 1e6) }')
+        p50[$server,$c]=$(awk -v u="$p50u" 'BEGIN { printf "%.3f", u / 1000 }')
+        p99[$server,$c]=$(awk -v u="$p99u" 'BEGIN { printf "%.3f", u / 1000 }')
+        echo "server=$server conc=$c rps=${rps[$server,$c]} p50_ms=${p50[$server,$c]} p99_ms=${p99[$server,$c]} errors=$errs"
+    done
+}
+
+echo "# ${duration}s per point, concurrency: $concurrency; $(nproc) CPUs; wrk shares them with the servers"
+
+if [[ " $servers " == *" corral "* ]]; then
+    "$replica" --model-repo models --model digits --listen "tcp://127.0.0.1:$rep_a" --device cpu \
+        --threads 1 >"$work/replica_a.log" 2>&1 & pids+=($!)
+    "$replica" --model-repo models --model digits --listen "tcp://127.0.0.1:$rep_b" --device cpu \
+        --threads 1 >"$work/replica_b.log" 2>&1 & pids+=($!)
+    "$router" --listen "127.0.0.1:$router_port" --replica "digits=tcp://127.0.0.1:$rep_a" \
+        --replica "digits=tcp://127.0.0.1:$rep_b" >"$work/router.log" 2>&1 & pids+=($!)
+    wait_http "http://127.0.0.1:$router_port/v2/health/ready" corral-router "$work/router.log"
+    # Ready means the router is up; wait until the model itself answers through it.
+    wait_http "http://127.0.0.1:$router_port/v2/models/digits/ready" "model digits" "$work/router.log"
+    echo "# corral: router :$router_port, replicas :$rep_a :$rep_b; sample predicted as $(check_answer \
+        "http://127.0.0.1:$router_port/v2/models/digits/infer" models/digits/sample.json)"
+    measure corral "http://127.0.0.1:$router_port/v2/models/digits/infer" "$root/models/digits/sample.json"
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+    pids=()
+fi
+
+if [[ " $servers " == *" fastapi "* ]]; then
+    "$py" -m uvicorn bench.fastapi_server:app --host 127.0.0.1 --port "$fastapi_port" --workers 2 \
+        --log-level warning --no-access-log >"$work/fastapi.log" 2>&1 & pids+=($!)
+    wait_http "http://127.0.0.1:$fastapi_port/health" "uvicorn (FastAPI)" "$work/fastapi.log"
+    # Both workers load the model; give the second one a moment after the first answers.
+    sleep 2
+    echo "# fastapi: uvicorn --workers 2 :$fastapi_port; sample predicted as $(check_answer \
+        "http://127.0.0.1:$fastapi_port/predict" "$work/fastapi_body.json")"
+    measure fastapi "http://127.0.0.1:$fastapi_port/predict" "$work/fastapi_body.json"
+fi
+
+if [[ " $servers " == *" corral "* && " $servers " == *" fastapi "* ]]; then
+    for c in $concurrency; do
+        awk -v c="$c" -v r1="${rps[corral,$c]}" -v r2="${rps[fastapi,$c]}" \
+            -v a1="${p50[corral,$c]}" -v a2="${p50[fastapi,$c]}" \
+            -v b1="${p99[corral,$c]}" -v b2="${p99[fastapi,$c]}" 'BEGIN {
+            printf "ratio conc=%s rps_corral/fastapi=%.2f p50_fastapi/corral=%.2f p99_fastapi/corral=%.2f\n",
+                   c, (r2 > 0 ? r1 / r2 : 0), (a1 > 0 ? a2 / a1 : 0), (b1 > 0 ? b2 / b1 : 0) }'
+    done
+fi

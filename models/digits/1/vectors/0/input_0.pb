@@ -1,0 +1,2 @@
+@BinputJÄ")AÖî@B6Aíá€@∑π
+@v∏ò@8ÈApCA˚A+8'A=&A·‚‹@ÑeA1º@∞)ﬂ@UdAªbNA24A¡CÕ?6ckAÖÿ6Ap¥A˙@Ç=^Aåd&@PïAUï˝?YAu¨NAñ∞ATz–@mßç?±ä2Aø6Ë@£ÿ8A;À]A«ªyAÓ[AnÏ?>O∏@©‡:A±ø/@®bAÉë^?‰ÀL@ªó>∆/KAÉLe@Ô—∞@ºñmAÅT4Aäi?ñ•(@5AA≈A-ös@¶(oAﬂ,A;	AWAGÈ:AA∑ü@¢„À@H·V@
