@@ -9,6 +9,7 @@ It writes, relative to the source tree:
   models/digits/digits.pt             the state_dict (raw 0..16 pixels in, logits out)
   models/digits/{config.json,labels.txt,1/}   via deploy/export/export.py
   models/digits/sample.json           an infer request body for one held-out image
+  models/digits/sample.label          that image's true label
   models/digits/README.md             what the model is, and that sample's label
   tests/data/digits_heldout.json      held-out inputs, labels, PyTorch logits,
                                       predictions and accuracy
@@ -169,6 +170,7 @@ def main():
     sample = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                           "data": [float(v) for v in x_test[0]]}]}
     (HERE / "sample.json").write_text(json.dumps(sample) + "\n")
+    (HERE / "sample.label").write_text("%d\n" % int(y_test[0]))
     (HERE / "README.md").write_text(README.format(hidden=HIDDEN, n=len(y_test), acc=acc,
                                                   label=int(y_test[0]), pred=int(pred[0])))
     print("wrote tests/data/digits_heldout.json, models/digits/sample.json (true label %d)" % int(y_test[0]))
