@@ -67,6 +67,7 @@ int wire_decode_response(const void *buf, size_t len, Corral__Response **out, st
         break;
     case CORRAL__RESPONSE__KIND_HEALTH:
     case CORRAL__RESPONSE__KIND_METADATA:
+    case CORRAL__RESPONSE__KIND_STATS:
         break;
     default:
         rc = cerr_set(e, CORRAL_EPARSE, "response carries no kind");

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "batcher.h"
 #include "engine.h"
 #include "log.h"
 #include "model_repo.h"
@@ -26,6 +27,7 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: corral-replica --model-repo DIR --model NAME [--version N] --listen URL\n"
             "                      [--device cpu] [--threads N] [--contexts N] [--log-level LEVEL]\n"
+            "                      [--overlap on|off] [--stall-ms N] [--test-hooks]\n"
             "       corral-replica --model-repo DIR --model NAME [--version N] --verify\n"
             "\n"
             "Loads models/NAME/<version>/model.onnx (the highest version when none is given),\n"
@@ -38,10 +40,17 @@ static void usage(FILE *f)
             "  --listen URL       NNG URL to serve on\n"
             "  --device DEV       cpu (default); cuda:N needs a CUDA build and device\n"
             "  --threads N        compute threads for the CPU backend (default 1)\n"
-            "  --contexts N       requests accepted at once (default 64)\n"
+            "  --contexts N       requests accepted at once (default: enough for the batching\n"
+            "                     queue, max_queue_size + 2 * max_batch_size + 16, at least 64)\n"
             "  --verify           check the parity vectors, print the max abs difference per\n"
             "                     output and exit 0 (within tolerance) or 1\n"
-            "  --log-level L      debug, info, warn or error (default info)\n");
+            "  --log-level L      debug, info, warn or error (default info)\n"
+            "  --overlap on|off   run the engine on its own thread so that padding the next\n"
+            "                     batch and cutting up the last one overlap compute (default on)\n"
+            "  --stall-ms N       report not live when one batch computes longer than this\n"
+            "                     (default: 4x the slowest warm-up bucket, at least 300)\n"
+            "  --test-hooks       FOR TESTS ONLY: honour the infer parameter\n"
+            "                     corral_test_stall_ms, which stalls the compute section\n");
 }
 
 static int parse_long(const char *s, long lo, long hi, long *out)
@@ -81,8 +90,10 @@ static int check_config_matches(const struct model_config *cfg, const struct eng
 int main(int argc, char **argv)
 {
     const char *repo = NULL, *model = NULL, *listen = NULL, *device = "cpu";
-    long version = 0, threads = 1, contexts = 64;
+    long version = 0, threads = 1, contexts = 0, stall_ms = 0;
     int verify = 0, rc = 1;
+    struct batcher_options bo = BATCHER_OPTIONS_DEFAULT;
+    struct batcher *bat = NULL;
     struct model_config cfg;
     struct engine *eng = NULL;
     struct replica_server *srv = NULL;
@@ -95,6 +106,8 @@ int main(int argc, char **argv)
         {"device", required_argument, 0, 'd'},     {"threads", required_argument, 0, 't'},
         {"contexts", required_argument, 0, 'c'},   {"verify", no_argument, 0, 'V'},
         {"log-level", required_argument, 0, 'L'},  {"help", no_argument, 0, 'h'},
+        {"overlap", required_argument, 0, 'O'},    {"stall-ms", required_argument, 0, 'S'},
+        {"test-hooks", no_argument, 0, 'T'},
         {0, 0, 0, 0}};
     log_init("replica");
     int c;
@@ -132,6 +145,21 @@ int main(int argc, char **argv)
             log_set_level((enum log_level)l);
             break;
         }
+        case 'O':
+            if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0) {
+                fprintf(stderr, "corral-replica: --overlap '%s' is not on or off\n", optarg);
+                return 2;
+            }
+            bo.overlap = strcmp(optarg, "on") == 0;
+            break;
+        case 'S':
+            if (parse_long(optarg, 1, 3600000, &stall_ms)) {
+                fprintf(stderr, "corral-replica: --stall-ms '%s' is not an integer in 1..3600000\n", optarg);
+                return 2;
+            }
+            bo.stall_ms = stall_ms;
+            break;
+        case 'T': bo.test_hooks = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -146,15 +174,6 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (strcmp(device, "cpu") != 0) {
-        if (strncmp(device, "cuda:", 5) == 0)
-            fprintf(stderr, "corral-replica: device '%s' is not available: this build has no CUDA "
-                            "backend and no CUDA device was found (use --device cpu)\n", device);
-        else
-            fprintf(stderr, "corral-replica: unknown device '%s' (expected cpu or cuda:N)\n", device);
-        return 1;
-    }
-
     if (model_repo_load(repo, model, version, &cfg, &e)) {
         fprintf(stderr, "corral-replica: %s\n", e.msg);
         goto out;
@@ -206,12 +225,32 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Every bucket runs once before the socket opens, so the first requests meet warm plans. */
+    if (batcher_create(&bat, eng, &cfg, &bo, replica_server_reply, &e) || batcher_warmup(bat, &e) ||
+        batcher_start(bat, &e)) {
+        fprintf(stderr, "corral-replica: %s/%s: %s\n", cfg.name, cfg.version_str, e.msg);
+        goto out;
+    }
+    if (bo.test_hooks)
+        LOG_WARN("test hooks are enabled: requests may stall the executor on purpose");
     struct replica_server_options so = REPLICA_SERVER_OPTIONS_DEFAULT;
+    if (contexts == 0) {
+        /* A request only reaches the queue through a free context, so there must be more
+         * contexts than the queue holds for max_queue_size (and 429s) to mean anything. */
+        int64_t mb = cfg.batching.max_batch_size > 0 ? cfg.batching.max_batch_size : 1;
+        int64_t want = cfg.batching.max_queue_size + 2 * mb + 16;
+        contexts = want < 64 ? 64 : want > 4096 ? 4096 : (long)want;
+    }
     so.contexts = (int)contexts;
+    so.batcher = bat;
     if (replica_server_start(&srv, listen, eng, &cfg, &so, &e)) {
         fprintf(stderr, "corral-replica: %s\n", e.msg);
         goto out;
     }
+    if (cfg.batching.max_batch_size > 0)
+        LOG_INFO("batching: max_batch_size %lld, max_queue_delay_us %lld, overlap %s, stall limit %lld ms",
+                 (long long)cfg.batching.max_batch_size, (long long)cfg.batching.max_queue_delay_us,
+                 bo.overlap ? "on" : "off", (long long)batcher_stall_ms(bat));
     LOG_INFO("serving model %s version %s on %s (device %s, %ld threads, %zu parity vectors ok)",
              cfg.name, cfg.version_str, replica_server_url(srv), device, threads, nsets);
     int sig = 0;
@@ -220,6 +259,7 @@ int main(int argc, char **argv)
     replica_server_stop(srv);
     rc = 0;
 out:
+    batcher_free(bat);
     engine_free(eng);
     if (have_cfg)
         model_config_free(&cfg);

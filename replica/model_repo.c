@@ -123,6 +123,317 @@ out:
     return rc;
 }
 
+
+/* Reads an integer field in [lo, hi]; a missing field keeps *out. */
+static int get_int(json_t *obj, const char *key, int64_t lo, int64_t hi, int64_t *out,
+                   struct cerr *e)
+{
+    json_t *v = json_object_get(obj, key);
+    if (!v)
+        return CORRAL_OK;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return cerr_set(e, CORRAL_EINVAL,
+                        "config.json: batching.%s must be an integer from %lld to %lld", key,
+                        (long long)lo, (long long)hi);
+    *out = json_integer_value(v);
+    return CORRAL_OK;
+}
+
+/* A bucket list: 1..MODEL_MAX_BUCKETS strictly increasing integers in [1, hi]. */
+static int get_buckets(json_t *arr, const char *what, int64_t hi, int64_t *out, size_t *n,
+                       struct cerr *e)
+{
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > MODEL_MAX_BUCKETS)
+        return cerr_set(e, CORRAL_EINVAL,
+                        "config.json: %s must be an array of 1 to %d increasing integers", what,
+                        MODEL_MAX_BUCKETS);
+    *n = json_array_size(arr);
+    for (size_t i = 0; i < *n; i++) {
+        json_t *v = json_array_get(arr, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > hi ||
+            (i > 0 && json_integer_value(v) <= out[i - 1]))
+            return cerr_set(e, CORRAL_EINVAL,
+                            "config.json: %s[%zu] must be an integer from 1 to %lld, greater than "
+                            "the entry before it",
+                            what, i, (long long)hi);
+        out[i] = json_integer_value(v);
+    }
+    return CORRAL_OK;
+}
+
+static int find_io(const struct model_io *io, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(io[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* A dimension key of batching.inputs.X.dims / outputs.X.dims: a decimal index >= 1. */
+static int parse_dim_key(const char *key, const struct model_io *io, const char *what,
+                         struct cerr *e)
+{
+    char *end;
+    long d = strtol(key, &end, 10);
+    if (!key[0] || *end || d < 1 || d >= io->ndim || io->dims[d] != -1)
+        return cerr_set(e, CORRAL_EINVAL,
+                        "config.json: %s '%s' dims key '%s' must name a variable (-1) dimension "
+                        "other than the batch axis (1 to %d)",
+                        what, io->name, key, io->ndim - 1);
+    return (int)d;
+}
+
+static int check_keys(json_t *obj, const char *what, const char *const *allowed, struct cerr *e)
+{
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        size_t i;
+        for (i = 0; allowed[i]; i++)
+            if (strcmp(key, allowed[i]) == 0)
+                break;
+        if (!allowed[i]) {
+            char list[256] = "";
+            size_t off = 0;
+            for (size_t k = 0; allowed[k] && off < sizeof list; k++)
+                off += (size_t)snprintf(list + off, sizeof list - off, "%s%s", k ? ", " : "",
+                                        allowed[k]);
+            return cerr_set(e, CORRAL_EINVAL, "config.json: %s has unknown key '%.64s' (expected %s)",
+                            what, key, list);
+        }
+    }
+    return CORRAL_OK;
+}
+
+static int parse_batch_inputs(struct model_config *cfg, json_t *ins, struct cerr *e)
+{
+    struct model_batching *b = &cfg->batching;
+    static const char *const keys[] = {"pad_value", "dims", NULL};
+    const char *name;
+    json_t *spec;
+    int rc;
+    if (!json_is_object(ins))
+        return cerr_set(e, CORRAL_EINVAL,
+                        "config.json: batching.inputs must be an object keyed by input name");
+    json_object_foreach(ins, name, spec) {
+        int i = find_io(cfg->inputs, cfg->n_inputs, name);
+        if (i < 0)
+            return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs names '%.128s', which "
+                            "is not one of the model's inputs", name);
+        if (!json_is_object(spec))
+            return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs '%s' must be an object "
+                            "{pad_value, dims}", name);
+        if ((rc = check_keys(spec, "batching.inputs entry", keys, e)))
+            return rc;
+        json_t *pv = json_object_get(spec, "pad_value");
+        if (pv) {
+            if (!json_is_number(pv))
+                return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs '%s' pad_value "
+                                "must be a number", name);
+            b->pad_value[i] = json_number_value(pv);
+            enum dtype dt = cfg->inputs[i].dtype;
+            if ((dt == DT_FP16 || dt == DT_BF16) && b->pad_value[i] != 0)
+                return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs '%s' is %s: only "
+                                "pad_value 0 is supported for it", name, dtype_name(dt));
+        }
+        json_t *dims = json_object_get(spec, "dims");
+        if (!dims)
+            continue;
+        if (!json_is_object(dims))
+            return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs '%s' dims must be an "
+                            "object mapping a dimension index to its buckets, e.g. {\"1\": [16, 32]}",
+                            name);
+        const char *dk;
+        json_t *bl;
+        json_object_foreach(dims, dk, bl) {
+            int d = parse_dim_key(dk, &cfg->inputs[i], "batching.inputs", e);
+            if (d < 0)
+                return d;
+            struct model_var_dim *vd = NULL;
+            for (size_t k = 0; k < b->n_var_dims; k++)
+                if (b->var_dims[k].input == i && b->var_dims[k].dim == d)
+                    vd = &b->var_dims[k];
+            if (!vd)
+                return cerr_set(e, CORRAL_EINVAL, "config.json: too many variable dimensions");
+            char what[200];
+            snprintf(what, sizeof what, "batching.inputs '%s' dims '%s'", name, dk);
+            if ((rc = get_buckets(bl, what, (int64_t)1 << 30, vd->buckets, &vd->n_buckets, e)))
+                return rc;
+        }
+    }
+    return CORRAL_OK;
+}
+
+static int parse_batch_outputs(struct model_config *cfg, json_t *outs, struct cerr *e)
+{
+    struct model_batching *b = &cfg->batching;
+    static const char *const keys[] = {"dims", NULL};
+    const char *name;
+    json_t *spec;
+    int rc;
+    if (!json_is_object(outs))
+        return cerr_set(e, CORRAL_EINVAL,
+                        "config.json: batching.outputs must be an object keyed by output name");
+    json_object_foreach(outs, name, spec) {
+        int j = find_io(cfg->outputs, cfg->n_outputs, name);
+        if (j < 0)
+            return cerr_set(e, CORRAL_EINVAL, "config.json: batching.outputs names '%.128s', which "
+                            "is not one of the model's outputs", name);
+        if (!json_is_object(spec) || (rc = check_keys(spec, "batching.outputs entry", keys, e)))
+            return json_is_object(spec)
+                       ? rc
+                       : cerr_set(e, CORRAL_EINVAL, "config.json: batching.outputs '%s' must be an "
+                                  "object {dims}", name);
+        json_t *dims = json_object_get(spec, "dims");
+        if (!json_is_object(dims))
+            return cerr_set(e, CORRAL_EINVAL, "config.json: batching.outputs '%s' dims must be an "
+                            "object like {\"1\": {\"input\": \"ids\", \"dim\": 1}}", name);
+        const char *dk;
+        json_t *f;
+        json_object_foreach(dims, dk, f) {
+            int d = parse_dim_key(dk, &cfg->outputs[j], "batching.outputs", e);
+            if (d < 0)
+                return d;
+            struct model_follow *mf = &b->follow[j][d];
+            if (json_is_string(f) && strcmp(json_string_value(f), "computed") == 0) {
+                mf->kind = MODEL_FOLLOW_COMPUTED;
+                continue;
+            }
+            json_t *in = json_object_get(f, "input"), *id = json_object_get(f, "dim");
+            int i = json_is_string(in) ? find_io(cfg->inputs, cfg->n_inputs, json_string_value(in)) : -1;
+            if (!json_is_object(f) || i < 0 || !json_is_integer(id) || json_integer_value(id) < 1 ||
+                json_integer_value(id) >= cfg->inputs[i].ndim ||
+                cfg->inputs[i].dims[json_integer_value(id)] != -1)
+                return cerr_set(e, CORRAL_EINVAL,
+                                "config.json: batching.outputs '%s' dims '%s' must be \"computed\" or "
+                                "{\"input\": NAME, \"dim\": D} naming a model input and one of its "
+                                "variable non-batch dimensions", name, dk);
+            mf->kind = MODEL_FOLLOW_INPUT;
+            mf->input = i;
+            mf->dim = (int)json_integer_value(id);
+        }
+    }
+    return CORRAL_OK;
+}
+
+static int parse_batching(struct model_config *cfg, json_t *bj, struct cerr *e)
+{
+    struct model_batching *b = &cfg->batching;
+    static const char *const keys[] = {
+        "max_batch_size", "batch_buckets", "max_queue_delay_us", "max_queue_size",
+        "default_timeout_us", "priority_levels", "default_priority", "preserve_ordering",
+        "inputs", "outputs", NULL};
+    int rc;
+    int64_t v;
+    memset(b, 0, sizeof *b);
+    b->max_queue_size = 1024;
+    b->priority_levels = 1;
+    /* Every variable non-batch input dimension is recorded, bucketed or not. */
+    for (size_t i = 0; i < cfg->n_inputs; i++)
+        for (int d = 1; d < cfg->inputs[i].ndim; d++) {
+            if (cfg->inputs[i].dims[d] != -1)
+                continue;
+            if (b->n_var_dims == MODEL_MAX_VAR_DIMS)
+                return cerr_set(e, CORRAL_EINVAL, "config.json: the inputs have more than %d "
+                                "variable non-batch dimensions", MODEL_MAX_VAR_DIMS);
+            b->var_dims[b->n_var_dims].input = (int)i;
+            b->var_dims[b->n_var_dims].dim = d;
+            b->n_var_dims++;
+        }
+    if (!bj) {
+        b->default_priority = 1;
+        return CORRAL_OK;
+    }
+    if (!json_is_object(bj))
+        return cerr_set(e, CORRAL_EINVAL, "config.json: batching must be an object");
+    if ((rc = check_keys(bj, "batching", keys, e)) ||
+        (rc = get_int(bj, "max_batch_size", 0, 1 << 20, &b->max_batch_size, e)) ||
+        (rc = get_int(bj, "max_queue_delay_us", 0, 60000000, &b->max_queue_delay_us, e)) ||
+        (rc = get_int(bj, "max_queue_size", 1, 1 << 20, &b->max_queue_size, e)) ||
+        (rc = get_int(bj, "default_timeout_us", 0, (int64_t)3600 * 1000000, &b->default_timeout_us, e)))
+        return rc;
+    v = 1;
+    if ((rc = get_int(bj, "priority_levels", 1, MODEL_MAX_PRIORITY, &v, e)))
+        return rc;
+    b->priority_levels = (int)v;
+    v = b->priority_levels;
+    if ((rc = get_int(bj, "default_priority", 1, b->priority_levels, &v, e)))
+        return rc;
+    b->default_priority = (int)v;
+    json_t *po = json_object_get(bj, "preserve_ordering");
+    if (po && !json_is_boolean(po))
+        return cerr_set(e, CORRAL_EINVAL, "config.json: batching.preserve_ordering must be true or false");
+    b->preserve_ordering = json_is_true(po);
+
+    json_t *bb = json_object_get(bj, "batch_buckets");
+    if (bb && b->max_batch_size == 0)
+        return cerr_set(e, CORRAL_EINVAL, "config.json: batching.batch_buckets needs "
+                        "max_batch_size > 0");
+    if (bb) {
+        if ((rc = get_buckets(bb, "batching.batch_buckets", b->max_batch_size, b->batch_buckets,
+                              &b->n_batch_buckets, e)))
+            return rc;
+        if (b->batch_buckets[b->n_batch_buckets - 1] != b->max_batch_size)
+            return cerr_set(e, CORRAL_EINVAL, "config.json: the last of batching.batch_buckets "
+                            "must equal max_batch_size (%lld)", (long long)b->max_batch_size);
+    } else if (b->max_batch_size > 0) {
+        /* Powers of two up to max_batch_size, and max_batch_size itself. */
+        for (int64_t s = 1; s < b->max_batch_size && b->n_batch_buckets < MODEL_MAX_BUCKETS - 1; s *= 2)
+            b->batch_buckets[b->n_batch_buckets++] = s;
+        b->batch_buckets[b->n_batch_buckets++] = b->max_batch_size;
+    }
+    json_t *ins = json_object_get(bj, "inputs"), *outs = json_object_get(bj, "outputs");
+    if ((ins || outs) && b->max_batch_size == 0)
+        return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs and batching.outputs "
+                        "need max_batch_size > 0");
+    if ((ins && (rc = parse_batch_inputs(cfg, ins, e))) ||
+        (outs && (rc = parse_batch_outputs(cfg, outs, e))))
+        return rc;
+    if (b->max_batch_size == 0)
+        return CORRAL_OK;
+
+    /* Batching concatenates requests along dimension 0, so every tensor needs that axis. */
+    for (size_t k = 0; k < cfg->n_inputs + cfg->n_outputs; k++) {
+        int is_in = k < cfg->n_inputs;
+        const struct model_io *io = is_in ? &cfg->inputs[k] : &cfg->outputs[k - cfg->n_inputs];
+        if (io->ndim < 1 || io->dims[0] != -1)
+            return cerr_set(e, CORRAL_EINVAL, "config.json: batching needs dimension 0 of %s '%s' "
+                            "to be the variable batch axis (-1)", is_in ? "input" : "output", io->name);
+        if (io->dtype == DT_BYTES)
+            return cerr_set(e, CORRAL_EINVAL, "config.json: %s '%s' is BYTES, which cannot be "
+                            "batched", is_in ? "input" : "output", io->name);
+    }
+    int padded = 0;
+    for (size_t k = 0; k < b->n_var_dims; k++)
+        padded |= b->var_dims[k].n_buckets > 0;
+    for (size_t j = 0; j < cfg->n_outputs; j++)
+        for (int d = 1; d < cfg->outputs[j].ndim; d++) {
+            const struct model_follow *f = &b->follow[j][d];
+            /* A dimension following an unpadded input dimension is cut to what it already is. */
+            if (padded && cfg->outputs[j].dims[d] == -1 && f->kind == MODEL_FOLLOW_NONE)
+                return cerr_set(e, CORRAL_EINVAL,
+                                "config.json: output '%s' dimension %d is variable and inputs are "
+                                "padded: batching.outputs must say which input dimension it follows "
+                                "({\"input\": NAME, \"dim\": D}) or \"computed\"",
+                                cfg->outputs[j].name, d);
+        }
+    return CORRAL_OK;
+}
+
+int model_batching_parse_text(struct model_config *cfg, const char *json_text, struct cerr *e)
+{
+    json_error_t jerr;
+    json_t *bj = NULL;
+    if (json_text) {
+        bj = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr);
+        if (!bj)
+            return cerr_set(e, CORRAL_EPARSE, "batching: %s (line %d)", jerr.text, jerr.line);
+    }
+    int rc = parse_batching(cfg, bj, e);
+    json_decref(bj);
+    return rc;
+}
+
 int model_repo_load(const char *repo, const char *name, long version, struct model_config *cfg,
                     struct cerr *e)
 {
@@ -172,6 +483,8 @@ int model_repo_load(const char *repo, const char *name, long version, struct mod
         if (r)
             cfg->parity_rtol = json_number_value(r);
     }
+    if ((rc = parse_batching(cfg, json_object_get(root, "batching"), e)))
+        goto fail;
     json_t *lab = json_object_get(root, "labels");
     if (lab) {
         if (!json_is_string(lab)) {

@@ -3,13 +3,11 @@
 #include <arpa/inet.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "batcher.h"
 #include "log.h"
 #include "wire.h"
 
@@ -18,9 +16,6 @@ struct worker {
     nng_ctx ctx;
     nng_aio *aio;
     int sending;
-    Corral__Request *req; /* owned while queued for the executor */
-    uint64_t enqueued_ns;
-    struct worker *next;
 };
 
 struct replica_server {
@@ -32,24 +27,8 @@ struct replica_server {
     struct replica_server_options opt;
     struct worker *workers;
     int n_workers;
-
-    pthread_t executor;
-    int executor_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct worker *head, *tail;
-    size_t depth;
-    int stopping;
-    /* Start time of the request the executor is running, 0 when idle. */
-    _Atomic uint64_t busy_since_ns;
+    struct batcher *batcher; /* borrowed */
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void worker_recv(struct worker *w)
 {
@@ -139,11 +118,11 @@ static void answer_health(struct worker *w)
     struct replica_server *srv = w->srv;
     Corral__Response resp = CORRAL__RESPONSE__INIT;
     Corral__HealthResponse h = CORRAL__HEALTH_RESPONSE__INIT;
-    uint64_t busy = atomic_load(&srv->busy_since_ns);
-    /* An executor stuck on one request is not live even though this socket answers. */
-    int live = busy == 0 || now_ns() - busy < (uint64_t)srv->opt.stall_ms * 1000000u;
+    int live, ready;
+    /* An executor stuck on one batch is not live even though this socket answers. */
+    batcher_health(srv->batcher, &live, &ready);
     h.live = live;
-    h.ready = live;
+    h.ready = ready;
     h.model_name = (char *)srv->cfg->name;
     h.model_version = (char *)srv->cfg->version_str;
     resp.kind_case = CORRAL__RESPONSE__KIND_HEALTH;
@@ -155,34 +134,84 @@ static void answer_health(struct worker *w)
     worker_send(w, buf, len);
 }
 
-static void enqueue_infer(struct worker *w)
+static void answer_stats(struct worker *w)
 {
     struct replica_server *srv = w->srv;
-    int full = 0, stopping = 0;
-    pthread_mutex_lock(&srv->mu);
-    if (srv->stopping) {
-        stopping = 1;
-    } else if (srv->depth >= srv->opt.max_queue) {
-        full = 1;
-    } else {
-        w->next = NULL;
-        w->enqueued_ns = now_ns();
-        if (srv->tail)
-            srv->tail->next = w;
-        else
-            srv->head = w;
-        srv->tail = w;
-        srv->depth++;
-        pthread_cond_signal(&srv->cv);
+    struct batcher_stats *st = malloc(sizeof *st);
+    Corral__Response resp = CORRAL__RESPONSE__INIT;
+    Corral__StatsResponse sr = CORRAL__STATS_RESPONSE__INIT;
+    Corral__HistogramBin bins[64], *binp[64];
+    Corral__RejectionCount rej[BATCHER_REJECT_COUNT], *rejp[BATCHER_REJECT_COUNT];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (!st) {
+        worker_send_error(w, CORRAL_ENOMEM, "out of memory");
+        return;
     }
-    pthread_mutex_unlock(&srv->mu);
-    if (full || stopping) {
-        corral__request__free_unpacked(w->req, NULL);
-        w->req = NULL;
-        if (stopping)
-            worker_send_error(w, CORRAL_EUNAVAIL, "replica is shutting down");
-        else
-            worker_send_error(w, CORRAL_EQUEUEFULL, "replica queue is full, retry later");
+    batcher_get_stats(srv->batcher, st);
+    sr.model_name = (char *)srv->cfg->name;
+    sr.model_version = (char *)srv->cfg->version_str;
+    sr.request_count = st->requests;
+    sr.success_count = st->success;
+    sr.batch_count = st->batches;
+    sr.batch_rows = st->rows;
+    sr.queue_time_us = st->queue_us;
+    sr.compute_time_us = st->compute_us;
+    sr.gather_time_us = st->gather_us;
+    sr.scatter_time_us = st->scatter_us;
+    sr.real_elements = st->real_elements;
+    sr.padded_elements = st->padded_elements;
+    sr.queue_depth = st->queue_depth;
+    sr.max_queue_size = st->max_queue_size;
+    sr.max_batch_size = (uint64_t)srv->cfg->batching.max_batch_size;
+    /* Only bins that counted something travel; at most 64 of them, the largest sizes kept
+     * in the last bin so the total stays exact. */
+    size_t nb = 0;
+    for (size_t i = 0; i < st->n_hist; i++) {
+        if (!st->hist[i])
+            continue;
+        if (nb == 64) {
+            bins[63].count += st->hist[i];
+            continue;
+        }
+        corral__histogram_bin__init(&bins[nb]);
+        bins[nb].size = i + 1;
+        bins[nb].count = st->hist[i];
+        binp[nb] = &bins[nb];
+        nb++;
+    }
+    sr.n_batch_size_histogram = nb;
+    sr.batch_size_histogram = binp;
+    for (int r = 0; r < BATCHER_REJECT_COUNT; r++) {
+        corral__rejection_count__init(&rej[r]);
+        rej[r].reason = (char *)batcher_reject_name((enum batcher_reject)r);
+        rej[r].count = st->rejected[r];
+        rejp[r] = &rej[r];
+    }
+    sr.n_rejections = BATCHER_REJECT_COUNT;
+    sr.rejections = rejp;
+    resp.kind_case = CORRAL__RESPONSE__KIND_STATS;
+    resp.stats = &sr;
+    if (wire_pack_response(&resp, &buf, &len) != 0)
+        buf = NULL;
+    free(st);
+    worker_send(w, buf, len);
+}
+
+void replica_server_reply(void *owner, uint8_t *buf, size_t len)
+{
+    worker_send(owner, buf, len);
+}
+
+static void submit_infer(struct worker *w, Corral__Request *req)
+{
+    struct cerr e = {0};
+    int rc = batcher_submit(w->srv->batcher, req, w, &e);
+    if (rc) {
+        if (rc != CORRAL_EQUEUEFULL)
+            LOG_DEBUG("refused infer request: %s", e.msg);
+        corral__request__free_unpacked(req, NULL);
+        worker_send_error(w, rc, e.msg);
     }
 }
 
@@ -227,146 +256,16 @@ static void worker_cb(void *arg)
         answer_metadata(w);
         break;
     case CORRAL__REQUEST__KIND_INFER:
-        w->req = req;
-        enqueue_infer(w);
+        submit_infer(w, req);
+        break;
+    case CORRAL__REQUEST__KIND_STATS:
+        corral__request__free_unpacked(req, NULL);
+        answer_stats(w);
         break;
     default:
         corral__request__free_unpacked(req, NULL);
         worker_send_error(w, CORRAL_EINVAL, "unknown request kind");
     }
-}
-
-/* Runs one infer request on the executor thread and packs its reply. */
-static int run_infer(struct replica_server *srv, const Corral__InferRequest *ir, uint8_t **buf,
-                     size_t *len, struct cerr *e)
-{
-    const struct model_config *cfg = srv->cfg;
-    size_t nout = engine_num_outputs(srv->eng);
-    struct tensor in[MODEL_MAX_IO];
-    struct tensor *out = calloc(nout, sizeof *out);
-    Corral__Tensor *ot = calloc(nout, sizeof *ot);
-    Corral__Tensor **otp = calloc(nout, sizeof *otp);
-    int want[MODEL_MAX_IO];
-    int rc = CORRAL_OK;
-    if (!out || !ot || !otp) {
-        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory");
-        goto out;
-    }
-    if (ir->model_name && ir->model_name[0] && strcmp(ir->model_name, cfg->name) != 0) {
-        rc = cerr_set(e, CORRAL_ENOTFOUND, "this replica serves model '%s', not '%.128s'",
-                      cfg->name, ir->model_name);
-        goto out;
-    }
-    if (ir->model_version && ir->model_version[0] &&
-        strcmp(ir->model_version, cfg->version_str) != 0) {
-        rc = cerr_set(e, CORRAL_ENOTFOUND, "model '%s' version '%.32s' is not served here (serving %s)",
-                      cfg->name, ir->model_version, cfg->version_str);
-        goto out;
-    }
-    if (ir->n_inputs > MODEL_MAX_IO) {
-        rc = cerr_set(e, CORRAL_EINVAL, "request has %zu inputs, model '%s' takes %zu", ir->n_inputs,
-                      cfg->name, engine_num_inputs(srv->eng));
-        goto out;
-    }
-    for (size_t i = 0; i < ir->n_inputs; i++)
-        wire_tensor_view(ir->inputs[i], &in[i]);
-    for (size_t j = 0; j < nout; j++)
-        want[j] = ir->n_outputs == 0;
-    for (size_t r = 0; r < ir->n_outputs; r++) {
-        const char *nm = ir->outputs[r]->name ? ir->outputs[r]->name : "";
-        size_t j;
-        for (j = 0; j < nout; j++)
-            if (strcmp(engine_output(srv->eng, j)->name, nm) == 0)
-                break;
-        if (j == nout) {
-            char names[256] = "";
-            size_t off = 0;
-            for (size_t k = 0; k < nout && off < sizeof names; k++)
-                off += (size_t)snprintf(names + off, sizeof names - off, "%s%s", k ? ", " : "",
-                                        engine_output(srv->eng, k)->name);
-            rc = cerr_set(e, CORRAL_EINVAL, "unknown output '%.128s' requested (model outputs: %s)",
-                          nm, names);
-            goto out;
-        }
-        want[j] = 1;
-    }
-    if ((rc = engine_run(srv->eng, in, ir->n_inputs, out, e)))
-        goto out;
-
-    Corral__Response resp = CORRAL__RESPONSE__INIT;
-    Corral__InferResponse irsp = CORRAL__INFER_RESPONSE__INIT;
-    size_t k = 0;
-    for (size_t j = 0; j < nout; j++) {
-        if (!want[j])
-            continue;
-        corral__tensor__init(&ot[k]);
-        ot[k].name = (char *)engine_output(srv->eng, j)->name;
-        ot[k].datatype = (Corral__DataType)out[j].dtype;
-        ot[k].n_shape = (size_t)out[j].ndim;
-        ot[k].shape = out[j].dims;
-        ot[k].data.data = out[j].data;
-        ot[k].data.len = out[j].nbytes;
-        otp[k] = &ot[k];
-        k++;
-    }
-    irsp.id = ir->id;
-    irsp.model_name = (char *)cfg->name;
-    irsp.model_version = (char *)cfg->version_str;
-    irsp.n_outputs = k;
-    irsp.outputs = otp;
-    resp.kind_case = CORRAL__RESPONSE__KIND_INFER;
-    resp.infer = &irsp;
-    if (wire_pack_response(&resp, buf, len) != 0)
-        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory packing the response");
-out:
-    for (size_t j = 0; out && j < nout; j++)
-        tensor_release(&out[j]);
-    free(out);
-    free(ot);
-    free(otp);
-    return rc;
-}
-
-static void *executor_main(void *arg)
-{
-    struct replica_server *srv = arg;
-    for (;;) {
-        pthread_mutex_lock(&srv->mu);
-        while (!srv->head && !srv->stopping)
-            pthread_cond_wait(&srv->cv, &srv->mu);
-        if (srv->stopping) {
-            pthread_mutex_unlock(&srv->mu);
-            break;
-        }
-        struct worker *w = srv->head;
-        srv->head = w->next;
-        if (!srv->head)
-            srv->tail = NULL;
-        srv->depth--;
-        pthread_mutex_unlock(&srv->mu);
-
-        uint64_t t0 = now_ns();
-        atomic_store(&srv->busy_since_ns, t0);
-        struct cerr e = {0};
-        uint8_t *buf = NULL;
-        size_t len = 0;
-        int rc = run_infer(srv, w->req->infer, &buf, &len, &e);
-        atomic_store(&srv->busy_since_ns, 0);
-        const char *id = w->req->infer->id ? w->req->infer->id : "";
-        if (rc) {
-            LOG_DEBUG("infer id='%.64s' failed in %.3f ms: %s", id, (double)(now_ns() - t0) / 1e6, e.msg);
-            corral__request__free_unpacked(w->req, NULL);
-            w->req = NULL;
-            worker_send_error(w, rc, e.msg);
-        } else {
-            LOG_DEBUG("infer id='%.64s' queued %.3f ms, ran %.3f ms", id,
-                      (double)(t0 - w->enqueued_ns) / 1e6, (double)(now_ns() - t0) / 1e6);
-            corral__request__free_unpacked(w->req, NULL);
-            w->req = NULL;
-            worker_send(w, buf, len);
-        }
-    }
-    return NULL;
 }
 
 int replica_server_start(struct replica_server **out, const char *url, struct engine *eng,
@@ -378,11 +277,14 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
     *out = NULL;
     if (!srv)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory");
+    if (!opt->batcher) {
+        free(srv);
+        return cerr_set(e, CORRAL_EINVAL, "replica server started without a batcher");
+    }
     srv->eng = eng;
     srv->cfg = cfg;
     srv->opt = *opt;
-    pthread_mutex_init(&srv->mu, NULL);
-    pthread_cond_init(&srv->cv, NULL);
+    srv->batcher = opt->batcher;
     if ((rv = nng_rep0_open(&srv->sock)) != 0) {
         rc = cerr_set(e, CORRAL_EINTERNAL, "cannot open NNG REP socket: %s", nng_strerror(rv));
         goto fail;
@@ -405,11 +307,6 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
                      (unsigned)ntohs(sa.s_in.sa_port));
         }
     }
-    if (pthread_create(&srv->executor, NULL, executor_main, srv) != 0) {
-        rc = cerr_set(e, CORRAL_EINTERNAL, "cannot start the executor thread");
-        goto fail;
-    }
-    srv->executor_started = 1;
     srv->n_workers = opt->contexts > 0 ? opt->contexts : 1;
     srv->workers = calloc((size_t)srv->n_workers, sizeof *srv->workers);
     if (!srv->workers) {
@@ -440,27 +337,18 @@ void replica_server_stop(struct replica_server *srv)
 {
     if (!srv)
         return;
-    /* The executor finishes the request it is running and answers it before the socket closes. */
-    pthread_mutex_lock(&srv->mu);
-    srv->stopping = 1;
-    pthread_cond_broadcast(&srv->cv);
-    pthread_mutex_unlock(&srv->mu);
-    if (srv->executor_started)
-        pthread_join(srv->executor, NULL);
-    nng_close(srv->sock);
+    /* The batcher finishes the batches it is running and answers everything still queued
+     * (EUNAVAIL) while the socket can still carry the replies. */
+    batcher_stop(srv->batcher);
+    if (nng_socket_id(srv->sock) > 0)
+        nng_close(srv->sock);
     for (int i = 0; srv->workers && i < srv->n_workers; i++)
         if (srv->workers[i].aio)
             nng_aio_stop(srv->workers[i].aio);
-    /* The socket is closed: requests still queued can no longer be answered, only freed. */
-    for (struct worker *w = srv->head; w; w = w->next)
-        if (w->req)
-            corral__request__free_unpacked(w->req, NULL);
     for (int i = 0; srv->workers && i < srv->n_workers; i++) {
         if (srv->workers[i].aio)
             nng_aio_free(srv->workers[i].aio);
     }
     free(srv->workers);
-    pthread_mutex_destroy(&srv->mu);
-    pthread_cond_destroy(&srv->cv);
     free(srv);
 }

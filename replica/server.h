@@ -1,11 +1,12 @@
 /*
  * The replica's RPC server: an NNG REP socket served by many contexts, each
- * receiving one Request at a time, feeding one executor thread through a FIFO.
+ * receiving one Request at a time and handing infer requests to the batcher.
  *
- * Health and metadata requests are answered on the NNG callback thread (they
- * touch no engine state); infer requests are queued and run one after another
- * by the executor, which owns the engine. Every received request gets exactly
- * one reply: a Response carrying the result or an Error with a corral code.
+ * Health, metadata and stats requests are answered on the NNG callback thread
+ * (they touch no engine state); infer requests are validated and queued by the
+ * batcher (replica/batcher.h), which owns the engine while it runs. Every
+ * received request gets exactly one reply: a Response carrying the result or
+ * an Error with a corral code.
  *
  * Usage:
  *     struct replica_server *srv;
@@ -13,12 +14,14 @@
  *     ... wait for a signal ...
  *     replica_server_stop(srv);  // closes the socket, joins the executor, frees
  *
- * The engine and config are borrowed and must outlive the server.
+ * The engine, config and batcher (opts.batcher, started) are borrowed and must
+ * outlive the server; stopping the server stops the batcher.
  */
 #ifndef CORRAL_REPLICA_SERVER_H
 #define CORRAL_REPLICA_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "engine.h"
 #include "error.h"
@@ -26,12 +29,13 @@
 
 struct replica_server;
 
+struct batcher;
+
 struct replica_server_options {
-    int contexts;          /* concurrent NNG contexts (requests accepted at once) */
-    size_t max_queue;      /* infer requests waiting for the executor before EQUEUEFULL */
-    int stall_ms;          /* executor busy this long on one request => not live */
+    int contexts;             /* concurrent NNG contexts (requests accepted at once) */
+    struct batcher *batcher;  /* queues and runs infer requests (required) */
 };
-#define REPLICA_SERVER_OPTIONS_DEFAULT {.contexts = 64, .max_queue = 1024, .stall_ms = 10000}
+#define REPLICA_SERVER_OPTIONS_DEFAULT {.contexts = 64, .batcher = NULL}
 
 int replica_server_start(struct replica_server **out, const char *url, struct engine *eng,
                          const struct model_config *cfg, const struct replica_server_options *opt,
@@ -39,5 +43,10 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
 /* The URL actually bound (resolves port 0 to the chosen port). */
 const char *replica_server_url(const struct replica_server *srv);
 void replica_server_stop(struct replica_server *srv);
+/*
+ * The batcher's reply function (batcher_reply_fn): sends buf (owned) on the NNG
+ * context `owner` that received the request. Pass it to batcher_create.
+ */
+void replica_server_reply(void *owner, uint8_t *buf, size_t len);
 
 #endif

@@ -17,10 +17,18 @@
  * supported, every value produced before use, every initializer present) and
  * fails with a message naming the node and op at fault.
  *
- * Supported (engine v0, FP32 compute, opsets 11-21 semantics): Gemm, MatMul,
- * Add/Sub/Mul (FP32, INT64), Div, Relu, Sigmoid, Tanh, Softmax, Flatten,
- * Reshape, Identity, Dropout (inference) and Constant. Shapes are computed per
- * run from the actual inputs, so the batch dimension may vary between runs.
+ * Supported: the ops engine_supported_ops lists (CNN and transformer ops as
+ * PyTorch's exporters emit them, opsets 11-21), FP32 compute with INT64/INT32/
+ * BOOL for shape arithmetic, masks and indices.
+ *
+ * Plans: the first run with a new set of input shapes builds a plan for them
+ * (shape inference, constant folding of shape-only subgraphs, fusions such as
+ * BatchNorm into Conv and bias/activation/residual into conv and GEMM
+ * epilogues, a liveness memory plan in one arena, backend primitives). Later
+ * runs with the same shapes reuse it and allocate nothing but the returned
+ * outputs (engine_run_into: nothing at all). engine_prepare builds a plan
+ * ahead of time (the batcher's buckets) and pins it; other plans live in a
+ * bounded cache (engine_set_max_plans) and are evicted least recently used.
  *
  * engine_run checks each input against the model's declared inputs (name,
  * datatype, rank, fixed dimensions), so callers may pass untrusted tensors. It
@@ -40,14 +48,19 @@ struct engine;
 
 struct engine_options {
     /*
-     * CPU threads for compute; 0: library default. oneDNN here runs on OpenMP,
-     * so engine_run sets omp_set_num_threads(threads) on its calling thread
-     * (the setting is per thread) before the first kernel.
+     * CPU threads for compute; 0: the CPUs this process may run on
+     * (sched_getaffinity). oneDNN here runs on OpenMP, so each run sets
+     * omp_set_num_threads(threads) on its calling thread (the setting is per
+     * thread) before the first kernel.
      */
     int threads;
-    const char *device; /* "cpu" (only value supported by engine v0) */
+    /*
+     * "cpu", or "cuda:N" ("cuda" = "cuda:0") for the CUDA backend; a build
+     * without it fails the load with CORRAL_EUNSUPP and a message saying so.
+     */
+    const char *device;
 };
-#define ENGINE_OPTIONS_DEFAULT {.threads = 1, .device = "cpu"}
+#define ENGINE_OPTIONS_DEFAULT {.threads = 0, .device = "cpu"}
 
 /*
  * A model input or output as declared by the graph; dims[i] == -1 is variable.
@@ -93,6 +106,41 @@ const struct engine_io_info *engine_output(const struct engine *eng, size_t i);
  */
 int engine_run(struct engine *eng, const struct tensor *inputs, size_t n_in,
                struct tensor *outputs, struct cerr *e);
+
+/*
+ * As engine_run, but the caller supplies each output's buffer: outputs[i]
+ * must have the dtype, shape, nbytes and data the plan produces (known from
+ * engine_prepare's info). Runs without allocating once the plan exists.
+ */
+int engine_run_into(struct engine *eng, const struct tensor *inputs, size_t n_in,
+                    struct tensor *outputs, struct cerr *e);
+
+/* One plan: the input shapes it was built for, its outputs, its arena. */
+struct engine_plan_info {
+    size_t arena_bytes;   /* the backend's working memory for one run of this plan */
+    size_t n_steps;       /* kernels/primitives per run after folding and fusion */
+    int pinned;           /* built by engine_prepare: never evicted */
+    size_t n_inputs;
+    const struct engine_io_info *inputs;  /* concrete shapes, model input order */
+    size_t n_outputs;
+    const struct engine_io_info *outputs; /* concrete shapes, model output order */
+};
+
+/*
+ * Builds (or finds) the plan for these input shapes and pins it. Only each
+ * tensor's name, dtype, ndim and dims are read; data may be NULL. `info`
+ * (may be NULL) points into the engine and stays valid until engine_free.
+ */
+int engine_prepare(struct engine *eng, const struct tensor *shape_only_inputs, size_t n,
+                   struct engine_plan_info *info, struct cerr *e);
+size_t engine_plan_count(const struct engine *eng);
+/* Fills *info for plan i (0 <= i < engine_plan_count); non-zero when out of range. */
+int engine_plan_info(const struct engine *eng, size_t i, struct engine_plan_info *info);
+/* Bounds the number of plans kept (pinned ones included in the count; default 16). */
+void engine_set_max_plans(struct engine *eng, size_t n);
+/* Threads a run uses (after resolving 0) and the backend's name ("cpu", "cuda"). */
+int engine_threads(const struct engine *eng);
+const char *engine_backend_name(const struct engine *eng);
 
 /*
  * Reads a serialized ONNX TensorProto (.pb file as in ONNX's test data and in

@@ -1,73 +1,52 @@
 /*
- * Engine internals shared by the loader (engine.c), the kernels
- * (engine_ops.c) and the TensorProto reader (engine_tensor.c). Not a public
- * header: only files of replica/engine include it.
+ * Engine internals shared by the files of replica/engine: the loaded graph,
+ * the op table (attribute parsing, shape inference, reference kernels) and
+ * the per-shape plans. Not a public header.
  *
- * The graph is a flat array of values (graph inputs, constants, node outputs)
- * addressed by index, and an array of the nodes that execute, in order. Each
- * value records which executed node uses it last, so engine_run can free an
- * intermediate as soon as nothing needs it any more.
+ * The graph is a flat array of values (model inputs, constants, node outputs)
+ * addressed by index, and the nodes in execution order. Plans (engine_plan.c)
+ * specialise it for one set of input shapes; plan value i is graph value i,
+ * followed by any value a plan adds.
  */
 #ifndef CORRAL_ENGINE_INTERNAL_H
 #define CORRAL_ENGINE_INTERNAL_H
 
+#include "backend.h"
 #include "engine.h"
+#include "engine_ir.h"
 #include "onnx.pb-c.h"
-
-enum eng_op {
-    EOP_GEMM,
-    EOP_MATMUL,
-    EOP_ADD,
-    EOP_SUB,
-    EOP_MUL,
-    EOP_DIV,
-    EOP_RELU,
-    EOP_SIGMOID,
-    EOP_TANH,
-    EOP_SOFTMAX,
-    EOP_FLATTEN,
-    EOP_RESHAPE,
-    EOP_IDENTITY,
-    EOP_DROPOUT,
-    EOP_CONSTANT,
-    EOP_COUNT
-};
 
 enum eng_value_kind {
     EVK_INPUT, /* a model input, supplied to engine_run */
-    EVK_CONST, /* an initializer or a Constant node's output, owned by the engine */
-    EVK_NODE,  /* produced by a node during engine_run */
+    EVK_CONST, /* an initializer, a Constant's output or a value folded at load */
+    EVK_NODE,  /* produced by a node */
 };
 
 struct eng_value {
     char *name; /* owned */
     enum eng_value_kind kind;
     enum dtype dtype;
-    int last_use;  /* index into eng->nodes of the last reader; -1 when none */
-    int is_output; /* a graph output: never freed during a run */
+    int is_output;
+    int n_uses;         /* readers among the nodes */
     struct tensor init; /* EVK_CONST: the owned data */
-    struct tensor cur;  /* during a run: the live tensor (owned for EVK_NODE) */
 };
-
-#define ENG_MAX_IN 3
-#define ENG_MAX_OUT 2
 
 struct eng_node {
     enum eng_op op;
-    char *label; /* "node 'fc1' (Gemm)", owned, for messages */
-    int n_in, in[ENG_MAX_IN];    /* value indices; -1 for an omitted optional input */
-    int n_out, out[ENG_MAX_OUT]; /* value indices; -1 for an omitted optional output */
-    float alpha, beta;
-    int trans_a, trans_b;
-    int axis;
-    int allowzero;
-    int softmax_2d; /* Softmax before opset 13: coerce the input to 2-D at axis */
-    int bias;       /* MatMul with a fused Add: the bias value index, else -1 */
+    char *label; /* "node 'fc1' (Gemm)", owned */
+    struct eng_attrs a;
+    int n_in, *in;   /* value indices; -1 for an omitted optional input (owned array) */
+    int n_out, *out; /* value indices; -1 for an omitted optional output (owned array) */
+    int dead;        /* removed by a load-time rewrite */
 };
+
+struct eng_plan;
 
 struct engine {
     int threads;
     int opset;
+    struct backend be;
+    int have_be;
     struct eng_value *vals;
     size_t n_vals, cap_vals;
     size_t *map; /* open-addressing table of value index + 1 (0 = empty) */
@@ -80,27 +59,138 @@ struct engine {
     struct engine_io_info *outputs;
     int *output_val;
     size_t n_outputs;
-    unsigned char *seen; /* engine_run scratch, one flag per model input */
-    void **in_buf;       /* per model input: aligned copy for a misaligned caller buffer */
+    /* Plan cache: prepared plans are pinned, others evicted least recently used. */
+    struct eng_plan **plans;
+    size_t n_plans, max_plans;
+    uint64_t clock;
+    struct tensor *run_in;  /* engine_run scratch: inputs in model order */
+    void **in_buf;          /* per model input: aligned copy for a misaligned caller buffer */
     size_t *in_cap;
 };
 
-/* Maps an ONNX TensorProto.DataType to a corral dtype; DT_INVALID when unsupported. */
-enum dtype engine_dtype_from_onnx(int32_t t);
-/* Name of an ONNX data type for messages ("FLOAT", "STRING", "COMPLEX64"). */
-const char *engine_onnx_type_name(int32_t t);
-/*
- * Converts a TensorProto into an owned tensor (named `name`, not copied),
- * checking the dims and the byte/element count against the data type. `what`
- * names the tensor in messages ("initializer 'w'").
- */
-int engine_tensor_from_proto(const Onnx__TensorProto *tp, const char *what, const char *name,
-                          struct tensor *out, struct cerr *e);
+/* ---- op table (engine_optab.c) ---- */
 
-/* Reads a whole regular file of at most `max` bytes into a malloc'd buffer. */
+/*
+ * Load-time context for one node: parses attributes into nd->a, checks input
+ * datatypes and sets each output's datatype, so unsupported features are
+ * reported at load. Inputs of kind EVK_CONST may be read (eng->vals[..].init).
+ */
+struct eng_setup {
+    const struct engine *eng;
+    const Onnx__NodeProto *n;
+    struct eng_node *nd;
+    enum dtype in_dt[64]; /* DT_INVALID for omitted inputs; only the first 64 are checked */
+    enum dtype out_dt[64];
+};
+
+/*
+ * Plan-time view of one step's values: dtype, shape and, for constants, data.
+ * Shape inference fills the outputs' dtype/ndim/dims; it may resolve
+ * attributes (pads, axes) into st->a.
+ */
+struct eng_infer {
+    struct plan_step *st;
+    const struct plan_value *const *in; /* NULL for an omitted input */
+    struct plan_value *const *out;      /* NULL for an omitted output */
+    int opset;
+};
+
+typedef int (*eng_setup_fn)(struct eng_setup *s, struct cerr *e);
+typedef int (*eng_infer_fn)(struct eng_infer *c, struct cerr *e);
+/*
+ * Reference kernel: in[k]/out[k] are dense row-major tensors with the planned
+ * shapes; an omitted input or output has dtype DT_INVALID and no data.
+ */
+typedef int (*eng_kernel_fn)(const struct plan_step *st, const struct tensor *in,
+                             struct tensor *out, struct cerr *e);
+
+struct eng_opdef {
+    const char *name;
+    int min_in, max_in, min_out, max_out; /* max -1: unbounded (variadic) */
+    eng_setup_fn setup;
+    eng_infer_fn infer;
+    eng_kernel_fn kernel; /* NULL: no reference kernel (the backend must run it) */
+};
+
+const struct eng_opdef *eng_opdef(enum eng_op op);
+/* Looks up an ONNX op; -1 when the engine does not know it. */
+int eng_op_lookup(const char *domain, const char *op_type);
+
+/* Attribute helpers (engine_attr.c) for setup functions. */
+const Onnx__AttributeProto *eng_attr_find(const Onnx__NodeProto *n, const char *name);
+int eng_attr_int(const struct eng_setup *s, const char *name, int64_t def, int64_t *out,
+                 struct cerr *e);
+int eng_attr_float(const struct eng_setup *s, const char *name, float def, float *out,
+                   struct cerr *e);
+/* Reads an INTS attribute into out[max]; *n = -1 when absent. */
+int eng_attr_ints(const struct eng_setup *s, const char *name, int64_t *out, int max, int *n,
+                  struct cerr *e);
+/* Reads a STRING attribute into buf; "" when absent. */
+int eng_attr_str(const struct eng_setup *s, const char *name, char *buf, size_t len,
+                 struct cerr *e);
+
+/* Setup/infer/kernel families, one file each. */
+int eng_setup_elem(struct eng_setup *s, struct cerr *e);
+int eng_infer_elem(struct eng_infer *c, struct cerr *e);
+int eng_kernel_elem(const struct plan_step *st, const struct tensor *in, struct tensor *out,
+                    struct cerr *e);
+int eng_setup_shape(struct eng_setup *s, struct cerr *e);
+int eng_infer_shape(struct eng_infer *c, struct cerr *e);
+int eng_kernel_shape(const struct plan_step *st, const struct tensor *in, struct tensor *out,
+                     struct cerr *e);
+int eng_setup_reduce(struct eng_setup *s, struct cerr *e);
+int eng_infer_reduce(struct eng_infer *c, struct cerr *e);
+int eng_kernel_reduce(const struct plan_step *st, const struct tensor *in, struct tensor *out,
+                      struct cerr *e);
+int eng_setup_nn(struct eng_setup *s, struct cerr *e);
+int eng_infer_nn(struct eng_infer *c, struct cerr *e);
+int eng_kernel_nn(const struct plan_step *st, const struct tensor *in, struct tensor *out,
+                  struct cerr *e);
+
+/* Shared checks for setup functions. */
+int eng_need_dtype(const struct eng_setup *s, int k, unsigned mask, const char *what,
+                   struct cerr *e);
+#define DTM(t) (1u << (t))
+#define DTM_FLOAT DTM(DT_FP32)
+#define DTM_NUM (DTM(DT_FP32) | DTM(DT_INT64) | DTM(DT_INT32))
+#define DTM_ANY 0xffffffffu
+
+/* Numpy broadcast of two shapes; non-zero (with a message) when incompatible. */
+int eng_broadcast(const struct plan_step *st, const int64_t *a, int na, const int64_t *b, int nb,
+                  int64_t *out, int *nout, struct cerr *e);
+/* Normalises an axis in [-r, r) (or [-r, r] when `inclusive`); non-zero with a message. */
+int eng_axis(const struct plan_step *st, int64_t axis, int r, int inclusive, int *out,
+             struct cerr *e);
+/* Sets a plan value's shape and dense byte size (checked). */
+int eng_set_shape(struct plan_value *v, enum dtype dt, const int64_t *dims, int ndim,
+                  struct cerr *e);
+int64_t eng_numel(const int64_t *dims, int ndim);
+/* Reads element i of an integer tensor (INT64 or INT32) as int64. */
+int64_t eng_int_at(const void *data, enum dtype dt, int64_t i);
+
+/* ---- loading and tensors (engine.c, engine_tensor.c) ---- */
+
+enum dtype engine_dtype_from_onnx(int32_t t);
+const char *engine_onnx_type_name(int32_t t);
+int engine_tensor_from_proto(const Onnx__TensorProto *tp, const char *what, const char *name,
+                             struct tensor *out, struct cerr *e);
 int engine_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, struct cerr *e);
 
-/* Runs one node: reads its inputs' `cur`, fills its outputs' `cur`. */
-int engine_node_run(struct engine *eng, int idx, struct cerr *e);
+/* Load-time graph rewrites (engine_fuse.c): folds constants and BatchNorm into Conv. */
+int engine_graph_optimize(struct engine *eng, struct cerr *e);
+
+/* ---- plans (engine_plan.c) ---- */
+
+/* Finds or builds the plan for these input shapes (in model input order). */
+int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct eng_plan **out,
+                    struct cerr *e);
+void engine_plan_free(struct engine *eng, struct eng_plan *p);
+int engine_plan_execute(struct engine *eng, struct eng_plan *p, const struct tensor *in,
+                        struct tensor *out, struct cerr *e);
+const struct plan_graph *engine_plan_graph(const struct eng_plan *p);
+
+/* Runs a node's reference kernel at plan time (constant folding). */
+int eng_kernel_run(const struct plan_step *st, const struct tensor *in, struct tensor *out,
+                   struct cerr *e);
 
 #endif

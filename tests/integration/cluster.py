@@ -144,3 +144,54 @@ class Cluster:
                 return
             time.sleep(0.1)
         raise ProcessFailed("router never became ready at %s" % path)
+
+
+def replica_on(cluster, model, device, *extra):
+    """Like Cluster.replica, but on `device` ("cpu", "cuda:0", ...)."""
+    argv = [os.path.join(cluster.build, "replica", "corral-replica"), "--model-repo", cluster.repo,
+            "--model", model, "--listen", "tcp://127.0.0.1:0", "--device", device] + list(extra)
+    r = Proc(argv, r" on (tcp://127\.0\.0\.1:\d+)")
+    cluster.replicas.append((model, r))
+    return r.match.group(1)
+
+
+def cuda_devices():
+    """The CUDA devices nvidia-smi lists (["GPU 0: ...", ...]); [] without a driver."""
+    try:
+        res = subprocess.run(["nvidia-smi", "-L"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if res.returncode != 0:
+        return []
+    return [line.strip() for line in res.stdout.splitlines() if line.startswith("GPU ")]
+
+
+def proc_memory(pid):
+    """{"VmRSS": bytes, "VmHWM": bytes, ...} of a live process, from /proc/PID/status."""
+    mem = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if key.startswith("Vm") and len(parts) == 2 and parts[1] == "kB":
+                mem[key] = int(parts[0]) * 1024
+    return mem
+
+
+def infer_binary(cluster, model, inputs, outputs=None):
+    """POST /v2/models/MODEL/infer with the inputs as binary tensor data.
+
+    inputs: [(name, datatype, numpy array)], little-endian row-major bytes are
+    appended after the JSON header. outputs: names to request (as JSON data);
+    all of them when None. Returns (status, parsed JSON body).
+    """
+    header = {"inputs": [{"name": n, "datatype": dt, "shape": list(a.shape),
+                          "parameters": {"binary_data_size": a.nbytes}} for n, dt, a in inputs]}
+    if outputs:
+        header["outputs"] = [{"name": o} for o in outputs]
+    head = json.dumps(header).encode()
+    body = head + b"".join(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes() for _, _, a in inputs)
+    return cluster.http("POST", "/v2/models/%s/infer" % model, body,
+                        headers={"Inference-Header-Content-Length": str(len(head)),
+                                 "Content-Type": "application/octet-stream"})

@@ -88,13 +88,13 @@ NETS = textwrap.dedent('''
         return LeakyTrace()
 
     class Odd(nn.Module):
-        """Gemm followed by Atan: onnxruntime runs it, corral's engine does not."""
+        """Gemm followed by CumSum: onnxruntime runs it, corral's engine does not."""
         def __init__(self):
             super().__init__()
             self.fc = nn.Linear(4, 2)
 
         def forward(self, x):
-            return torch.atan(self.fc(x))
+            return torch.cumsum(self.fc(x), dim=1)
 
     def odd():
         return Odd()
@@ -427,7 +427,7 @@ class ExportTest(unittest.TestCase):
 
     def test_replica_refusal_blocks_publication(self):
         self.need_replica()
-        # onnxruntime runs Atan; the engine does not, so the replica cannot load
+        # onnxruntime runs CumSum; the engine does not, so the replica cannot load
         # the model and the export must not publish it.
         rc, out, err = run_export(self.work, "--builder", "nets:odd", "--input", "x:-1x4:FP32",
                                   "--repo", self.repo, "--name", "odd", "--replica", REPLICA)

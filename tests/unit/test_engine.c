@@ -4,6 +4,7 @@
  * through engine_load_buffer, so each test states its whole model. Expected
  * values are worked out by hand in the comments.
  */
+#include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -803,12 +804,12 @@ static void test_err_unsupported_op(void **state)
 {
     struct gb b;
     build_relu(&b);
-    gb_node(&b, "Conv", "conv1", "y,w", "z");
+    gb_node(&b, "LSTM", "conv1", "y,w", "z");
     struct engine *eng = NULL;
     struct cerr e = {0};
     assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
     assert_null(eng);
-    assert_non_null(strstr(e.msg, "unsupported op 'Conv' in node 'conv1' (Conv)"));
+    assert_non_null(strstr(e.msg, "unsupported op 'LSTM' in node 'conv1' (LSTM)"));
 
     build_relu(&b);
     Onnx__NodeProto *n = gb_node(&b, "Relu", "fancy", "y", "z");
@@ -818,7 +819,8 @@ static void test_err_unsupported_op(void **state)
     assert_non_null(strstr(e.msg, "node 'fancy'"));
     assert_true(engine_op_supported("", "Gemm"));
     assert_true(engine_op_supported("ai.onnx", "MatMul"));
-    assert_false(engine_op_supported(NULL, "Conv"));
+    assert_true(engine_op_supported(NULL, "Conv"));
+    assert_false(engine_op_supported(NULL, "LSTM"));
     assert_false(engine_op_supported("com.example", "Relu"));
 }
 
@@ -994,6 +996,275 @@ static void test_read_tensor_pb(void **state)
     unlink(path);
 }
 
+
+/* ---- plans, fusions and the CPU backend's oneDNN primitives ---- */
+
+/* Direct 3x3 convolution, stride 1, pad 1, for checking the fused oneDNN path. */
+static void ref_conv3(const float *x, int C, int H, int W, const float *w, const float *b,
+                      int M, float *y)
+{
+    for (int m = 0; m < M; m++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < W; j++) {
+                float acc = b ? b[m] : 0.0f;
+                for (int c = 0; c < C; c++)
+                    for (int ki = 0; ki < 3; ki++)
+                        for (int kj = 0; kj < 3; kj++) {
+                            int ii = i + ki - 1, jj = j + kj - 1;
+                            if (ii < 0 || jj < 0 || ii >= H || jj >= W)
+                                continue;
+                            acc += x[(c * H + ii) * W + jj] * w[((m * C + c) * 3 + ki) * 3 + kj];
+                        }
+                y[(m * H + i) * W + j] = acc;
+            }
+}
+
+static float frand(unsigned *s)
+{
+    *s = *s * 1103515245u + 12345u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+/*
+ * A residual block as torchvision writes it: conv -> BN -> relu -> conv ->
+ * BN, plus the block input, then relu. Load folds both BNs into the convs;
+ * the plan fuses the first relu and the residual add + relu into conv
+ * epilogues, leaving two primitives. The result must match a direct
+ * computation with the BN applied by hand.
+ */
+static void test_residual_block(void **state)
+{
+    enum { C = 4, H = 5, W = 6 };
+    struct gb b;
+    gb_init(&b, 17);
+    const int64_t dx[] = {-1, C, H, W}, dw[] = {C, C, 3, 3}, dc[] = {C};
+    gb_input(&b, "x", FLOAT_T, 4, dx);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    float w1[C * C * 9], w2[C * C * 9], bn[4][C], x[2 * C * H * W];
+    unsigned seed = 7;
+    for (int i = 0; i < C * C * 9; i++) {
+        w1[i] = frand(&seed) * 0.3f;
+        w2[i] = frand(&seed) * 0.3f;
+    }
+    for (int c = 0; c < C; c++) {
+        bn[0][c] = 1.0f + 0.1f * c;  /* scale */
+        bn[1][c] = 0.05f * c;        /* bias */
+        bn[2][c] = 0.02f * c - 0.03f;  /* mean */
+        bn[3][c] = 0.5f + 0.25f * c; /* var */
+    }
+    for (int i = 0; i < 2 * C * H * W; i++)
+        x[i] = frand(&seed);
+    gb_init_f(&b, "w1", 4, dw, w1, C * C * 9, 1);
+    gb_init_f(&b, "w2", 4, dw, w2, C * C * 9, 1);
+    gb_init_f(&b, "s", 1, dc, bn[0], C, 1);
+    gb_init_f(&b, "bb", 1, dc, bn[1], C, 1);
+    gb_init_f(&b, "m", 1, dc, bn[2], C, 1);
+    gb_init_f(&b, "v", 1, dc, bn[3], C, 1);
+    Onnx__NodeProto *n = gb_node(&b, "Conv", "c1", "x,w1", "c1o");
+    attr_ints(n, "pads", 4, (const int64_t[]){1, 1, 1, 1});
+    attr_ints(n, "kernel_shape", 2, (const int64_t[]){3, 3});
+    gb_node(&b, "BatchNormalization", "bn1", "c1o,s,bb,m,v", "b1o");
+    gb_node(&b, "Relu", "r1", "b1o", "r1o");
+    n = gb_node(&b, "Conv", "c2", "r1o,w2", "c2o");
+    attr_ints(n, "pads", 4, (const int64_t[]){1, 1, 1, 1});
+    gb_node(&b, "BatchNormalization", "bn2", "c2o,s,bb,m,v", "b2o");
+    gb_node(&b, "Add", "add", "b2o,x", "sum");
+    gb_node(&b, "Relu", "r2", "sum", "y");
+    struct engine *eng = must_load(&b);
+
+    /* Expected: BN(y) = (y - m) / sqrt(v + eps) * s + bb, per channel. */
+    float want[2 * C * H * W], t1[C * H * W], t2[C * H * W];
+    for (int nb = 0; nb < 2; nb++) {
+        const float *xn = x + nb * C * H * W;
+        ref_conv3(xn, C, H, W, w1, NULL, C, t1);
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < H * W; i++) {
+                float *p = &t1[c * H * W + i];
+                *p = (*p - bn[2][c]) / sqrtf(bn[3][c] + 1e-5f) * bn[0][c] + bn[1][c];
+                *p = *p > 0 ? *p : 0;
+            }
+        ref_conv3(t1, C, H, W, w2, NULL, C, t2);
+        for (int c = 0; c < C; c++)
+            for (int i = 0; i < H * W; i++) {
+                float v = (t2[c * H * W + i] - bn[2][c]) / sqrtf(bn[3][c] + 1e-5f) * bn[0][c] +
+                          bn[1][c] + xn[c * H * W + i];
+                want[nb * C * H * W + c * H * W + i] = v > 0 ? v : 0;
+            }
+    }
+    struct cerr e = {0};
+    struct tensor out[1];
+    const int64_t d2[] = {2, C, H, W};
+    struct tensor in = ften("x", 4, d2, x);
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    for (int i = 0; i < 2 * C * H * W; i++)
+        assert_float_equal(((float *)out[0].data)[i], want[i], 1e-4);
+    tensor_release(&out[0]);
+    struct engine_plan_info pi;
+    assert_int_equal(engine_plan_count(eng), 1);
+    assert_int_equal(engine_plan_info(eng, 0, &pi), 0);
+    assert_int_equal(pi.n_steps, 2); /* two convs, everything else folded or fused */
+    assert_true(pi.arena_bytes > 0);
+    assert_int_equal(pi.inputs[0].dims[0], 2);
+    assert_int_equal(pi.outputs[0].dims[1], C);
+    engine_free(eng);
+}
+
+/* Shape -> Gather -> Unsqueeze -> Concat -> Reshape, as exporters write x.view(x.size(0), -1). */
+static struct engine *build_view_model(struct gb *b)
+{
+    gb_init(b, 13);
+    const int64_t dx[] = {-1, 2, 3};
+    gb_input(b, "x", FLOAT_T, 3, dx);
+    gb_output(b, "y", FLOAT_T, -1, NULL);
+    gb_init_i64(b, "zero", 0, NULL, (int64_t[]){0}, 1);
+    gb_init_i64(b, "ax0", 1, D1, (int64_t[]){0}, 1);
+    gb_init_i64(b, "minus1", 1, D1, (int64_t[]){-1}, 1);
+    gb_node(b, "Shape", "shape", "x", "s");
+    gb_node(b, "Gather", "g", "s,zero", "n");
+    gb_node(b, "Unsqueeze", "u", "n,ax0", "n1");
+    Onnx__NodeProto *nd = gb_node(b, "Concat", "cat", "n1,minus1", "shp");
+    attr_i(nd, "axis", 0);
+    gb_node(b, "Relu", "relu", "x", "rx");
+    gb_node(b, "Reshape", "rs", "rx,shp", "y");
+    return must_load(b);
+}
+
+static void test_plans(void **state)
+{
+    struct gb b;
+    struct engine *eng = build_view_model(&b);
+    struct cerr e = {0};
+    float x[4 * 6];
+    for (int i = 0; i < 24; i++)
+        x[i] = (float)(i % 5) - 2.0f;
+    /* engine_prepare builds and pins a plan from shapes alone. */
+    const int64_t d2[] = {2, 2, 3};
+    struct tensor shp = {.name = "x", .dtype = DT_FP32, .ndim = 3};
+    memcpy(shp.dims, d2, sizeof d2);
+    struct engine_plan_info pi;
+    assert_int_equal(engine_prepare(eng, &shp, 1, &pi, &e), 0);
+    assert_true(pi.pinned);
+    assert_int_equal(pi.n_steps, 2); /* the shape arithmetic is folded away */
+    assert_int_equal(pi.outputs[0].ndim, 2);
+    assert_int_equal(pi.outputs[0].dims[0], 2);
+    assert_int_equal(pi.outputs[0].dims[1], 6);
+    assert_int_equal(engine_plan_count(eng), 1);
+
+    /* A run with the prepared shapes reuses it; run_into writes the caller's buffer. */
+    float yb[12];
+    struct tensor in = ften("x", 3, d2, x);
+    struct tensor out = {.dtype = DT_FP32, .ndim = 2, .dims = {2, 6}, .data = yb,
+                         .nbytes = sizeof yb};
+    assert_int_equal(engine_run_into(eng, &in, 1, &out, &e), 0);
+    for (int i = 0; i < 12; i++)
+        assert_float_equal(yb[i], x[i] > 0 ? x[i] : 0, 0);
+    assert_int_equal(engine_plan_count(eng), 1);
+    out.dims[1] = 5;
+    assert_int_equal(engine_run_into(eng, &in, 1, &out, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "the plan produces FP32 [2,6]"));
+
+    /* Other batch sizes get their own plans, bounded by the cache; the pinned one stays. */
+    engine_set_max_plans(eng, 2);
+    for (int bsz = 1; bsz <= 4; bsz++) {
+        const int64_t d[] = {bsz, 2, 3};
+        struct tensor o[1];
+        in = ften("x", 3, d, x);
+        assert_int_equal(engine_run(eng, &in, 1, o, &e), 0);
+        assert_int_equal(o[0].dims[0], bsz);
+        assert_int_equal(o[0].dims[1], 6);
+        tensor_release(&o[0]);
+    }
+    assert_int_equal(engine_plan_count(eng), 2);
+    int pinned = 0;
+    for (size_t i = 0; i < engine_plan_count(eng); i++) {
+        assert_int_equal(engine_plan_info(eng, i, &pi), 0);
+        if (pi.pinned) {
+            pinned++;
+            assert_int_equal(pi.inputs[0].dims[0], 2);
+        }
+    }
+    assert_int_equal(pinned, 1);
+    assert_int_not_equal(engine_plan_info(eng, 5, &pi), 0);
+    /* Shape-only prepare still checks names and ranks. */
+    shp.ndim = 2;
+    assert_int_equal(engine_prepare(eng, &shp, 1, NULL, &e), CORRAL_EINVAL);
+    engine_free(eng);
+}
+
+static void test_devices(void **state)
+{
+    struct gb b;
+    build_relu(&b);
+    size_t len;
+    uint8_t *buf = gb_pack(&b, &len);
+    struct engine_options o = ENGINE_OPTIONS_DEFAULT;
+    struct engine *eng = NULL;
+    struct cerr e = {0};
+    o.device = "cuda:3";
+#ifndef CORRAL_HAVE_CUDA
+    assert_int_equal(engine_load_buffer(buf, len, &o, &eng, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "device cuda:3 requested but this build has no CUDA backend"));
+#endif
+    o.device = "tpu";
+    assert_int_equal(engine_load_buffer(buf, len, &o, &eng, &e), CORRAL_EINVAL);
+    assert_null(eng);
+    o.device = "cpu";
+    o.threads = 0; /* the CPUs this process may use */
+    assert_int_equal(engine_load_buffer(buf, len, &o, &eng, &e), 0);
+    assert_true(engine_threads(eng) >= 1);
+    assert_string_equal(engine_backend_name(eng), "cpu");
+    engine_free(eng);
+}
+
+/* Pooling and a depthwise conv with Clip (ReLU6) fused, against hand values. */
+static void test_pool_depthwise(void **state)
+{
+    struct gb b;
+    gb_init(&b, 17);
+    const int64_t dx[] = {1, 2, 4, 4}, dw[] = {2, 1, 1, 1};
+    gb_input(&b, "x", FLOAT_T, 4, dx);
+    gb_output(&b, "mp", FLOAT_T, -1, NULL);
+    gb_output(&b, "ap", FLOAT_T, -1, NULL);
+    gb_output(&b, "dw", FLOAT_T, -1, NULL);
+    gb_output(&b, "gp", FLOAT_T, -1, NULL);
+    gb_init_f(&b, "w", 4, dw, (float[]){2.0f, -1.0f}, 2, 1);
+    gb_init_f(&b, "lo", 0, NULL, (float[]){0.0f}, 1, 1);
+    gb_init_f(&b, "hi", 0, NULL, (float[]){6.0f}, 1, 1);
+    Onnx__NodeProto *n = gb_node(&b, "MaxPool", "mp", "x", "mp");
+    attr_ints(n, "kernel_shape", 2, (const int64_t[]){2, 2});
+    attr_ints(n, "strides", 2, (const int64_t[]){2, 2});
+    n = gb_node(&b, "AveragePool", "ap", "x", "ap");
+    attr_ints(n, "kernel_shape", 2, (const int64_t[]){3, 3});
+    attr_ints(n, "strides", 2, (const int64_t[]){2, 2});
+    attr_i(n, "ceil_mode", 1);
+    n = gb_node(&b, "Conv", "dwc", "x,w", "c");
+    attr_i(n, "group", 2);
+    gb_node(&b, "Clip", "relu6", "c,lo,hi", "dw");
+    gb_node(&b, "GlobalAveragePool", "gap", "x", "gp");
+    struct engine *eng = must_load(&b);
+    float x[32];
+    for (int i = 0; i < 32; i++)
+        x[i] = (float)i;
+    struct tensor in = ften("x", 4, dx, x), out[4];
+    struct cerr e = {0};
+    assert_int_equal(engine_run(eng, &in, 1, out, &e), 0);
+    expect_floats(&out[0], 4, (const int64_t[]){1, 2, 2, 2},
+                  (float[]){5, 7, 13, 15, 21, 23, 29, 31}, 8);
+    /* ceil_mode: 2x2 outputs; windows at the edge average only what is inside. */
+    expect_floats(&out[1], 4, (const int64_t[]){1, 2, 2, 2},
+                  (float[]){5, 6.5f, 11, 12.5f, 21, 22.5f, 27, 28.5f}, 8);
+    float dwant[32];
+    for (int i = 0; i < 32; i++) {
+        float v = i < 16 ? 2.0f * i : -1.0f * i;
+        dwant[i] = v < 0 ? 0 : (v > 6 ? 6 : v);
+    }
+    expect_floats(&out[2], 4, dx, dwant, 32);
+    expect_floats(&out[3], 4, (const int64_t[]){1, 2, 1, 1}, (float[]){7.5f, 23.5f}, 2);
+    for (int i = 0; i < 4; i++)
+        tensor_release(&out[i]);
+    engine_free(eng);
+}
+
 #define T(f) cmocka_unit_test_teardown(f, arena_teardown)
 
 int main(void)
@@ -1016,6 +1287,10 @@ int main(void)
         T(test_err_bad_initializers),
         T(test_err_run_inputs),
         T(test_read_tensor_pb),
+        T(test_residual_block),
+        T(test_plans),
+        T(test_devices),
+        T(test_pool_depthwise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

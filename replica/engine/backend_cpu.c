@@ -1,0 +1,736 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef CORRAL_ENGINE_OMP
+#include <omp.h>
+#endif
+
+#include "backend_cpu.h"
+#include "engine_mem.h"
+
+/*
+ * The CPU backend. Convolutions and pooling run as oneDNN primitives that
+ * pick blocked layouts, and those layouts flow from one primitive to the next;
+ * other ops run the engine's reference kernels on plain data, with a reorder
+ * where a blocked value meets a plain consumer. See backend_cpu.h.
+ */
+
+#define GROW(arr, n, cap)                                                                     \
+    ((n) < (cap) ? 0                                                                          \
+                 : ((cap) = (cap) ? 2 * (cap) : 16,                                           \
+                    !((arr) = realloc_or_free((arr), (size_t)(cap) * sizeof *(arr)))))
+
+static void *realloc_or_free(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q)
+        free(p);
+    return q;
+}
+
+int cpu_dnnl_check(dnnl_status_t s, const char *what, const struct plan_step *st,
+                   struct cerr *e)
+{
+    if (s == dnnl_success)
+        return CORRAL_OK;
+    return cerr_set(e, s == dnnl_out_of_memory ? CORRAL_ENOMEM : CORRAL_EUNSUPP,
+                    "%s: oneDNN %s failed (status %d)", st ? st->label : "plan", what, (int)s);
+}
+
+static const dnnl_format_tag_t plain_tags[] = {dnnl_a, dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd,
+                                              dnnl_abcde, dnnl_abcdef};
+
+static dnnl_data_type_t dnnl_dt(enum dtype t)
+{
+    switch (t) {
+    case DT_FP32: return dnnl_f32;
+    case DT_INT32: return dnnl_s32;
+    case DT_INT8: return dnnl_s8;
+    case DT_UINT8:
+    case DT_BOOL: return dnnl_u8;
+    default: return dnnl_data_type_undef;
+    }
+}
+
+int cpu_plain_md(const struct plan_value *pv, dnnl_memory_desc_t *md, struct cerr *e)
+{
+    dnnl_dims_t d;
+    int nd = pv->ndim ? pv->ndim : 1;
+    if (nd > 6)
+        return cerr_set(e, CORRAL_EUNSUPP, "value '%s' has too many dimensions for oneDNN",
+                        pv->name);
+    for (int i = 0; i < nd; i++)
+        d[i] = pv->ndim ? pv->dims[i] : 1;
+    dnnl_data_type_t dt = dnnl_dt(pv->dtype);
+    if (dt == dnnl_data_type_undef)
+        return cerr_set(e, CORRAL_EUNSUPP, "value '%s' is %s, which oneDNN primitives do not "
+                        "take", pv->name, dtype_name(pv->dtype));
+    return cpu_dnnl_check(dnnl_memory_desc_init_by_tag(md, nd, d, dt, plain_tags[nd]),
+                          "memory_desc_init", NULL, e);
+}
+
+int cpu_new_buf(struct cpu_plan *P, size_t bytes, int first, int last)
+{
+    if (GROW(P->bufs, P->n_bufs, P->cap_bufs))
+        return -1;
+    P->bufs[P->n_bufs] = (struct cpu_buf){bytes, first, last < first ? first : last, 0};
+    return P->n_bufs++;
+}
+
+static int track_mem(struct cpu_plan *P, dnnl_memory_t m, struct cerr *e)
+{
+    if (GROW(P->mems, P->n_mems, P->cap_mems)) {
+        dnnl_memory_destroy(m);
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    }
+    P->mems[P->n_mems++] = m;
+    return CORRAL_OK;
+}
+
+int cpu_mem_on_buf(struct cpu_plan *P, const dnnl_memory_desc_t *md, int buf, dnnl_memory_t *out,
+                   struct cerr *e)
+{
+    int rc = cpu_dnnl_check(dnnl_memory_create(out, md, P->ctx->eng, DNNL_MEMORY_NONE),
+                            "memory_create", NULL, e);
+    if (rc || (rc = track_mem(P, *out, e)))
+        return rc;
+    if (GROW(P->bound, P->n_bound, P->cap_bound))
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    P->bound[P->n_bound].mem = *out;
+    P->bound[P->n_bound++].buf = buf;
+    return CORRAL_OK;
+}
+
+int cpu_mem_on_slot(struct cpu_plan *P, const dnnl_memory_desc_t *md, void **slot, int ext,
+                    dnnl_memory_t *out, struct cerr *e)
+{
+    int rc = cpu_dnnl_check(dnnl_memory_create(out, md, P->ctx->eng,
+                                               ext ? DNNL_MEMORY_NONE : *slot),
+                            "memory_create", NULL, e);
+    if (rc || (rc = track_mem(P, *out, e)))
+        return rc;
+    if (ext) {
+        if (GROW(P->refresh, P->n_refresh, P->cap_refresh))
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+        P->refresh[P->n_refresh].mem = *out;
+        P->refresh[P->n_refresh++].slot = slot;
+    }
+    return CORRAL_OK;
+}
+
+static int is_ext(const struct cpu_plan *P, int v)
+{
+    const struct plan_value *pv = &P->g->vals[v];
+    return pv->kind == PV_INPUT || pv->output_index >= 0;
+}
+
+int cpu_form_mem(struct cpu_plan *P, int v, struct cpu_form *f, struct cerr *e)
+{
+    if (f->mem)
+        return CORRAL_OK;
+    if (f->buf >= 0)
+        return cpu_mem_on_buf(P, &f->md, f->buf, &f->mem, e);
+    return cpu_mem_on_slot(P, &f->md, &f->ptr, is_ext(P, v), &f->mem, e);
+}
+
+int cpu_add_prim(struct cpu_plan *P, dnnl_primitive_desc_t pd, const dnnl_exec_arg_t *args,
+                 int nargs, const struct plan_step *st, struct cerr *e)
+{
+    dnnl_primitive_t prim = NULL;
+    int rc = cpu_dnnl_check(dnnl_primitive_create(&prim, pd), "primitive_create", st, e);
+    if (rc)
+        return rc;
+    const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t ss = smd ? dnnl_memory_desc_get_size(smd) : 0;
+    if (ss > P->scratch_bytes)
+        P->scratch_bytes = ss;
+    if (GROW(P->items, P->n_items, P->cap_items)) {
+        dnnl_primitive_destroy(prim);
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    }
+    struct cpu_item *it = &P->items[P->n_items++];
+    memset(it, 0, sizeof *it);
+    it->kind = CIT_PRIM;
+    it->prim = prim;
+    it->st = st;
+    it->nargs = nargs;
+    memcpy(it->args, args, (size_t)nargs * sizeof *args);
+    it->scratch = ss > 0;
+    return CORRAL_OK;
+}
+
+static dnnl_primitive_attr_t scratch_attr(void)
+{
+    dnnl_primitive_attr_t attr = NULL;
+    if (dnnl_primitive_attr_create(&attr) != dnnl_success)
+        return NULL;
+    dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user);
+    return attr;
+}
+
+int cpu_add_reorder(struct cpu_plan *P, dnnl_memory_t src, dnnl_memory_t dst,
+                    const struct plan_step *st, struct cerr *e)
+{
+    const dnnl_memory_desc_t *smd = NULL, *dmd = NULL;
+    dnnl_memory_get_memory_desc(src, &smd);
+    dnnl_memory_get_memory_desc(dst, &dmd);
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_attr_t attr = scratch_attr();
+    int rc = cpu_dnnl_check(dnnl_reorder_primitive_desc_create(&pd, smd, P->ctx->eng, dmd,
+                                                               P->ctx->eng, attr),
+                            "reorder", st, e);
+    dnnl_primitive_attr_destroy(attr);
+    if (rc)
+        return rc;
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, dst}};
+    rc = cpu_add_prim(P, pd, args, 2, st, e);
+    dnnl_primitive_desc_destroy(pd);
+    return rc;
+}
+
+/* The plain form of v, reordering its blocked main form before step s when needed. */
+static int plain_form(struct cpu_plan *P, int v, int s, struct cpu_form **out, struct cerr *e)
+{
+    struct cpu_val *cv = &P->v[v];
+    int rc;
+    if (!cv->blocked) {
+        *out = &cv->main;
+        return CORRAL_OK;
+    }
+    if (cv->has_plain) {
+        if (P->bufs[cv->plain.buf].last < s)
+            P->bufs[cv->plain.buf].last = s;
+        *out = &cv->plain;
+        return CORRAL_OK;
+    }
+    if ((rc = cpu_plain_md(&P->g->vals[v], &cv->plain.md, e)))
+        return rc;
+    cv->plain.has_md = 1;
+    cv->plain.buf = cpu_new_buf(P, P->g->vals[v].nbytes, s, s);
+    if (cv->plain.buf < 0)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    if ((rc = cpu_form_mem(P, v, &cv->main, e)) || (rc = cpu_form_mem(P, v, &cv->plain, e)) ||
+        (rc = cpu_add_reorder(P, cv->main.mem, cv->plain.mem, &P->g->steps[s], e)))
+        return rc;
+    cv->has_plain = 1;
+    *out = &cv->plain;
+    return CORRAL_OK;
+}
+
+int cpu_value_as(struct cpu_plan *P, int v, const dnnl_memory_desc_t *md, int s,
+                 dnnl_memory_t *out, struct cerr *e)
+{
+    struct cpu_val *cv = &P->v[v];
+    int rc;
+    if (dnnl_memory_desc_equal(&cv->main.md, md)) {
+        if ((rc = cpu_form_mem(P, v, &cv->main, e)))
+            return rc;
+        *out = cv->main.mem;
+        return CORRAL_OK;
+    }
+    if (cv->has_plain && dnnl_memory_desc_equal(&cv->plain.md, md)) {
+        if (P->bufs[cv->plain.buf].last < s)
+            P->bufs[cv->plain.buf].last = s;
+        *out = cv->plain.mem;
+        return CORRAL_OK;
+    }
+    int b = cpu_new_buf(P, dnnl_memory_desc_get_size(md), s, s);
+    if (b < 0)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    if ((rc = cpu_form_mem(P, v, &cv->main, e)) || (rc = cpu_mem_on_buf(P, md, b, out, e)))
+        return rc;
+    return cpu_add_reorder(P, cv->main.mem, *out, &P->g->steps[s], e);
+}
+
+int cpu_value_view_as(struct cpu_plan *P, int v, const dnnl_memory_desc_t *view,
+                      const dnnl_memory_desc_t *md, int s, dnnl_memory_t *out, struct cerr *e)
+{
+    struct cpu_form *pf = NULL;
+    dnnl_memory_t src = NULL;
+    int rc = plain_form(P, v, s, &pf, e);
+    if (rc)
+        return rc;
+    if (pf->buf >= 0)
+        rc = cpu_mem_on_buf(P, view, pf->buf, &src, e);
+    else
+        rc = cpu_mem_on_slot(P, view, &pf->ptr, is_ext(P, v), &src, e);
+    if (rc)
+        return rc;
+    if (dnnl_memory_desc_equal(view, md)) {
+        *out = src;
+        return CORRAL_OK;
+    }
+    int b = cpu_new_buf(P, dnnl_memory_desc_get_size(md), s, s);
+    if (b < 0)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    if ((rc = cpu_mem_on_buf(P, md, b, out, e)))
+        return rc;
+    return cpu_add_reorder(P, src, *out, &P->g->steps[s], e);
+}
+
+/* Reorders a host weight into md once; cached per (weight, layout) across plans. */
+static int reorder_once(struct cpu_ctx *c, const void *src_data, const dnnl_memory_desc_t *view,
+                        const dnnl_memory_desc_t *md, void **data, dnnl_memory_t *mem,
+                        const struct plan_step *st, struct cerr *e)
+{
+    dnnl_memory_t src = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    size_t sz = dnnl_memory_desc_get_size(md);
+    int rc;
+    *mem = NULL;
+    *data = aligned_alloc(64, (sz + 63) & ~(size_t)63);
+    if (!*data)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory for weights");
+    if ((rc = cpu_dnnl_check(dnnl_memory_create(&src, view, c->eng, (void *)src_data),
+                             "memory_create", st, e)) ||
+        (rc = cpu_dnnl_check(dnnl_memory_create(mem, md, c->eng, *data), "memory_create", st,
+                             e)) ||
+        (rc = cpu_dnnl_check(dnnl_reorder_primitive_desc_create(&pd, view, c->eng, md, c->eng,
+                                                                NULL),
+                             "weights reorder", st, e)) ||
+        (rc = cpu_dnnl_check(dnnl_primitive_create(&prim, pd), "weights reorder", st, e)))
+        goto done;
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DST, *mem}};
+    if ((rc = cpu_dnnl_check(dnnl_primitive_execute(prim, c->stream, 2, args), "weights reorder",
+                             st, e)))
+        goto done;
+    dnnl_stream_wait(c->stream);
+done:
+    if (prim)
+        dnnl_primitive_destroy(prim);
+    if (pd)
+        dnnl_primitive_desc_destroy(pd);
+    if (src)
+        dnnl_memory_destroy(src);
+    if (rc) {
+        if (*mem)
+            dnnl_memory_destroy(*mem);
+        *mem = NULL;
+        free(*data);
+        *data = NULL;
+    }
+    return rc;
+}
+
+int cpu_weights(struct cpu_plan *P, int v, const dnnl_memory_desc_t *view,
+                const dnnl_memory_desc_t *md, int s, dnnl_memory_t *out, struct cerr *e)
+{
+    const struct plan_value *pv = &P->g->vals[v];
+    struct cpu_ctx *c = P->ctx;
+    const struct plan_step *st = &P->g->steps[s];
+    int rc;
+    if (pv->kind != PV_CONST)
+        return cpu_value_view_as(P, v, view, md, s, out, e);
+    if (pv->weight_id >= 0) {
+        for (size_t i = 0; i < c->n_wc; i++)
+            if (c->wc[i].weight_id == pv->weight_id && dnnl_memory_desc_equal(&c->wc[i].md, md)) {
+                *out = c->wc[i].mem;
+                return CORRAL_OK;
+            }
+        if (GROW(c->wc, c->n_wc, c->cap_wc))
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory for weights");
+        struct cpu_wcache *w = &c->wc[c->n_wc];
+        w->weight_id = pv->weight_id;
+        w->md = *md;
+        if ((rc = reorder_once(c, pv->data, view, md, &w->data, &w->mem, st, e)))
+            return rc;
+        c->n_wc++;
+        *out = w->mem;
+        return CORRAL_OK;
+    }
+    void *data = NULL;
+    dnnl_memory_t m = NULL;
+    if ((rc = reorder_once(c, pv->data, view, md, &data, &m, st, e)))
+        return rc;
+    if (GROW(P->owned, P->n_owned, P->cap_owned)) {
+        free(data);
+        dnnl_memory_destroy(m);
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory for weights");
+    }
+    P->owned[P->n_owned++] = data;
+    if ((rc = track_mem(P, m, e)))
+        return rc;
+    *out = m;
+    return CORRAL_OK;
+}
+
+int cpu_set_main(struct cpu_plan *P, int v, const dnnl_memory_desc_t *md, int share_buf,
+                 struct cerr *e)
+{
+    struct cpu_val *cv = &P->v[v];
+    const struct plan_value *pv = &P->g->vals[v];
+    dnnl_memory_desc_t plain;
+    int rc = cpu_plain_md(pv, &plain, e);
+    if (rc)
+        return rc;
+    cv->main.md = *md;
+    cv->main.has_md = 1;
+    cv->blocked = !dnnl_memory_desc_equal(md, &plain);
+    if (is_ext(P, v)) {
+        if (cv->blocked)
+            return cerr_set(e, CORRAL_EINTERNAL, "value '%s' must be plain", pv->name);
+        cv->main.buf = -1;
+        return CORRAL_OK;
+    }
+    int last = pv->last_use < pv->producer ? pv->producer : pv->last_use;
+    if (share_buf >= 0) {
+        cv->main.buf = share_buf;
+        if (P->bufs[share_buf].last < last)
+            P->bufs[share_buf].last = last;
+        return CORRAL_OK;
+    }
+    cv->main.buf = cpu_new_buf(P, dnnl_memory_desc_get_size(md), pv->producer, last);
+    if (cv->main.buf < 0)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    return CORRAL_OK;
+}
+
+/* A step the reference kernels run: plain inputs, plain outputs. */
+static int compile_kernel(struct cpu_plan *P, int s, struct cerr *e)
+{
+    const struct plan_step *st = &P->g->steps[s];
+    int rc;
+    struct tensor *tin = calloc((size_t)st->n_in + 1, sizeof *tin);
+    struct tensor *tout = calloc((size_t)st->n_out + 1, sizeof *tout);
+    void ***is = calloc((size_t)st->n_in + 1, sizeof *is);
+    void ***os = calloc((size_t)st->n_out + 1, sizeof *os);
+    if (!tin || !tout || !is || !os) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+        goto fail;
+    }
+    /* Inputs first: making a plain shadow appends its reorder before this kernel. */
+    for (int k = 0; k < st->n_in; k++) {
+        int v = st->in[k];
+        if (v < 0)
+            continue;
+        struct cpu_form *f = NULL;
+        if ((rc = plain_form(P, v, s, &f, e)))
+            goto fail;
+        const struct plan_value *pv = &P->g->vals[v];
+        tin[k] = (struct tensor){.name = pv->name, .dtype = pv->dtype, .ndim = pv->ndim,
+                                 .nbytes = pv->nbytes};
+        memcpy(tin[k].dims, pv->dims, sizeof pv->dims);
+        is[k] = &f->ptr;
+    }
+    for (int k = 0; k < st->n_out; k++) {
+        int v = st->out[k];
+        if (v < 0)
+            continue;
+        const struct plan_value *pv = &P->g->vals[v];
+        struct cpu_val *cv = &P->v[v];
+        cv->blocked = 0;
+        cv->main.has_md = 0;
+        if (!is_ext(P, v)) {
+            int last = pv->last_use < pv->producer ? pv->producer : pv->last_use;
+            cv->main.buf = cpu_new_buf(P, pv->nbytes, s, last);
+            if (cv->main.buf < 0) {
+                rc = cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+                goto fail;
+            }
+        }
+        /* A plain md lets oneDNN consumers read it; types oneDNN lacks never reach them. */
+        struct cerr e2;
+        if (dnnl_dt(pv->dtype) != dnnl_data_type_undef && pv->ndim <= 6 &&
+            !cpu_plain_md(pv, &cv->main.md, &e2))
+            cv->main.has_md = 1;
+        tout[k] = (struct tensor){.name = pv->name, .dtype = pv->dtype, .ndim = pv->ndim,
+                                  .nbytes = pv->nbytes};
+        memcpy(tout[k].dims, pv->dims, sizeof pv->dims);
+        os[k] = &cv->main.ptr;
+    }
+    if (GROW(P->items, P->n_items, P->cap_items)) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+        goto fail;
+    }
+    struct cpu_item *it = &P->items[P->n_items++];
+    memset(it, 0, sizeof *it);
+    it->kind = CIT_KERNEL;
+    it->st = st;
+    it->tin = tin, it->tout = tout, it->in_slot = is, it->out_slot = os;
+    return CORRAL_OK;
+fail:
+    free(tin), free(tout), free(is), free(os);
+    return rc;
+}
+
+static int cpu_compile(struct backend *b, const struct plan_graph *g, void **compiled,
+                       size_t *arena_bytes, struct cerr *e)
+{
+    struct cpu_ctx *c = b->ctx;
+    struct cpu_plan *P = calloc(1, sizeof *P);
+    struct mem_req *req = NULL;
+    int rc = CORRAL_OK;
+    *compiled = NULL;
+    if (!P)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+    P->ctx = c;
+    P->g = g;
+    P->v = calloc((size_t)g->n_vals + 1, sizeof *P->v);
+    if (!P->v) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+        goto fail;
+    }
+    for (int v = 0; v < g->n_vals; v++) {
+        const struct plan_value *pv = &g->vals[v];
+        struct cpu_val *cv = &P->v[v];
+        cv->main.buf = cv->plain.buf = -1;
+        if (pv->kind == PV_CONST)
+            cv->main.ptr = (void *)pv->data;
+        if (pv->kind != PV_TEMP && dnnl_dt(pv->dtype) != dnnl_data_type_undef && pv->ndim <= 6) {
+            struct cerr e2;
+            if (!cpu_plain_md(pv, &cv->main.md, &e2))
+                cv->main.has_md = 1;
+        }
+    }
+    for (int s = 0; s < g->n_steps && !rc; s++) {
+        const struct plan_step *st = &g->steps[s];
+        switch (st->op) {
+        case EOP_CONV:
+        case EOP_CONV_TRANSPOSE: rc = cpu_compile_conv(P, s, e); break;
+        case EOP_MAXPOOL:
+        case EOP_AVGPOOL:
+        case EOP_GLOBALAVGPOOL:
+        case EOP_GLOBALMAXPOOL: rc = cpu_compile_pool(P, s, e); break;
+        case EOP_CONCAT:
+        case EOP_GEMM:
+        case EOP_MATMUL: {
+            int done = 0;
+            rc = st->op == EOP_CONCAT ? cpu_compile_concat(P, s, &done, e)
+                                      : cpu_compile_gemm(P, s, &done, e);
+            if (!rc && !done)
+                rc = compile_kernel(P, s, e);
+            break;
+        }
+        default: rc = compile_kernel(P, s, e); break;
+        }
+    }
+    if (rc)
+        goto fail;
+    req = calloc((size_t)P->n_bufs + 1, sizeof *req);
+    if (!req) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory compiling a plan");
+        goto fail;
+    }
+    for (int i = 0; i < P->n_bufs; i++)
+        req[i] = (struct mem_req){P->bufs[i].bytes, P->bufs[i].first, P->bufs[i].last, 0};
+    if ((rc = plan_mem_assign(req, (size_t)P->n_bufs, 64, &P->arena_bytes, e)))
+        goto fail;
+    if (P->arena_bytes &&
+        !(P->arena = aligned_alloc(64, (P->arena_bytes + 63) & ~(size_t)63))) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "cannot allocate a %zu-byte arena", P->arena_bytes);
+        goto fail;
+    }
+    for (int i = 0; i < P->n_bufs; i++)
+        P->bufs[i].off = req[i].offset;
+    for (int v = 0; v < g->n_vals; v++) {
+        struct cpu_val *cv = &P->v[v];
+        if (cv->main.buf >= 0)
+            cv->main.ptr = P->arena + P->bufs[cv->main.buf].off;
+        if (cv->has_plain && cv->plain.buf >= 0)
+            cv->plain.ptr = P->arena + P->bufs[cv->plain.buf].off;
+    }
+    for (int i = 0; i < P->n_bound; i++)
+        dnnl_memory_set_data_handle(P->bound[i].mem, P->arena + P->bufs[P->bound[i].buf].off);
+    if (P->scratch_bytes) {
+        dnnl_memory_desc_t smd;
+        dnnl_dims_t d = {(dnnl_dim_t)P->scratch_bytes};
+        P->scratch = aligned_alloc(64, (P->scratch_bytes + 63) & ~(size_t)63);
+        if (!P->scratch) {
+            rc = cerr_set(e, CORRAL_ENOMEM, "cannot allocate scratch memory");
+            goto fail;
+        }
+        if ((rc = cpu_dnnl_check(dnnl_memory_desc_init_by_tag(&smd, 1, d, dnnl_u8, dnnl_a),
+                                 "scratchpad", NULL, e)) ||
+            (rc = cpu_dnnl_check(dnnl_memory_create(&P->scratch_mem, &smd, c->eng, P->scratch),
+                                 "scratchpad", NULL, e)))
+            goto fail;
+        for (int i = 0; i < P->n_items; i++) {
+            struct cpu_item *it = &P->items[i];
+            if (it->kind == CIT_PRIM && it->scratch && it->nargs < CPU_MAX_ARGS)
+                it->args[it->nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, P->scratch_mem};
+        }
+    }
+    free(req);
+    *arena_bytes = P->arena_bytes + P->scratch_bytes;
+    *compiled = P;
+    return CORRAL_OK;
+fail:
+    free(req);
+    b->ops->plan_free(b, P);
+    return rc;
+}
+
+static int cpu_execute(struct backend *b, void *compiled, const struct tensor *in,
+                       struct tensor *out, struct cerr *e)
+{
+    struct cpu_ctx *c = b->ctx;
+    struct cpu_plan *P = compiled;
+    const struct plan_graph *g = P->g;
+    int rc;
+#ifdef CORRAL_ENGINE_OMP
+    /* The OpenMP team size is per calling thread, so it is set on every run. */
+    if (omp_get_max_threads() != c->threads)
+        omp_set_num_threads(c->threads);
+#endif
+    for (int k = 0; k < g->n_inputs; k++)
+        P->v[g->inputs[k]].main.ptr = in[k].data;
+    for (int k = 0; k < g->n_outputs; k++)
+        P->v[g->outputs[k]].main.ptr = out[k].data;
+    for (int i = 0; i < P->n_refresh; i++)
+        dnnl_memory_set_data_handle(P->refresh[i].mem, *P->refresh[i].slot);
+    for (int i = 0; i < P->n_items; i++) {
+        struct cpu_item *it = &P->items[i];
+        if (it->kind == CIT_PRIM) {
+            if ((rc = cpu_dnnl_check(dnnl_primitive_execute(it->prim, c->stream, it->nargs,
+                                                            it->args),
+                                     "execute", it->st, e)))
+                return rc;
+            continue;
+        }
+        for (int k = 0; k < it->st->n_in; k++)
+            if (it->in_slot[k])
+                it->tin[k].data = *it->in_slot[k];
+        for (int k = 0; k < it->st->n_out; k++)
+            if (it->out_slot[k])
+                it->tout[k].data = *it->out_slot[k];
+        if ((rc = eng_kernel_run(it->st, it->tin, it->tout, e)))
+            return rc;
+    }
+    return CORRAL_OK;
+}
+
+static void cpu_plan_free(struct backend *b, void *compiled)
+{
+    struct cpu_plan *P = compiled;
+    if (!P)
+        return;
+    for (int i = 0; i < P->n_items; i++) {
+        struct cpu_item *it = &P->items[i];
+        if (it->prim)
+            dnnl_primitive_destroy(it->prim);
+        free(it->tin);
+        free(it->tout);
+        free(it->in_slot);
+        free(it->out_slot);
+    }
+    for (int i = 0; i < P->n_mems; i++)
+        dnnl_memory_destroy(P->mems[i]);
+    if (P->scratch_mem)
+        dnnl_memory_destroy(P->scratch_mem);
+    for (int i = 0; i < P->n_owned; i++)
+        free(P->owned[i]);
+    free(P->owned);
+    free(P->items);
+    free(P->bufs);
+    free(P->bound);
+    free(P->refresh);
+    free(P->mems);
+    free(P->arena);
+    free(P->scratch);
+    free(P->v);
+    free(P);
+}
+
+static int cpu_sync(struct backend *b, struct cerr *e)
+{
+    struct cpu_ctx *c = b->ctx;
+    return cpu_dnnl_check(dnnl_stream_wait(c->stream), "stream_wait", NULL, e);
+}
+
+static int cpu_supports(struct backend *b, enum eng_op op, const struct eng_attrs *a,
+                        const enum dtype *in_dtypes, int n_in)
+{
+    /* Every op the engine parses has a reference kernel or a oneDNN primitive here. */
+    return op < EOP_COUNT;
+}
+
+static int cpu_buffer_alloc(struct backend *b, size_t bytes, struct backend_buffer *out,
+                            struct cerr *e)
+{
+    out->ptr = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    out->bytes = bytes;
+    out->priv = NULL;
+    if (!out->ptr && bytes)
+        return cerr_set(e, CORRAL_ENOMEM, "cannot allocate %zu bytes", bytes);
+    return CORRAL_OK;
+}
+
+static void cpu_buffer_free(struct backend *b, struct backend_buffer *buf)
+{
+    free(buf->ptr);
+    buf->ptr = NULL;
+}
+
+static int cpu_weight_upload(struct backend *b, int weight_id, const struct tensor *host,
+                             struct cerr *e)
+{
+    /* Host memory is the device: keep a pointer; layouts are chosen per plan. */
+    struct cpu_ctx *c = b->ctx;
+    if (weight_id < 0)
+        return cerr_set(e, CORRAL_EINVAL, "negative weight id");
+    if ((size_t)weight_id >= c->n_w) {
+        size_t n = (size_t)weight_id + 64;
+        const struct tensor **w = realloc(c->w, n * sizeof *w);
+        if (!w)
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory");
+        memset(w + c->n_w, 0, (n - c->n_w) * sizeof *w);
+        c->w = w;
+        c->n_w = n;
+    }
+    c->w[weight_id] = host;
+    return CORRAL_OK;
+}
+
+static void cpu_destroy(struct backend *b)
+{
+    struct cpu_ctx *c = b->ctx;
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_wc; i++) {
+        dnnl_memory_destroy(c->wc[i].mem);
+        free(c->wc[i].data);
+    }
+    free(c->wc);
+    free(c->w);
+    if (c->stream)
+        dnnl_stream_destroy(c->stream);
+    if (c->eng)
+        dnnl_engine_destroy(c->eng);
+    free(c);
+    b->ctx = NULL;
+}
+
+static const struct backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .supports_op = cpu_supports,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .weight_upload = cpu_weight_upload,
+    .plan_compile = cpu_compile,
+    .plan_execute = cpu_execute,
+    .plan_free = cpu_plan_free,
+    .synchronize = cpu_sync,
+};
+
+int backend_cpu_create(const struct backend_options *opt, struct backend *out, struct cerr *e)
+{
+    struct cpu_ctx *c = calloc(1, sizeof *c);
+    int rc;
+    if (!c)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory");
+    c->threads = opt && opt->threads > 0 ? opt->threads : backend_cpu_count();
+    out->ops = &cpu_ops;
+    out->ctx = c;
+    if ((rc = cpu_dnnl_check(dnnl_engine_create(&c->eng, dnnl_cpu, 0), "engine_create", NULL,
+                             e)) ||
+        (rc = cpu_dnnl_check(dnnl_stream_create(&c->stream, c->eng, dnnl_stream_default_flags),
+                             "stream_create", NULL, e))) {
+        cpu_destroy(out);
+        out->ops = NULL;
+        return rc;
+    }
+    return CORRAL_OK;
+}

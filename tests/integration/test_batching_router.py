@@ -1,0 +1,177 @@
+"""The batcher as the router sees it: batched answers over HTTP, queue-full as
+429, the request parameters "timeout" and "priority" reaching the replica, and
+readiness falling when a replica's executor stalls (test hook) or the whole
+process is stopped with SIGSTOP.
+
+Usage: test_batching_router.py BUILD_DIR REPO_ROOT
+"""
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import Cluster  # noqa: E402
+
+BUILD, ROOT = sys.argv[1], sys.argv[2]
+DIGITS = os.path.join(ROOT, "models", "digits")
+
+
+def make_repo(models):
+    """A model repository whose models all point at the digits version 1, each
+    with its own batching section."""
+    repo = tempfile.mkdtemp(prefix="corral-batching-router-")
+    with open(os.path.join(DIGITS, "config.json")) as f:
+        base = json.load(f)
+    for name, batching in models.items():
+        os.makedirs(os.path.join(repo, name))
+        os.symlink(os.path.join(DIGITS, "1"), os.path.join(repo, name, "1"))
+        cfg = dict(base, name=name, batching=batching)
+        cfg.pop("labels", None)
+        with open(os.path.join(repo, name, "config.json"), "w") as f:
+            json.dump(cfg, f)
+    return repo
+
+
+def body(rows, **params):
+    b = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(rows), 64],
+                     "data": [v for r in rows for v in r]}]}
+    if params:
+        b["parameters"] = params
+    return b
+
+
+def time_until(pred, limit):
+    """Seconds until pred() holds, polling every 20 ms; None after limit seconds."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if pred():
+            return time.time() - t0
+        time.sleep(0.02)
+    return None
+
+
+class BatchingThroughRouter(unittest.TestCase):
+    def setUp(self):
+        self.repo = make_repo({
+            "digits_b": {"max_batch_size": 8, "max_queue_delay_us": 2000},
+            "digits_q": {"max_batch_size": 1, "max_queue_size": 1},
+        })
+        with open(os.path.join(ROOT, "tests", "data", "digits_heldout.json")) as f:
+            self.ref = json.load(f)
+        self.c = Cluster(BUILD, self.repo)
+
+    def tearDown(self):
+        self.c.close()
+        shutil.rmtree(self.repo, ignore_errors=True)
+
+    def start(self, model):
+        self.c.replica(model, "--test-hooks")
+        self.c.router()
+        self.c.wait_ready("/v2/models/%s/ready" % model)
+        return self.c.replicas[-1][1]
+
+    def post(self, model, b):
+        # A connection per call: these run from several threads at once.
+        c = Cluster(BUILD, self.repo)
+        c.port = self.c.port
+        try:
+            return c.http("POST", "/v2/models/%s/infer" % model, b)
+        finally:
+            c.close()
+
+    def test_concurrent_answers_match_pytorch(self):
+        self.start("digits_b")
+        xs, want = self.ref["inputs"], self.ref["logits"]
+        results = {}
+
+        def one(k):
+            n = 1 + k % 8
+            rows = [xs[(k + i) % len(xs)] for i in range(n)]
+            results[k] = (n, self.post("digits_b", body(rows, priority=1, timeout=5000000)))
+
+        threads = [threading.Thread(target=one, args=(k,)) for k in range(48)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        worst = 0.0
+        for k, (n, (status, b)) in results.items():
+            self.assertEqual(status, 200, b)
+            out = b["outputs"][0]
+            self.assertEqual(out["shape"], [n, 10])
+            for i in range(n):
+                got = out["data"][i * 10:(i + 1) * 10]
+                exp = want[(k + i) % len(xs)]
+                worst = max(worst, max(abs(a - e) for a, e in zip(got, exp)))
+        self.assertLessEqual(worst, 1e-4)
+        print("48 concurrent requests through the router, max abs diff vs PyTorch %.3g" % worst)
+        # An out-of-range priority is the replica's 400, so the parameter got through.
+        status, b = self.post("digits_b", body([xs[0]], priority=9))
+        self.assertEqual(status, 400, b)
+        self.assertIn("priority", json.dumps(b))
+
+    def test_queue_full_is_429_and_timeout_is_504(self):
+        self.start("digits_q")
+        x = self.ref["inputs"][0]
+        out = {}
+
+        def send(key, **params):
+            out[key] = self.post("digits_q", body([x], **params))
+
+        stall = threading.Thread(target=send, args=("stall",), kwargs={"corral_test_stall_ms": 800})
+        stall.start()
+        time.sleep(0.15)
+        second = threading.Thread(target=send, args=("second",))   # the second batch buffer
+        second.start()
+        time.sleep(0.1)
+        queued = threading.Thread(target=send, args=("queued",), kwargs={"timeout": 100000})
+        queued.start()
+        time.sleep(0.05)
+        # The queue (max_queue_size 1) now holds "queued": this one is refused at once.
+        t0 = time.time()
+        status, b = self.post("digits_q", body([x]))
+        self.assertEqual(status, 429, b)
+        self.assertLess(time.time() - t0, 0.5)
+        for t in (stall, second, queued):
+            t.join()
+        self.assertEqual(out["stall"][0], 200, out["stall"][1])
+        self.assertEqual(out["second"][0], 200, out["second"][1])
+        # "queued" asked for a 100 ms deadline and expired waiting: 504, not run late.
+        self.assertEqual(out["queued"][0], 504, out["queued"][1])
+
+    def test_stalled_executor_makes_the_replica_not_ready(self):
+        self.start("digits_b")
+        path = "/v2/models/digits_b/ready"
+        t = threading.Thread(target=self.post,
+                             args=("digits_b", body([self.ref["inputs"][0]], corral_test_stall_ms=2500)))
+        t.start()
+        took = time_until(lambda: self.c.http("GET", path)[0] == 503, 3)
+        print("router: ready went 503 %.2f s after the executor stalled" % (took or -1))
+        self.assertIsNotNone(took)
+        self.assertLess(took, 1.2)
+        t.join()
+        self.assertIsNotNone(time_until(lambda: self.c.http("GET", path)[0] == 200, 5))
+
+    def test_sigstopped_replica_is_not_ready(self):
+        proc = self.start("digits_b")
+        path = "/v2/models/digits_b/ready"
+        os.kill(proc.p.pid, signal.SIGSTOP)
+        try:
+            took = time_until(lambda: self.c.http("GET", path)[0] == 503, 5)
+        finally:
+            os.kill(proc.p.pid, signal.SIGCONT)
+        print("router: ready went 503 %.2f s after SIGSTOP" % (took or -1))
+        self.assertIsNotNone(took)
+        # The router's health timeout is max(2 intervals, 1 s): at most ~1.5 s with the defaults.
+        self.assertLess(took, 2.0)
+        self.assertIsNotNone(time_until(lambda: self.c.http("GET", path)[0] == 200, 5))
+
+
+if __name__ == "__main__":
+    unittest.main(argv=[sys.argv[0], "-v"])

@@ -1,0 +1,10 @@
+# The CUDA backend's unit test (only in builds with the CUDA backend). Without
+# a CUDA device it checks the clean failure of backend creation, prints
+# "skipped: no CUDA device" and exits 77, which ctest reports as skipped.
+if(CORRAL_HAVE_CUDA_BACKEND)
+  add_executable(test_backend_cuda ${CMAKE_CURRENT_LIST_DIR}/test_backend_cuda.c)
+  target_link_libraries(test_backend_cuda PRIVATE corral_engine PkgConfig::CMOCKA ${M_LIB})
+  add_test(NAME unit_backend_cuda COMMAND test_backend_cuda)
+  set_tests_properties(unit_backend_cuda PROPERTIES SKIP_RETURN_CODE 77
+                       LABELS "unit;engine;cuda" TIMEOUT 300)
+endif()
