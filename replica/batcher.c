@@ -12,6 +12,7 @@
 
 #define WARMUP_MAX_RUNS 4096
 #define STALL_FLOOR_MS 300
+#define FIRST_RUN_STALL_NS (10000ull * 1000000ull)
 
 /* One queued infer request. Only the batcher thread touches the fields below
  * `rows` once the request is queued; the queue links are guarded by mu. */
@@ -96,6 +97,10 @@ struct batcher {
 
     int64_t stall_ms;
     _Atomic uint64_t compute_since_ns; /* start of the running batch, 0 when idle */
+    /* The slowest engine time per input element seen so far (warm-up and real runs), in
+     * picoseconds, and what the running batch may therefore take, in nanoseconds. */
+    _Atomic uint64_t ps_per_elem;
+    _Atomic uint64_t compute_expect_ns;
     _Atomic uint64_t batch_beat_ns;    /* last time the batcher thread went round */
 };
 
@@ -734,10 +739,31 @@ static void sleep_ms_interruptible(struct batcher *b, uint64_t ms)
     }
 }
 
+static uint64_t input_elems(const struct tensor *in, size_t n)
+{
+    uint64_t elems = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t es = dtype_size(in[i].dtype);
+        elems += es ? in[i].nbytes / es : in[i].nbytes;
+    }
+    return elems ? elems : 1;
+}
+
+/* Keeps the slowest time per input element, so that liveness can tell a large batch
+ * that legitimately computes for a while from an executor that is stuck. */
+static void note_run_time(struct batcher *b, uint64_t elems, uint64_t ns)
+{
+    uint64_t per = ns * 1000u / elems, old = atomic_load(&b->ps_per_elem);
+    while (per > old && !atomic_compare_exchange_weak(&b->ps_per_elem, &old, per))
+        ;
+}
+
 /* The compute section: the engine run (and the test stall), nothing else. */
 static void compute(struct batcher *b, struct slot *s)
 {
     uint64_t now = now_ns();
+    uint64_t elems = input_elems(s->in, b->n_in);
+    atomic_store(&b->compute_expect_ns, elems * atomic_load(&b->ps_per_elem) / 1000u);
     atomic_store(&b->compute_since_ns, now);
     memset(s->out, 0, sizeof s->out);
     s->t_compute0 = now;
@@ -752,9 +778,12 @@ static void compute(struct batcher *b, struct slot *s)
     for (size_t k = 0; k < s->n_parts; k++)
         live |= !s->parts[k].r->deadline_ns || now < s->parts[k].r->deadline_ns;
     s->skipped = !live;
+    uint64_t t_run = now_ns();
     s->rc = live ? engine_run(b->eng, s->in, b->n_in, s->out, &s->err) : CORRAL_OK;
     s->t_compute1 = now_ns();
     atomic_store(&b->compute_since_ns, 0);
+    if (live && s->rc == CORRAL_OK)
+        note_run_time(b, elems, s->t_compute1 - t_run);
 }
 
 /* Cuts part pt's rows out of the batch outputs into its request's own outputs. */
@@ -1057,6 +1086,8 @@ static int warm_one(struct batcher *b, struct slot *s, uint64_t *ns, size_t *are
     uint64_t t0 = now_ns();
     rc = engine_run(b->eng, s->in, b->n_in, s->out, e);
     *ns = now_ns() - t0;
+    if (rc == CORRAL_OK)
+        note_run_time(b, input_elems(s->in, b->n_in), *ns);
     for (size_t j = 0; !rc && j < b->n_out; j++) {
         const struct tensor *o = &s->out[j];
         char shape[96];
@@ -1162,7 +1193,12 @@ void batcher_health(struct batcher *b, int *live, int *ready)
     size_t depth = b->depth;
     int stopping = b->stopping;
     pthread_mutex_unlock(&b->mu);
-    int l = !(busy && now - busy > lim);
+    /* A batch may run four times longer than the slowest time per element seen says
+     * it should; before any run has been timed, a generous first-run allowance applies. */
+    uint64_t expect = atomic_load(&b->compute_expect_ns);
+    uint64_t run_lim = atomic_load(&b->ps_per_elem) ? lim + 4 * expect
+                       : (lim > FIRST_RUN_STALL_NS ? lim : FIRST_RUN_STALL_NS);
+    int l = !(busy && now - busy > run_lim);
     /* The batcher thread sleeps at most max_queue_delay_us while requests wait. */
     uint64_t slack = lim + (uint64_t)b->bc->max_queue_delay_us * 1000u;
     if (depth > 0 && beat && now - beat > slack && !busy)

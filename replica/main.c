@@ -87,8 +87,40 @@ static int check_config_matches(const struct model_config *cfg, const struct eng
     return CORRAL_OK;
 }
 
+/* Summarises the engine's plans ("input[8,64]:4096;...") into the server options. */
+static void describe_plans(const struct engine *eng, struct replica_server_options *so, char *buf,
+                           size_t len)
+{
+    size_t off = 0, n = engine_plan_count(eng);
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        struct engine_plan_info info;
+        if (engine_plan_info(eng, i, &info))
+            continue;
+        so->plan_count++;
+        so->arena_bytes_total += (int64_t)info.arena_bytes;
+        if ((int64_t)info.arena_bytes > so->arena_bytes_max)
+            so->arena_bytes_max = (int64_t)info.arena_bytes;
+        for (size_t k = 0; k < info.n_inputs && off + 1 < len; k++) {
+            char sh[128];
+            const struct engine_io_info *io = &info.inputs[k];
+            int m = snprintf(buf + off, len - off, "%s%s%s", off && k == 0 ? ";" : (k ? "," : ""),
+                             io->name, tensor_shape_str(io->dims, io->ndim, sh, sizeof sh));
+            off = m < 0 || (size_t)m >= len - off ? len - 1 : off + (size_t)m;
+        }
+        if (off + 1 < len) {
+            int m = snprintf(buf + off, len - off, ":%zu", info.arena_bytes);
+            off = m < 0 || (size_t)m >= len - off ? len - 1 : off + (size_t)m;
+        }
+    }
+    LOG_INFO("plans: %lld built at warm-up, largest arena %lld bytes, %lld bytes in all",
+             (long long)so->plan_count, (long long)so->arena_bytes_max,
+             (long long)so->arena_bytes_total);
+}
+
 int main(int argc, char **argv)
 {
+    static char plans_desc[4096];
     const char *repo = NULL, *model = NULL, *listen = NULL, *device = "cpu";
     long version = 0, threads = 1, contexts = 0, stall_ms = 0;
     int verify = 0, rc = 1;
@@ -226,14 +258,20 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     /* Every bucket runs once before the socket opens, so the first requests meet warm plans. */
-    if (batcher_create(&bat, eng, &cfg, &bo, replica_server_reply, &e) || batcher_warmup(bat, &e) ||
-        batcher_start(bat, &e)) {
+    if (batcher_create(&bat, eng, &cfg, &bo, replica_server_reply, &e) || batcher_warmup(bat, &e)) {
+        fprintf(stderr, "corral-replica: %s/%s: %s\n", cfg.name, cfg.version_str, e.msg);
+        goto out;
+    }
+    struct replica_server_options so = REPLICA_SERVER_OPTIONS_DEFAULT;
+    /* The plan list is read before the batcher starts: the engine's plan cache is
+     * the executor's alone once it runs. */
+    describe_plans(eng, &so, plans_desc, sizeof plans_desc);
+    if (batcher_start(bat, &e)) {
         fprintf(stderr, "corral-replica: %s/%s: %s\n", cfg.name, cfg.version_str, e.msg);
         goto out;
     }
     if (bo.test_hooks)
         LOG_WARN("test hooks are enabled: requests may stall the executor on purpose");
-    struct replica_server_options so = REPLICA_SERVER_OPTIONS_DEFAULT;
     if (contexts == 0) {
         /* A request only reaches the queue through a free context, so there must be more
          * contexts than the queue holds for max_queue_size (and 429s) to mean anything. */

@@ -82,7 +82,6 @@ static void answer_metadata(struct worker *w)
     Corral__TensorMetadata *inp[MODEL_MAX_IO], *outp[MODEL_MAX_IO];
     char *versions[1] = {(char *)cfg->version_str};
     Corral__Parameter labels = CORRAL__PARAMETER__INIT;
-    Corral__Parameter *params[1] = {&labels};
     for (size_t i = 0; i < cfg->n_inputs; i++) {
         fill_meta(&in[i], &cfg->inputs[i]);
         inp[i] = &in[i];
@@ -102,7 +101,24 @@ static void answer_metadata(struct worker *w)
     labels.key = "label_count";
     labels.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
     labels.int64_value = (int64_t)cfg->n_labels;
-    md.n_parameters = 1;
+    /* What the warm-up planned: operators size memory from these. */
+    const struct replica_server_options *o = &w->srv->opt;
+    Corral__Parameter pc = CORRAL__PARAMETER__INIT, amax = CORRAL__PARAMETER__INIT,
+                      atot = CORRAL__PARAMETER__INIT, plans = CORRAL__PARAMETER__INIT;
+    pc.key = "plan_count";
+    pc.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
+    pc.int64_value = o->plan_count;
+    amax.key = "arena_bytes_max";
+    amax.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
+    amax.int64_value = o->arena_bytes_max;
+    atot.key = "arena_bytes_total";
+    atot.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
+    atot.int64_value = o->arena_bytes_total;
+    plans.key = "plans";
+    plans.value_case = CORRAL__PARAMETER__VALUE_STRING_VALUE;
+    plans.string_value = (char *)(o->plans ? o->plans : "");
+    Corral__Parameter *params[5] = {&labels, &pc, &amax, &atot, &plans};
+    md.n_parameters = 5;
     md.parameters = params;
     resp.kind_case = CORRAL__RESPONSE__KIND_METADATA;
     resp.metadata = &md;

@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdint.h>
 
 #include "engine.h"
 #include "error.h"
@@ -34,6 +35,11 @@ struct batcher;
 struct replica_server_options {
     int contexts;             /* concurrent NNG contexts (requests accepted at once) */
     struct batcher *batcher;  /* queues and runs infer requests (required) */
+    /* Plans built at warm-up, reported in metadata parameters (plan_count,
+     * arena_bytes_max, arena_bytes_total, plans = "shape:bytes;..."). `plans` is
+     * borrowed and must outlive the server. */
+    int64_t plan_count, arena_bytes_max, arena_bytes_total;
+    const char *plans;
 };
 #define REPLICA_SERVER_OPTIONS_DEFAULT {.contexts = 64, .batcher = NULL}
 
