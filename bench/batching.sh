@@ -41,7 +41,7 @@ serve() {
         --threads "$threads" "$@" >"$work/$model.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 600); do
-        url="$(sed -n 's/.*serving model .* on \(tcp:[^ ]*\).*/\1/p' "$work/$model.log")"
+        url="$(sed -n 's/.*serving model .* on \(tcp:[^ ]*\) (.*/\1/p' "$work/$model.log")"
         [ -n "$url" ] && return 0
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1

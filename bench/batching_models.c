@@ -304,8 +304,8 @@ out:
     return rc;
 }
 
-int bmodel_link_digits(const char *repo, const char *name, const char *digits_version_dir,
-                       const char *batching_json, struct cerr *e)
+int bmodel_link_version(const char *repo, const char *name, const char *version_dir,
+                        const char *io_json, const char *batching_json, struct cerr *e)
 {
     char dir[1024], link[1200];
     snprintf(dir, sizeof dir, "%s/%s", repo, name);
@@ -314,10 +314,17 @@ int bmodel_link_digits(const char *repo, const char *name, const char *digits_ve
         return rc;
     snprintf(link, sizeof link, "%s/1", dir);
     unlink(link);
-    if (symlink(digits_version_dir, link) != 0)
+    if (symlink(version_dir, link) != 0)
         return cerr_set(e, CORRAL_EIO, "cannot link %s: %s", link, strerror(errno));
-    return write_config(dir, name,
-                        "\"inputs\": [{\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [-1, 64]}],\n"
-                        " \"outputs\": [{\"name\": \"logits\", \"datatype\": \"FP32\", \"shape\": [-1, 10]}]",
-                        batching_json, e);
+    return write_config(dir, name, io_json, batching_json, e);
+}
+
+int bmodel_link_digits(const char *repo, const char *name, const char *digits_version_dir,
+                       const char *batching_json, struct cerr *e)
+{
+    return bmodel_link_version(
+        repo, name, digits_version_dir,
+        "\"inputs\": [{\"name\": \"input\", \"datatype\": \"FP32\", \"shape\": [-1, 64]}],\n"
+        " \"outputs\": [{\"name\": \"logits\", \"datatype\": \"FP32\", \"shape\": [-1, 10]}]",
+        batching_json, e);
 }

@@ -27,6 +27,10 @@ int bmodel_write(const char *repo, const char *name, enum bmodel_kind kind,
                  const char *batching_json, struct cerr *e);
 /* Writes repo/name/config.json pointing at the digits model's version 1 directory
  * (a symlink to digits_version_dir) with the given batching section. */
+/* Writes repo/name/config.json with the given "inputs"/"outputs" members (io_json, the
+ * text between the braces) and batching section, and links repo/name/1 to version_dir. */
+int bmodel_link_version(const char *repo, const char *name, const char *version_dir,
+                        const char *io_json, const char *batching_json, struct cerr *e);
 int bmodel_link_digits(const char *repo, const char *name, const char *digits_version_dir,
                        const char *batching_json, struct cerr *e);
 

@@ -19,17 +19,22 @@
 struct breq {
     Corral__Request *msg; /* owned */
     void *owner;
-    struct tensor in[MODEL_MAX_IO]; /* views into msg, in model input order */
+    /* Views into msg, in model input order, and the request's own outputs: n_in and
+     * n_out entries placed after the struct, so that a request costs what the model
+     * needs rather than MODEL_MAX_IO tensors to clear and release. */
+    struct tensor *in, *out;
+    size_t n_out;
     int64_t rows;                   /* batch axis size (0 when not batching) */
     int64_t key[MODEL_MAX_VAR_DIMS];/* padded size per variable dimension */
     uint64_t out_mask;
     int prio;                       /* 0 = highest */
     uint64_t seq, enq_ns, deadline_ns, stall_ms;
+    /* Reported to the router in the reply's parameters (corral_queue_us, corral_compute_us). */
+    int64_t queue_us, compute_us;
     int64_t taken;                  /* rows handed to batches (guarded by mu) */
     int64_t done_rows;              /* rows whose outputs are in */
     int queued;                     /* linked in a priority queue (guarded by mu) */
     int started;                    /* queue time already counted */
-    struct tensor out[MODEL_MAX_IO];
     int failed;
     struct cerr err;
     enum batcher_reject why;
@@ -37,6 +42,7 @@ struct breq {
     size_t reply_len;
     int finished;
     struct breq *qprev, *qnext;     /* priority queue */
+    struct breq *fdone;             /* list of requests finish_list completes */
     struct breq *oprev, *onext;     /* outstanding list in arrival order */
 };
 
@@ -91,6 +97,13 @@ struct batcher {
     int stopping, warmed;
     struct breq *qhead[MODEL_MAX_PRIORITY], *qtail[MODEL_MAX_PRIORITY];
     size_t depth;
+    int64_t queued_rows;  /* rows waiting in the queue (not yet taken into a batch) */
+    /* The batcher thread is waiting on cv_batch: until sleep_until (0: no timer), and
+     * with a free batch buffer or not. A submit wakes it only when the new request can
+     * change what it does: the first request, a full batch's worth of rows, or an
+     * earlier deadline. One futex wake per request would cost more than the request. */
+    int sleeping, sleep_slot_free;
+    uint64_t sleep_until;
     struct breq *ohead, *otail;
     uint64_t next_seq, next_order, compute_order;
     struct batcher_stats st;
@@ -189,7 +202,7 @@ static void breq_free(struct breq *r)
 {
     if (!r)
         return;
-    for (size_t j = 0; j < MODEL_MAX_IO; j++)
+    for (size_t j = 0; j < r->n_out; j++)
         tensor_release(&r->out[j]);
     if (r->msg)
         corral__request__free_unpacked(r->msg, NULL);
@@ -374,6 +387,17 @@ static void pack_reply(struct batcher *b, struct breq *r)
         irsp.model_version = (char *)cfg->version_str;
         irsp.n_outputs = k;
         irsp.outputs = otp;
+        /* Time in the queue and in the engine, for the router's latency histograms. */
+        Corral__Parameter pq = CORRAL__PARAMETER__INIT, pc = CORRAL__PARAMETER__INIT;
+        Corral__Parameter *pp[2] = {&pq, &pc};
+        pq.key = "corral_queue_us";
+        pq.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
+        pq.int64_value = r->queue_us;
+        pc.key = "corral_compute_us";
+        pc.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
+        pc.int64_value = r->compute_us;
+        irsp.n_parameters = 2;
+        irsp.parameters = pp;
         resp.kind_case = CORRAL__RESPONSE__KIND_INFER;
         resp.infer = &irsp;
         if (wire_pack_response(&resp, &r->reply, &r->reply_len) == 0)
@@ -387,36 +411,46 @@ static void pack_reply(struct batcher *b, struct breq *r)
 }
 
 /*
- * A request is complete: pack its reply and send every reply that may leave now
- * (with preserve_ordering, only an unbroken run of finished requests from the
- * oldest). Called on the batcher thread without mu held.
+ * Requests are complete (a list linked through fdone): pack their replies, then,
+ * under one lock for the whole list, count them and unlink every reply that may
+ * leave now (with preserve_ordering, only an unbroken run of finished requests
+ * from the oldest), and send those. Called on the batcher thread without mu held;
+ * taking the lock once per batch rather than once per request keeps the NNG
+ * threads that submit requests from queueing behind the batcher thread.
  */
-static void finish(struct batcher *b, struct breq *r)
+static void finish_list(struct batcher *b, struct breq *done)
 {
     struct breq *ready = NULL, **tail = &ready;
-    pack_reply(b, r);
-    if (r->failed)
-        LOG_DEBUG("request id='%.64s' failed: %s", r->msg->infer->id ? r->msg->infer->id : "", r->err.msg);
+    if (!done)
+        return;
+    for (struct breq *r = done; r; r = r->fdone) {
+        pack_reply(b, r);
+        if (r->failed)
+            LOG_DEBUG("request id='%.64s' failed: %s", r->msg->infer->id ? r->msg->infer->id : "",
+                      r->err.msg);
+    }
     pthread_mutex_lock(&b->mu);
-    r->finished = 1;
-    if (r->failed)
-        b->st.rejected[r->why]++;
-    else
-        b->st.success++;
-    for (struct breq *o = b->bc->preserve_ordering ? b->ohead : r; o && o->finished;) {
-        struct breq *nx = o->onext;
-        if (o->oprev)
-            o->oprev->onext = o->onext;
+    for (struct breq *r = done; r; r = r->fdone) {
+        r->finished = 1;
+        if (r->failed)
+            b->st.rejected[r->why]++;
         else
-            b->ohead = o->onext;
-        if (o->onext)
-            o->onext->oprev = o->oprev;
-        else
-            b->otail = o->oprev;
-        o->onext = NULL;
-        *tail = o;
-        tail = &o->onext;
-        o = b->bc->preserve_ordering ? nx : NULL;
+            b->st.success++;
+        for (struct breq *o = b->bc->preserve_ordering ? b->ohead : r; o && o->finished;) {
+            struct breq *onx = o->onext;
+            if (o->oprev)
+                o->oprev->onext = o->onext;
+            else
+                b->ohead = o->onext;
+            if (o->onext)
+                o->onext->oprev = o->oprev;
+            else
+                b->otail = o->oprev;
+            o->onext = NULL;
+            *tail = o;
+            tail = &o->onext;
+            o = b->bc->preserve_ordering ? onx : NULL;
+        }
     }
     pthread_mutex_unlock(&b->mu);
     while (ready) {
@@ -428,6 +462,13 @@ static void finish(struct batcher *b, struct breq *r)
         breq_free(ready);
         ready = nx;
     }
+}
+
+/* Adds a complete request to the list finish_list takes. */
+static void done_push(struct breq ***tail, struct breq *r)
+{
+    **tail = r;
+    *tail = &r->fdone;
 }
 
 static void fail_req(struct batcher *b, struct breq *r, enum batcher_reject why, int code,
@@ -455,13 +496,14 @@ static void q_unlink(struct batcher *b, struct breq *r)
     r->qprev = r->qnext = NULL;
     r->queued = 0;
     b->depth--;
+    b->queued_rows -= r->rows - r->taken;
 }
 
 int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct cerr *e)
 {
     enum batcher_reject why;
     int rc;
-    struct breq *r = calloc(1, sizeof *r);
+    struct breq *r = calloc(1, sizeof *r + (b->n_in + b->n_out) * sizeof(struct tensor));
     if (!r) {
         pthread_mutex_lock(&b->mu);
         b->st.requests++;
@@ -469,6 +511,9 @@ int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct 
         pthread_mutex_unlock(&b->mu);
         return cerr_set(e, CORRAL_ENOMEM, "out of memory");
     }
+    r->in = (struct tensor *)(r + 1);
+    r->out = r->in + b->n_in;
+    r->n_out = b->n_out;
     r->msg = req;
     r->owner = owner;
     rc = validate(b, r, &why, e);
@@ -504,7 +549,15 @@ int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct 
         b->ohead = r;
     b->otail = r;
     b->depth++;
-    pthread_cond_signal(&b->cv_batch);
+    b->queued_rows += r->rows;
+    int64_t cap = b->batching ? b->bc->max_batch_size : 1;
+    int wake = b->sleeping &&
+               ((b->sleep_slot_free && (b->depth == 1 || b->queued_rows >= cap)) ||
+                (r->deadline_ns && (!b->sleep_until || r->deadline_ns < b->sleep_until)));
+    if (wake) {
+        b->sleeping = 0;
+        pthread_cond_signal(&b->cv_batch);
+    }
     pthread_mutex_unlock(&b->mu);
     return CORRAL_OK;
 }
@@ -630,8 +683,10 @@ static void take_rows(struct batcher *b, const struct group *g, struct slot *s, 
             pt->brow = s->rows;
             s->rows += n;
             r->taken += n;
+            b->queued_rows -= n;
             if (!r->started) {
                 r->started = 1;
+                r->queue_us = (int64_t)((now - r->enq_ns) / 1000u);
                 b->st.queue_us += (now - r->enq_ns) / 1000u;
             }
             if (r->stall_ms > s->stall_ms)
@@ -855,6 +910,7 @@ static void scatter(struct batcher *b, struct slot *s)
         b->st.hist[bin]++;
     }
     pthread_mutex_unlock(&b->mu);
+    struct breq *done = NULL, **dtail = &done;
     for (size_t k = 0; k < s->n_parts; k++) {
         const struct bpart *pt = &s->parts[k];
         struct breq *r = pt->r;
@@ -867,10 +923,14 @@ static void scatter(struct batcher *b, struct slot *s)
         else if (!r->failed && scatter_part(b, s, pt, &e))
             fail_req(b, r, BATCHER_REJECT_COMPUTE, e.code, e.msg);
         r->done_rows += pt->rows;
-        /* A request appears once per batch, so it may be finished (and freed) here. */
+        if (!s->skipped)
+            r->compute_us += (int64_t)((s->t_compute1 - s->t_compute0) / 1000u);
+        /* A request appears once per batch, so it is complete at most once here. */
         if (r->done_rows == r->rows)
-            finish(b, r);
+            done_push(&dtail, r);
     }
+    *dtail = NULL;
+    finish_list(b, done);
     for (size_t j = 0; j < b->n_out; j++)
         tensor_release(&s->out[j]);
     uint64_t t1 = now_ns();
@@ -915,6 +975,7 @@ static void *compute_main(void *arg)
 static void abandon(struct batcher *b, struct breq *list, enum batcher_reject why, int code,
                     const char *msg)
 {
+    struct breq *done = NULL, **dtail = &done;
     while (list) {
         struct breq *nx = list->qnext;
         list->qnext = NULL;
@@ -922,9 +983,11 @@ static void abandon(struct batcher *b, struct breq *list, enum batcher_reject wh
         list->done_rows += list->rows - list->taken;
         list->taken = list->rows;
         if (list->done_rows == list->rows)
-            finish(b, list);
+            done_push(&dtail, list);
         list = nx;
     }
+    *dtail = NULL;
+    finish_list(b, done);
 }
 
 static void *batch_main(void *arg)
@@ -987,6 +1050,9 @@ static void *batch_main(void *arg)
         }
         if (next_deadline && (!wake || next_deadline < wake))
             wake = next_deadline;
+        b->sleeping = 1;
+        b->sleep_until = wake;
+        b->sleep_slot_free = freeslot != NULL && !b->stopping;
         if (wake) {
             struct timespec ts;
             /* Condition variables wait on the realtime clock; convert the monotonic target. */
@@ -999,6 +1065,7 @@ static void *batch_main(void *arg)
         } else {
             pthread_cond_wait(&b->cv_batch, &b->mu);
         }
+        b->sleeping = 0;
     }
     /* Stopping: whatever is still queued will not run. */
     struct breq *left = NULL;

@@ -98,7 +98,6 @@ static void describe_plans(const struct engine *eng, struct replica_server_optio
         if (engine_plan_info(eng, i, &info))
             continue;
         so->plan_count++;
-        so->arena_bytes_total += (int64_t)info.arena_bytes;
         if ((int64_t)info.arena_bytes > so->arena_bytes_max)
             so->arena_bytes_max = (int64_t)info.arena_bytes;
         for (size_t k = 0; k < info.n_inputs && off + 1 < len; k++) {
@@ -113,9 +112,8 @@ static void describe_plans(const struct engine *eng, struct replica_server_optio
             off = m < 0 || (size_t)m >= len - off ? len - 1 : off + (size_t)m;
         }
     }
-    LOG_INFO("plans: %lld built at warm-up, largest arena %lld bytes, %lld bytes in all",
-             (long long)so->plan_count, (long long)so->arena_bytes_max,
-             (long long)so->arena_bytes_total);
+    LOG_INFO("plans: %lld built at warm-up, largest arena %lld bytes (the engine's plans share one "
+             "arena of that size)", (long long)so->plan_count, (long long)so->arena_bytes_max);
 }
 
 int main(int argc, char **argv)

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,10 @@ struct worker {
     nng_ctx ctx;
     nng_aio *aio;
     int sending;
+    /* A batcher reply waiting for the sender thread (guarded by the server's smu). */
+    uint8_t *rbuf;
+    size_t rlen;
+    struct worker *rnext;
 };
 
 struct replica_server {
@@ -28,6 +33,15 @@ struct replica_server {
     struct worker *workers;
     int n_workers;
     struct batcher *batcher; /* borrowed */
+
+    /* Replies the batcher hands over, sent by the sender thread: a TCP send runs its
+     * syscalls on the calling thread, and on the batcher thread they held up the next
+     * batch. The sender is woken once per burst, not once per reply. */
+    pthread_t sender;
+    pthread_mutex_t smu;
+    pthread_cond_t scv;
+    struct worker *rhead, *rtail;
+    int sender_started, sender_idle, sender_stop, sync_ready;
 };
 
 static void worker_recv(struct worker *w)
@@ -104,21 +118,20 @@ static void answer_metadata(struct worker *w)
     /* What the warm-up planned: operators size memory from these. */
     const struct replica_server_options *o = &w->srv->opt;
     Corral__Parameter pc = CORRAL__PARAMETER__INIT, amax = CORRAL__PARAMETER__INIT,
-                      atot = CORRAL__PARAMETER__INIT, plans = CORRAL__PARAMETER__INIT;
+                      plans = CORRAL__PARAMETER__INIT;
     pc.key = "plan_count";
     pc.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
     pc.int64_value = o->plan_count;
     amax.key = "arena_bytes_max";
     amax.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
     amax.int64_value = o->arena_bytes_max;
-    atot.key = "arena_bytes_total";
-    atot.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
-    atot.int64_value = o->arena_bytes_total;
     plans.key = "plans";
     plans.value_case = CORRAL__PARAMETER__VALUE_STRING_VALUE;
     plans.string_value = (char *)(o->plans ? o->plans : "");
-    Corral__Parameter *params[5] = {&labels, &pc, &amax, &atot, &plans};
-    md.n_parameters = 5;
+    Corral__Parameter *params[4] = {&labels, &pc, &amax, &plans};
+    md.n_parameters = 4;
+    md.n_labels = cfg->n_labels;
+    md.labels = cfg->labels;
     md.parameters = params;
     resp.kind_case = CORRAL__RESPONSE__KIND_METADATA;
     resp.metadata = &md;
@@ -216,7 +229,77 @@ static void answer_stats(struct worker *w)
 
 void replica_server_reply(void *owner, uint8_t *buf, size_t len)
 {
-    worker_send(owner, buf, len);
+    struct worker *w = owner;
+    struct replica_server *srv = w->srv;
+    int wake = 0;
+    pthread_mutex_lock(&srv->smu);
+    if (!srv->sender_started) {
+        /* No sender thread (start-up failed, or it has stopped): send from here. */
+        pthread_mutex_unlock(&srv->smu);
+        worker_send(w, buf, len);
+        return;
+    }
+    w->rbuf = buf;
+    w->rlen = len;
+    w->rnext = NULL;
+    if (srv->rtail)
+        srv->rtail->rnext = w;
+    else
+        srv->rhead = w;
+    srv->rtail = w;
+    if (srv->sender_idle) {
+        srv->sender_idle = 0;
+        wake = 1;
+    }
+    pthread_mutex_unlock(&srv->smu);
+    if (wake)
+        pthread_cond_signal(&srv->scv);
+}
+
+static void *sender_main(void *arg)
+{
+    struct replica_server *srv = arg;
+    pthread_mutex_lock(&srv->smu);
+    for (;;) {
+        if (!srv->rhead) {
+            if (srv->sender_stop)
+                break;
+            srv->sender_idle = 1;
+            pthread_cond_wait(&srv->scv, &srv->smu);
+            continue;
+        }
+        struct worker *list = srv->rhead;
+        srv->rhead = srv->rtail = NULL;
+        pthread_mutex_unlock(&srv->smu);
+        while (list) {
+            struct worker *nx = list->rnext;
+            uint8_t *buf = list->rbuf;
+            list->rbuf = NULL;
+            list->rnext = NULL;
+            worker_send(list, buf, list->rlen);
+            list = nx;
+        }
+        pthread_mutex_lock(&srv->smu);
+    }
+    pthread_mutex_unlock(&srv->smu);
+    return NULL;
+}
+
+/* Sends what is still queued and ends the sender thread. */
+static void sender_stop(struct replica_server *srv)
+{
+    if (!srv->sync_ready)
+        return;
+    pthread_mutex_lock(&srv->smu);
+    int started = srv->sender_started;
+    srv->sender_stop = 1;
+    pthread_mutex_unlock(&srv->smu);
+    pthread_cond_signal(&srv->scv);
+    if (started)
+        pthread_join(srv->sender, NULL);
+    pthread_mutex_lock(&srv->smu);
+    srv->sender_started = 0;
+    pthread_mutex_unlock(&srv->smu);
 }
 
 static void submit_infer(struct worker *w, Corral__Request *req)
@@ -301,6 +384,9 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
     srv->cfg = cfg;
     srv->opt = *opt;
     srv->batcher = opt->batcher;
+    pthread_mutex_init(&srv->smu, NULL);
+    pthread_cond_init(&srv->scv, NULL);
+    srv->sync_ready = 1;
     if ((rv = nng_rep0_open(&srv->sock)) != 0) {
         rc = cerr_set(e, CORRAL_EINTERNAL, "cannot open NNG REP socket: %s", nng_strerror(rv));
         goto fail;
@@ -338,6 +424,11 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
             goto fail;
         }
     }
+    if (pthread_create(&srv->sender, NULL, sender_main, srv) != 0) {
+        rc = cerr_set(e, CORRAL_EINTERNAL, "cannot start the reply sender thread");
+        goto fail;
+    }
+    srv->sender_started = 1;
     for (int i = 0; i < srv->n_workers; i++)
         worker_recv(&srv->workers[i]);
     *out = srv;
@@ -356,6 +447,7 @@ void replica_server_stop(struct replica_server *srv)
     /* The batcher finishes the batches it is running and answers everything still queued
      * (EUNAVAIL) while the socket can still carry the replies. */
     batcher_stop(srv->batcher);
+    sender_stop(srv);
     if (nng_socket_id(srv->sock) > 0)
         nng_close(srv->sock);
     for (int i = 0; srv->workers && i < srv->n_workers; i++)
@@ -366,5 +458,9 @@ void replica_server_stop(struct replica_server *srv)
             nng_aio_free(srv->workers[i].aio);
     }
     free(srv->workers);
+    if (srv->sync_ready) {
+        pthread_mutex_destroy(&srv->smu);
+        pthread_cond_destroy(&srv->scv);
+    }
     free(srv);
 }

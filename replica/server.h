@@ -22,7 +22,6 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <stdint.h>
 
 #include "engine.h"
 #include "error.h"
@@ -36,9 +35,9 @@ struct replica_server_options {
     int contexts;             /* concurrent NNG contexts (requests accepted at once) */
     struct batcher *batcher;  /* queues and runs infer requests (required) */
     /* Plans built at warm-up, reported in metadata parameters (plan_count,
-     * arena_bytes_max, arena_bytes_total, plans = "shape:bytes;..."). `plans` is
-     * borrowed and must outlive the server. */
-    int64_t plan_count, arena_bytes_max, arena_bytes_total;
+     * arena_bytes_max: the one arena the plans share, plans = "shape:bytes;...").
+     * `plans` is borrowed and must outlive the server. */
+    int64_t plan_count, arena_bytes_max;
     const char *plans;
 };
 #define REPLICA_SERVER_OPTIONS_DEFAULT {.contexts = 64, .batcher = NULL}
@@ -50,8 +49,10 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
 const char *replica_server_url(const struct replica_server *srv);
 void replica_server_stop(struct replica_server *srv);
 /*
- * The batcher's reply function (batcher_reply_fn): sends buf (owned) on the NNG
- * context `owner` that received the request. Pass it to batcher_create.
+ * The batcher's reply function (batcher_reply_fn): queues buf (owned) for the
+ * server's sender thread, which sends it on the NNG context `owner` that
+ * received the request; before the server has started (or after it stopped)
+ * it sends at once. Pass it to batcher_create.
  */
 void replica_server_reply(void *owner, uint8_t *buf, size_t len);
 

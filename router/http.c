@@ -1,7 +1,11 @@
 #include "http.h"
 
+#include <errno.h>
 #include <http_parser.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +33,7 @@ struct http_server {
     unsigned handles; /* libuv handles not yet closed (listener, connections, rejects) */
     uint64_t seq;
     int closing;
+    int reuseport;
     void (*done)(void *);
     void *done_arg;
     char readbuf[HTTP_READ_CHUNK];
@@ -55,6 +60,9 @@ struct http_conn {
     int in_feed, in_resume;
     char *stash; /* bytes read but not parsed while the parser is paused */
     size_t stash_len;
+    int msg_active;         /* a request has begun arriving and is not complete */
+    uint64_t msg_start_ms;  /* uv_now() when its first byte was parsed */
+    uint64_t last_read_ms;  /* uv_now() of the last read, for the idle timeout */
 };
 
 struct http_write {
@@ -73,6 +81,7 @@ void http_limits_default(struct http_limits *l)
     l->max_connections = 4096;
     l->max_pipelined = 64;
     l->max_headers = 100;
+    l->request_timeout_ms = 30000;
 }
 
 const char *http_status_text(int status)
@@ -84,6 +93,7 @@ const char *http_status_text(int status)
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
     case 408: return "Request Timeout";
     case 411: return "Length Required";
     case 413: return "Payload Too Large";
@@ -165,6 +175,7 @@ static void request_free(struct http_request *r)
     free(r->hoff);
     free(r->resp_head);
     free(r->resp_body);
+    free(r->log_note);
     free(r);
 }
 
@@ -185,6 +196,47 @@ void http_request_drop_body(struct http_request *r)
 }
 
 int http_request_alive(const struct http_request *r) { return r->conn != NULL && !r->conn->closing; }
+
+void http_request_on_abort(struct http_request *r, void (*fn)(void *), void *arg)
+{
+    r->abort_fn = fn;
+    r->abort_arg = arg;
+}
+
+void http_request_note(struct http_request *r, const char *fmt, ...)
+{
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    char *n = strdup(tmp);
+    if (!n)
+        return;
+    free(r->log_note);
+    r->log_note = n;
+}
+
+void http_server_set_reuseport(struct http_server *s, int on) { s->reuseport = on; }
+
+/*
+ * Detaches a request from its gone connection. An answered one is freed here;
+ * an unanswered one stays with its handler, which learns through its abort
+ * function that nobody waits any longer (so it can cancel upstream work).
+ */
+static void request_detach(struct http_request *r)
+{
+    r->next = NULL;
+    r->conn = NULL;
+    if (r->responded) {
+        request_free(r);
+        return;
+    }
+    void (*fn)(void *) = r->abort_fn;
+    r->abort_fn = NULL;
+    if (fn)
+        fn(r->abort_arg);
+}
 
 unsigned http_server_connections(const struct http_server *s) { return s->n_conns; }
 
@@ -236,16 +288,13 @@ static void conn_close(struct http_conn *c)
         c->cur = NULL;
     }
     struct http_request *r = c->head;
-    while (r) {
-        struct http_request *next = r->next;
-        r->next = NULL;
-        r->conn = NULL;
-        if (r->responded)
-            request_free(r);
-        r = next;
-    }
     c->head = c->tail = NULL;
     c->inflight = 0;
+    while (r) {
+        struct http_request *next = r->next;
+        request_detach(r);
+        r = next;
+    }
     uv_close((uv_handle_t *)&c->tcp, conn_handle_closed);
     uv_close((uv_handle_t *)&c->timer, conn_handle_closed);
 }
@@ -337,16 +386,13 @@ static void conn_flush(struct http_conn *c)
             /* Anything pipelined after a closing request is dropped, as HTTP requires. */
             c->stop_reading = 1;
             struct http_request *q = c->head;
-            while (q) {
-                struct http_request *next = q->next;
-                q->next = NULL;
-                q->conn = NULL;
-                if (q->responded)
-                    request_free(q);
-                q = next;
-            }
             c->head = c->tail = NULL;
             c->inflight = 0;
+            while (q) {
+                struct http_request *next = q->next;
+                request_detach(q);
+                q = next;
+            }
         }
     }
     if (c->closing)
@@ -483,7 +529,19 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     if (nread < 0) {
         if (nread == UV_EOF && !c->closing) {
-            /* The client finished sending; answer what it asked, then close. */
+            /*
+             * The client finished sending; answer what it asked, then close. A client
+             * that hangs up while waiting looks the same as one that only half-closed,
+             * so, like most servers, treat it as gone for work that can be abandoned:
+             * handlers that registered an abort function give up (their answer, an
+             * error, is still written in case the client does read).
+             */
+            for (struct http_request *q = c->head; q; q = q->next) {
+                void (*fn)(void *) = q->abort_fn;
+                q->abort_fn = NULL;
+                if (fn && !q->responded)
+                    fn(q->abort_arg);
+            }
             c->stop_reading = 1;
             if (c->reading)
                 uv_read_stop(st);
@@ -496,7 +554,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         }
         return;
     }
-    uv_timer_again(&c->timer);
+    c->last_read_ms = uv_now(c->srv->loop);
     if (c->stop_reading || c->closing)
         return;
     conn_process(c, b->base, (size_t)nread);
@@ -527,16 +585,35 @@ static void conn_maybe_resume(struct http_conn *c)
     c->in_resume = 0;
 }
 
-static void on_idle(uv_timer_t *t)
+static void conn_parse_error(struct http_conn *c, enum http_errno err);
+
+/*
+ * One periodic timer per connection enforces both deadlines: reads only stamp
+ * a time (restarting a timer on every read would cost a syscall-free but
+ * non-trivial heap update each time), and the tick compares.
+ */
+static void on_tick(uv_timer_t *t)
 {
     struct http_conn *c = t->data;
-    if (c->head) {
-        /* Answers are still pending; the client is waiting on us, not idle. */
-        uv_timer_again(t);
+    struct http_server *s = c->srv;
+    uint64_t now = uv_now(s->loop);
+    if (c->closing || c->shutting_down)
+        return;
+    if (c->msg_active && s->lim.request_timeout_ms && !c->stop_reading &&
+        now - c->msg_start_ms >= s->lim.request_timeout_ms) {
+        c->err_status = 408;
+        snprintf(c->err_msg, sizeof c->err_msg, "request not received within %u ms (a request "
+                 "must arrive whole within the request timeout)", s->lim.request_timeout_ms);
+        c->msg_active = 0;
+        conn_parse_error(c, HPE_OK);
         return;
     }
-    LOG_DEBUG("closing idle client connection");
-    conn_close(c);
+    if (c->head || c->msg_active)
+        return; /* answers are pending or a request is arriving: not idle */
+    if (now - c->last_read_ms >= s->lim.idle_timeout_ms) {
+        LOG_DEBUG("closing idle client connection");
+        conn_close(c);
+    }
 }
 
 /* ---- parser callbacks ---- */
@@ -583,6 +660,8 @@ static int on_message_begin(http_parser *p)
     if (c->closing)
         return -1;
     request_free(c->cur);
+    c->msg_active = 1;
+    c->msg_start_ms = uv_now(c->srv->loop);
     c->cur = calloc(1, sizeof *c->cur);
     if (!c->cur)
         return reject(c, 500, "out of memory while reading a request");
@@ -737,6 +816,7 @@ static int on_message_complete(http_parser *p)
     struct http_server *s = c->srv;
     struct http_request *r = c->cur;
     c->cur = NULL;
+    c->msg_active = 0;
     if (!r->body) {
         r->body = malloc(1);
         if (!r->body) {
@@ -765,10 +845,14 @@ static int on_message_complete(http_parser *p)
 void http_respond(struct http_request *req, int status, const char *content_type,
                   const char *extra_headers, char *body, size_t len)
 {
-    double ms = (double)(uv_hrtime() - req->start_ns) / 1e6;
-    LOG_DEBUG("request %llu: %s %s -> %d (%zu bytes, %.3f ms)%s", (unsigned long long)req->seq,
-              req->method_name ? req->method_name : "-", req->target ? req->target : "-", status,
-              len, ms, req->conn ? "" : " [client gone]");
+    if (log_enabled(LOG_LEVEL_DEBUG)) {
+        double ms = (double)(uv_hrtime() - req->start_ns) / 1e6;
+        LOG_DEBUG("request seq=%llu method=%s target=%s status=%d bytes=%zu ms=%.3f%s%s%s",
+                  (unsigned long long)req->seq, req->method_name ? req->method_name : "-",
+                  req->target ? req->target : "-", status, len, ms,
+                  req->log_note ? " " : "", req->log_note ? req->log_note : "",
+                  req->conn ? "" : " client=gone");
+    }
     struct http_conn *c = req->conn;
     if (!c || c->closing) {
         /* The client left: nobody is waiting, so just drop the answer. */
@@ -869,7 +953,13 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     uv_tcp_nodelay(&c->tcp, 1);
-    uv_timer_start(&c->timer, on_idle, s->lim.idle_timeout_ms, s->lim.idle_timeout_ms);
+    c->last_read_ms = uv_now(s->loop);
+    uint64_t tick = s->lim.idle_timeout_ms;
+    if (s->lim.request_timeout_ms && s->lim.request_timeout_ms < tick)
+        tick = s->lim.request_timeout_ms;
+    /* A quarter of the shortest deadline keeps the overshoot small. */
+    tick = tick / 4 ? tick / 4 : 1;
+    uv_timer_start(&c->timer, on_tick, tick, tick);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
         conn_close(c);
         return;
@@ -934,7 +1024,26 @@ int http_server_listen(struct http_server *s, const char *host, int port, int *b
     s->listener.data = s;
     s->listener_open = 1;
     s->handles++;
-    rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    if (s->reuseport) {
+        /* libuv of this vintage cannot set SO_REUSEPORT itself, so the socket is made here. */
+        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int one = 1;
+        socklen_t sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                : sizeof(struct sockaddr_in);
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+            bind(fd, (const struct sockaddr *)&ss, sl) != 0) {
+            rc = uv_translate_sys_error(errno);
+            if (fd >= 0)
+                close(fd);
+        } else {
+            rc = uv_tcp_open(&s->listener, fd);
+            if (rc)
+                close(fd);
+        }
+    } else {
+        rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    }
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
     if (rc)

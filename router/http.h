@@ -18,9 +18,21 @@
  * Limits enforced here, with the status sent back before closing: request line
  * plus headers over max_header_bytes (431), declared or received body over
  * max_body_bytes (413, checked against Content-Length before any body is read),
- * malformed HTTP (400). Idle keep-alive connections close after
- * idle_timeout_ms; connections beyond max_connections are closed on accept.
- * A connection stops reading while max_pipelined of its requests are unanswered.
+ * malformed HTTP (400), a request whose bytes (request line, headers and
+ * body) take longer than request_timeout_ms to arrive once its first byte came
+ * (408: a slow sender holds one descriptor, never the loop). Idle keep-alive
+ * connections close after idle_timeout_ms; connections beyond max_connections
+ * are closed on accept. A connection stops reading while max_pipelined of its
+ * requests are unanswered.
+ *
+ * Abort: a handler that keeps a request while it works (an upstream call) may
+ * register http_request_on_abort(); if the client connection goes away first,
+ * the function runs once on the loop thread (the request is already detached,
+ * so the handler still answers it, and that answer is dropped).
+ *
+ * Several servers, each on its own loop and thread, can share one port when
+ * each calls http_server_set_reuseport() before listening (SO_REUSEPORT: the
+ * kernel spreads new connections over the listeners).
  *
  * The process must ignore SIGPIPE: libuv writes with write(2), and a client
  * that has gone away would otherwise end the process.
@@ -44,6 +56,7 @@ struct http_limits {
     unsigned max_connections;
     unsigned max_pipelined;
     unsigned max_headers;
+    unsigned request_timeout_ms; /* 0: no deadline for receiving one request */
 };
 
 void http_limits_default(struct http_limits *l);
@@ -72,6 +85,7 @@ struct http_request {
     uint64_t seq;      /* per-server request number, for logs */
     uint64_t start_ns; /* uv_hrtime() when the request was complete */
     void *user;        /* free for the handler */
+    char *log_note;    /* malloc'd text the handler adds to the request's log line */
 
     /* Private to http.c. */
     struct http_conn *conn;
@@ -88,12 +102,16 @@ struct http_request {
     int hstate;
     size_t url_len, url_cap;
     size_t body_cap;
+    void (*abort_fn)(void *);
+    void *abort_arg;
 };
 
 typedef void (*http_handler_fn)(void *arg, struct http_request *req);
 
 int http_server_new(struct http_server **out, uv_loop_t *loop, const struct http_limits *lim,
                     http_handler_fn handler, void *arg, struct cerr *e);
+/* Listen with SO_REUSEPORT, so that other servers may bind the same port. */
+void http_server_set_reuseport(struct http_server *s, int on);
 /* Binds host:port (port 0: an ephemeral one) and listens; *bound_port gets the port. */
 int http_server_listen(struct http_server *s, const char *host, int port, int *bound_port,
                        struct cerr *e);
@@ -108,6 +126,11 @@ const char *http_request_header(const struct http_request *r, const char *name);
 void http_request_drop_body(struct http_request *r);
 /* False once the client connection is gone (the answer will be dropped). */
 int http_request_alive(const struct http_request *r);
+/* Runs fn(arg) once if the client goes away before the request is answered. */
+void http_request_on_abort(struct http_request *r, void (*fn)(void *), void *arg);
+/* Replaces the request's log note (printf format); shown in its debug log line. */
+void http_request_note(struct http_request *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /*
  * Answers `req`: status, Content-Type (NULL: none), extra header lines (each

@@ -1,10 +1,14 @@
 /*
- * corral-router: command line, wiring of the HTTP server, the OIP handlers and
- * the upstream table on one libuv loop, and a clean exit on SIGINT/SIGTERM.
+ * corral-router: command line, and the wiring of router threads. Each thread
+ * runs its own libuv loop with its own HTTP listener (SO_REUSEPORT spreads the
+ * connections over them), its own upstream (sockets to every replica, health
+ * loop) and one lane of the RPC endpoint; the metrics are shared. The main
+ * thread only waits for SIGINT/SIGTERM and then stops the threads.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,37 +18,85 @@
 
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "oip.h"
+#include "rpc.h"
 #include "upstream.h"
 
-struct router {
-    uv_loop_t *loop;
+#define DEFAULT_RPC "tcp://0.0.0.0:8001"
+
+struct options {
+    const char *listen;
+    char host[256];
+    int port;
+    const char **replicas;
+    int n_replicas;
+    unsigned health_ms, timeout_ms, threads, max_inflight, eject_after, rpc_contexts;
+    const char *rpc_url; /* NULL: off */
+    int rpc_explicit;
+    struct http_limits lim;
+};
+
+struct worker {
+    unsigned idx;
+    const struct options *opt;
+    struct metrics *metrics;
+    struct rpc *rpc;
+    uv_loop_t loop;
+    uv_async_t stop;
     struct http_server *http;
     struct upstream *up;
-    uv_signal_t sigint, sigterm;
-    int stopping;
+    struct oip_ctx octx;
+    pthread_t thread;
+    int port; /* in: port to bind; out: port bound */
+    /* Start-up handshake with the main thread. */
+    pthread_mutex_t *mu;
+    pthread_cond_t *cv;
+    int state; /* 0 starting, 1 running, -1 failed */
+    struct cerr err;
 };
 
 static const char synopsis[] =
     "usage: corral-router --listen HOST:PORT --replica NAME=URL [--replica NAME=URL ...]\n"
-    "                     [--log-level debug|info|warn|error] [--health-interval-ms N]\n"
-    "                     [--timeout-ms N] [--help]\n";
+    "                     [--threads N] [--rpc-listen URL|off] [--timeout-ms N]\n"
+    "                     [--max-inflight N] [--eject-after N] [--health-interval-ms N]\n"
+    "                     [--max-body-bytes N] [--max-header-bytes N] [--max-connections N]\n"
+    "                     [--idle-timeout-ms N] [--request-timeout-ms N]\n"
+    "                     [--log-level debug|info|warn|error] [--help]\n";
 
 static void usage(FILE *f)
 {
     fputs(synopsis, f);
     fprintf(f,
             "\n"
-            "Serves the Open Inference Protocol (KServe v2) over HTTP/1.1 and forwards\n"
-            "inference to corral-replica processes over NNG.\n"
+            "Serves the Open Inference Protocol (KServe v2) over HTTP/1.1, an NNG RPC endpoint\n"
+            "for services (libcorral) and Prometheus metrics, and forwards inference to\n"
+            "corral-replica processes over NNG.\n"
             "\n"
             "  --listen HOST:PORT       address to serve HTTP on (port 0: any free port;\n"
             "                           IPv6 as [::1]:8000)\n"
             "  --replica NAME=URL       a replica serving model NAME at an NNG URL, e.g.\n"
             "                           digits=tcp://127.0.0.1:9101 (repeat for more)\n"
-            "  --log-level LEVEL        debug, info (default), warn or error\n"
+            "  --threads N              router threads, each with its own event loop and\n"
+            "                           listener on the same port (default 1)\n"
+            "  --rpc-listen URL         NNG URL of the RPC endpoint (default " DEFAULT_RPC ";\n"
+            "                           port 0: any free port; off: none)\n"
+            "  --rpc-contexts N         RPC requests handled at once (default 1024)\n"
+            "  --timeout-ms N           deadline for one inference request (default 30000;\n"
+            "                           the OIP 'timeout' parameter in us may shorten it)\n"
+            "  --max-inflight N         requests in flight to one replica from one thread\n"
+            "                           before it is skipped (default 1024; 0: no cap)\n"
+            "  --eject-after N          consecutive transport failures that eject a replica\n"
+            "                           until a health probe succeeds (default 2)\n"
             "  --health-interval-ms N   how often replicas are health-checked (default 500)\n"
-            "  --timeout-ms N           deadline for one inference request (default 30000)\n"
+            "  --max-body-bytes N       largest request body (default 67108864; 413 above)\n"
+            "  --max-header-bytes N     largest request line + headers (default 16384; 431)\n"
+            "  --max-connections N      open client connections per thread (default 4096)\n"
+            "  --idle-timeout-ms N      close idle keep-alive connections (default 60000)\n"
+            "  --request-timeout-ms N   a request must arrive whole within this (default\n"
+            "                           30000; 408 otherwise)\n"
+            "  --log-level LEVEL        debug (one line per request), info (default), warn,\n"
+            "                           error\n"
             "  --help                   show this text\n");
 }
 
@@ -56,7 +108,7 @@ static int bad_args(const char *fmt, const char *arg)
     return 2;
 }
 
-static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigned *out)
+static int parse_ulong(const char *s, unsigned long lo, unsigned long hi, unsigned long *out)
 {
     char *end = NULL;
     errno = 0;
@@ -64,6 +116,15 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigne
         return -1;
     unsigned long v = strtoul(s, &end, 10);
     if (errno || *end || v < lo || v > hi)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigned *out)
+{
+    unsigned long v;
+    if (parse_ulong(s, lo, hi, &v))
         return -1;
     *out = (unsigned)v;
     return 0;
@@ -100,101 +161,315 @@ static int parse_listen(const char *s, char *host, size_t hlen, int *port)
     return 0;
 }
 
-static void on_closed(uv_handle_t *h) {}
+static void on_event(void *arg, enum upstream_event ev, const char *model)
+{
+    struct worker *w = arg;
+    metrics_event(w->metrics, w->idx, model, ev);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    /* Connections go first, so answers produced while upstream calls are cancelled are dropped. */
+    if (w->http)
+        http_server_close(w->http, NULL, NULL);
+    w->http = NULL;
+    if (w->up)
+        upstream_close(w->up);
+    w->up = NULL;
+    if (w->rpc)
+        rpc_lane_close(w->rpc, w->idx);
+    uv_close((uv_handle_t *)&w->stop, NULL);
+}
+
+static void worker_report(struct worker *w, int state)
+{
+    pthread_mutex_lock(w->mu);
+    w->state = state;
+    pthread_cond_broadcast(w->cv);
+    pthread_mutex_unlock(w->mu);
+}
+
+/* Sets the thread's pieces up on its own loop; the same order every thread. */
+static int worker_setup(struct worker *w)
+{
+    const struct options *o = w->opt;
+    struct cerr *e = &w->err;
+    struct upstream_config ucfg = {.health_interval_ms = o->health_ms,
+                                   .max_inflight = o->max_inflight,
+                                   .eject_after = o->eject_after,
+                                   .event = on_event,
+                                   .event_arg = w};
+    if (uv_loop_init(&w->loop) != 0)
+        return cerr_set(e, CORRAL_EIO, "cannot create an event loop");
+    uv_async_init(&w->loop, &w->stop, on_stop);
+    w->stop.data = w;
+    if (upstream_new(&w->up, &w->loop, &ucfg, e))
+        return e->code;
+    for (int i = 0; i < o->n_replicas; i++) {
+        const char *spec = o->replicas[i];
+        const char *eq = strchr(spec, '=');
+        char name[OIP_NAME_MAX];
+        size_t nl = (size_t)(eq - spec);
+        memcpy(name, spec, nl);
+        name[nl] = '\0';
+        if (upstream_add_replica(w->up, name, eq + 1, e))
+            return e->code;
+    }
+    w->octx.up = w->up;
+    w->octx.metrics = w->metrics;
+    w->octx.shard = w->idx;
+    w->octx.timeout_ms = o->timeout_ms;
+    if (http_server_new(&w->http, &w->loop, &o->lim, oip_handle, &w->octx, e))
+        return e->code;
+    if (o->threads > 1)
+        http_server_set_reuseport(w->http, 1);
+    int bound = 0;
+    if (http_server_listen(w->http, o->host, w->port, &bound, e))
+        return e->code;
+    w->port = bound;
+    if (upstream_start(w->up, e))
+        return e->code;
+    if (w->rpc && rpc_lane_init(w->rpc, w->idx, &w->loop, w->up, w->metrics, e))
+        return e->code;
+    return CORRAL_OK;
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    int ok = worker_setup(w) == CORRAL_OK;
+    if (!ok) {
+        /* Undo what exists on this loop so it can close cleanly. */
+        if (w->http)
+            http_server_close(w->http, NULL, NULL);
+        w->http = NULL;
+        if (w->up)
+            upstream_close(w->up);
+        w->up = NULL;
+        if (w->rpc)
+            rpc_lane_close(w->rpc, w->idx);
+    }
+    worker_report(w, ok ? 1 : -1);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+        LOG_WARN("router thread %u: event loop closed with handles still open", w->idx);
+    return NULL;
+}
+
+static int worker_start(struct worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        cerr_set(&w->err, CORRAL_EIO, "cannot start a router thread");
+        return -1;
+    }
+    pthread_mutex_lock(w->mu);
+    while (w->state == 0)
+        pthread_cond_wait(w->cv, w->mu);
+    pthread_mutex_unlock(w->mu);
+    return w->state == 1 ? 0 : -1;
+}
+
+struct main_state {
+    uv_loop_t *loop;
+    uv_signal_t sigint, sigterm;
+    struct worker *workers;
+    unsigned n;
+    struct rpc *rpc;
+    int stopping;
+};
 
 static void on_signal(uv_signal_t *sig, int signum)
 {
-    struct router *r = sig->data;
-    if (r->stopping)
+    struct main_state *ms = sig->data;
+    if (ms->stopping)
         return;
-    r->stopping = 1;
+    ms->stopping = 1;
     LOG_INFO("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
-    /* Connections go first, so answers produced while upstream calls are cancelled are dropped. */
-    http_server_close(r->http, NULL, NULL);
-    upstream_close(r->up);
-    uv_close((uv_handle_t *)&r->sigint, on_closed);
-    uv_close((uv_handle_t *)&r->sigterm, on_closed);
+    if (ms->rpc)
+        rpc_quiesce(ms->rpc);
+    for (unsigned i = 0; i < ms->n; i++)
+        uv_async_send(&ms->workers[i].stop);
+    uv_close((uv_handle_t *)&ms->sigint, NULL);
+    uv_close((uv_handle_t *)&ms->sigterm, NULL);
 }
 
-int main(int argc, char **argv)
+static int parse_args(int argc, char **argv, struct options *o)
 {
-    enum { O_LISTEN = 1, O_REPLICA, O_LOG, O_HEALTH, O_TIMEOUT, O_HELP };
+    enum {
+        O_LISTEN = 1, O_REPLICA, O_LOG, O_HEALTH, O_TIMEOUT, O_THREADS, O_RPC, O_RPC_CTX,
+        O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_HELP
+    };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
         {"replica", required_argument, NULL, O_REPLICA},
         {"log-level", required_argument, NULL, O_LOG},
         {"health-interval-ms", required_argument, NULL, O_HEALTH},
         {"timeout-ms", required_argument, NULL, O_TIMEOUT},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"rpc-listen", required_argument, NULL, O_RPC},
+        {"rpc-contexts", required_argument, NULL, O_RPC_CTX},
+        {"max-inflight", required_argument, NULL, O_INFLIGHT},
+        {"eject-after", required_argument, NULL, O_EJECT},
+        {"max-body-bytes", required_argument, NULL, O_BODY},
+        {"max-header-bytes", required_argument, NULL, O_HEADER},
+        {"max-connections", required_argument, NULL, O_CONNS},
+        {"idle-timeout-ms", required_argument, NULL, O_IDLE},
+        {"request-timeout-ms", required_argument, NULL, O_REQTIME},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
-    const char *listen = NULL;
-    const char **replicas = calloc((size_t)argc + 1, sizeof *replicas);
-    int n_replicas = 0, rc = 1;
-    unsigned health_ms = 500, timeout_ms = 30000;
-    char host[256];
-    int port = 0;
-    struct cerr e = {0};
-    struct router r;
-    memset(&r, 0, sizeof r);
-
-    log_init("router");
-    if (!replicas)
-        return 1;
+    unsigned long ul;
     opterr = 0;
     int c;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case O_LISTEN: listen = optarg; break;
-        case O_REPLICA: replicas[n_replicas++] = optarg; break;
+        case O_LISTEN: o->listen = optarg; break;
+        case O_REPLICA: o->replicas[o->n_replicas++] = optarg; break;
         case O_LOG: {
             int l = log_parse_level(optarg);
-            if (l < 0) {
-                rc = bad_args("--log-level '%s' is not one of debug, info, warn, error", optarg);
-                goto out;
-            }
+            if (l < 0)
+                return bad_args("--log-level '%s' is not one of debug, info, warn, error", optarg);
             log_set_level((enum log_level)l);
             break;
         }
         case O_HEALTH:
-            if (parse_uint(optarg, 10, 3600000, &health_ms)) {
-                rc = bad_args("--health-interval-ms '%s' is not a number of milliseconds from 10 "
-                              "to 3600000", optarg);
-                goto out;
-            }
+            if (parse_uint(optarg, 10, 3600000, &o->health_ms))
+                return bad_args("--health-interval-ms '%s' is not a number of milliseconds from "
+                                "10 to 3600000", optarg);
             break;
         case O_TIMEOUT:
-            if (parse_uint(optarg, 1, 86400000, &timeout_ms)) {
-                rc = bad_args("--timeout-ms '%s' is not a number of milliseconds from 1 to "
-                              "86400000", optarg);
-                goto out;
-            }
+            if (parse_uint(optarg, 1, 86400000, &o->timeout_ms))
+                return bad_args("--timeout-ms '%s' is not a number of milliseconds from 1 to "
+                                "86400000", optarg);
+            break;
+        case O_THREADS:
+            if (parse_uint(optarg, 1, 256, &o->threads))
+                return bad_args("--threads '%s' is not a number from 1 to 256", optarg);
+            break;
+        case O_RPC:
+            o->rpc_url = strcmp(optarg, "off") == 0 ? NULL : optarg;
+            o->rpc_explicit = 1;
+            if (o->rpc_url && !strstr(o->rpc_url, "://"))
+                return bad_args("--rpc-listen '%s' is not an NNG URL (e.g. tcp://0.0.0.0:8001) "
+                                "or off", optarg);
+            break;
+        case O_RPC_CTX:
+            if (parse_uint(optarg, 1, 65536, &o->rpc_contexts))
+                return bad_args("--rpc-contexts '%s' is not a number from 1 to 65536", optarg);
+            break;
+        case O_INFLIGHT:
+            if (parse_uint(optarg, 0, 1000000, &o->max_inflight))
+                return bad_args("--max-inflight '%s' is not a number from 0 to 1000000", optarg);
+            break;
+        case O_EJECT:
+            if (parse_uint(optarg, 1, 1000, &o->eject_after))
+                return bad_args("--eject-after '%s' is not a number from 1 to 1000", optarg);
+            break;
+        case O_BODY:
+            if (parse_ulong(optarg, 1024, (unsigned long)1 << 31, &ul))
+                return bad_args("--max-body-bytes '%s' is not a byte count from 1024 to 2 GiB",
+                                optarg);
+            o->lim.max_body_bytes = ul;
+            break;
+        case O_HEADER:
+            if (parse_ulong(optarg, 256, 1 << 20, &ul))
+                return bad_args("--max-header-bytes '%s' is not a byte count from 256 to 1 MiB",
+                                optarg);
+            o->lim.max_header_bytes = ul;
+            break;
+        case O_CONNS:
+            if (parse_uint(optarg, 1, 1000000, &o->lim.max_connections))
+                return bad_args("--max-connections '%s' is not a number from 1 to 1000000",
+                                optarg);
+            break;
+        case O_IDLE:
+            if (parse_uint(optarg, 10, 86400000, &o->lim.idle_timeout_ms))
+                return bad_args("--idle-timeout-ms '%s' is not a number of milliseconds from 10 "
+                                "to 86400000", optarg);
+            break;
+        case O_REQTIME:
+            if (parse_uint(optarg, 10, 86400000, &o->lim.request_timeout_ms))
+                return bad_args("--request-timeout-ms '%s' is not a number of milliseconds from "
+                                "10 to 86400000", optarg);
             break;
         case O_HELP:
             usage(stdout);
-            rc = 0;
-            goto out;
+            return -1;
         default:
-            rc = bad_args("unknown or incomplete option '%s'", argv[optind - 1]);
-            goto out;
+            return bad_args("unknown or incomplete option '%s'", argv[optind - 1]);
         }
     }
-    if (optind < argc) {
-        rc = bad_args("unexpected argument '%s'", argv[optind]);
-        goto out;
+    if (optind < argc)
+        return bad_args("unexpected argument '%s'", argv[optind]);
+    if (!o->listen)
+        return bad_args("%s", "--listen HOST:PORT is required");
+    if (parse_listen(o->listen, o->host, sizeof o->host, &o->port))
+        return bad_args("--listen '%s' is not HOST:PORT (e.g. 127.0.0.1:8000, or [::1]:8000)",
+                        o->listen);
+    if (o->n_replicas == 0)
+        return bad_args("%s", "at least one --replica NAME=URL is required");
+    for (int i = 0; i < o->n_replicas; i++) {
+        const char *spec = o->replicas[i];
+        const char *eq = strchr(spec, '=');
+        size_t nl = eq ? (size_t)(eq - spec) : 0;
+        if (!eq || nl == 0 || nl >= OIP_NAME_MAX || memchr(spec, '/', nl) ||
+            !strstr(eq + 1, "://"))
+            return bad_args("--replica '%s' is not NAME=URL (e.g. digits=tcp://127.0.0.1:9101)",
+                            spec);
     }
-    if (!listen) {
-        rc = bad_args("%s", "--listen HOST:PORT is required");
-        goto out;
+    /* URLs are checked here too, so a typo is a usage error rather than a failed start. */
+    struct upstream *probe = NULL;
+    struct upstream_config pc = {0};
+    struct cerr e = {0};
+    int bad = 0;
+    if (upstream_new(&probe, NULL, &pc, &e) == CORRAL_OK) {
+        for (int i = 0; i < o->n_replicas && !bad; i++) {
+            const char *spec = o->replicas[i];
+            const char *eq = strchr(spec, '=');
+            char name[OIP_NAME_MAX];
+            memcpy(name, spec, (size_t)(eq - spec));
+            name[eq - spec] = '\0';
+            bad = upstream_add_replica(probe, name, eq + 1, &e) != CORRAL_OK;
+        }
+        upstream_close(probe);
     }
-    if (parse_listen(listen, host, sizeof host, &port)) {
-        rc = bad_args("--listen '%s' is not HOST:PORT (e.g. 127.0.0.1:8000, or [::1]:8000)",
-                      listen);
-        goto out;
-    }
-    if (n_replicas == 0) {
-        rc = bad_args("%s", "at least one --replica NAME=URL is required");
-        goto out;
+    if (bad)
+        return bad_args("%s", e.msg);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    struct options o;
+    memset(&o, 0, sizeof o);
+    o.health_ms = 500;
+    o.timeout_ms = 30000;
+    o.threads = 1;
+    o.max_inflight = 1024;
+    o.eject_after = 2;
+    o.rpc_contexts = 1024;
+    o.rpc_url = DEFAULT_RPC;
+    http_limits_default(&o.lim);
+    struct metrics *metrics = NULL;
+    struct rpc *rpc = NULL;
+    struct worker *workers = NULL;
+    pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+    struct main_state ms;
+    struct cerr e = {0};
+    unsigned started = 0;
+    int rc = 1;
+    memset(&ms, 0, sizeof ms);
+
+    log_init("router");
+    o.replicas = calloc((size_t)argc + 1, sizeof *o.replicas);
+    if (!o.replicas)
+        return 1;
+    int pa = parse_args(argc, argv, &o);
+    if (pa) {
+        free(o.replicas);
+        return pa < 0 ? 0 : pa;
     }
 
     signal(SIGPIPE, SIG_IGN);
@@ -205,62 +480,82 @@ int main(int argc, char **argv)
         if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
             LOG_WARN("cannot raise the open file limit: %s", strerror(errno));
     }
-    r.loop = uv_default_loop();
-    struct upstream_config ucfg = {.health_interval_ms = health_ms};
-    if (upstream_new(&r.up, r.loop, &ucfg, &e))
+    if (metrics_new(&metrics, o.threads, &e))
         goto fail;
-    for (int i = 0; i < n_replicas; i++) {
-        const char *spec = replicas[i];
-        const char *eq = strchr(spec, '=');
-        char name[OIP_NAME_MAX];
-        size_t nl = eq ? (size_t)(eq - spec) : 0;
-        if (!eq || nl == 0 || nl >= sizeof name || memchr(spec, '/', nl) || !strstr(eq + 1, "://")) {
-            upstream_close(r.up);
-            rc = bad_args("--replica '%s' is not NAME=URL (e.g. digits=tcp://127.0.0.1:9101)",
-                          spec);
-            goto out;
+    if (o.rpc_url && rpc_new(&rpc, o.rpc_url, o.rpc_contexts, o.threads, o.timeout_ms, &e))
+        goto fail;
+    workers = calloc(o.threads, sizeof *workers);
+    if (!workers) {
+        cerr_set(&e, CORRAL_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (unsigned i = 0; i < o.threads; i++) {
+        struct worker *w = &workers[i];
+        w->idx = i;
+        w->opt = &o;
+        w->metrics = metrics;
+        w->rpc = rpc;
+        w->mu = &mu;
+        w->cv = &cv;
+        /* The first thread may bind port 0; the others join the port it got. */
+        w->port = i == 0 ? o.port : workers[0].port;
+        if (worker_start(w)) {
+            e = w->err;
+            if (w->state == -1)
+                started = i + 1; /* the thread runs (to close its loop); join it below */
+            goto stop;
         }
-        memcpy(name, spec, nl);
-        name[nl] = '\0';
-        if (upstream_add_replica(r.up, name, eq + 1, &e)) {
-            upstream_close(r.up);
-            rc = bad_args("%s", e.msg);
-            goto out;
+        started = i + 1;
+    }
+    if (rpc) {
+        char bound[300];
+        if (rpc_start(rpc, bound, sizeof bound, &e)) {
+            if (o.rpc_explicit)
+                goto stop;
+            /* The default port may be taken (another router on this host); go on without. */
+            LOG_WARN("RPC endpoint off: %s (pass --rpc-listen URL to choose another)", e.msg);
+            rpc_quiesce(rpc);
+        } else {
+            LOG_INFO("corral-router RPC listening on %s", bound);
         }
     }
-    struct oip_ctx octx = {.up = r.up, .timeout_ms = timeout_ms};
-    struct http_limits lim;
-    http_limits_default(&lim);
-    if (http_server_new(&r.http, r.loop, &lim, oip_handle, &octx, &e))
-        goto fail_up;
-    int bound = 0;
-    if (http_server_listen(r.http, host, port, &bound, &e))
-        goto fail_http;
-    if (upstream_start(r.up, &e))
-        goto fail_http;
-    uv_signal_init(r.loop, &r.sigint);
-    uv_signal_init(r.loop, &r.sigterm);
-    r.sigint.data = r.sigterm.data = &r;
-    uv_signal_start(&r.sigint, on_signal, SIGINT);
-    uv_signal_start(&r.sigterm, on_signal, SIGTERM);
-    LOG_INFO("corral-router listening on http://%s%s%s:%d", strchr(host, ':') ? "[" : "", host,
-             strchr(host, ':') ? "]" : "", bound);
-    uv_run(r.loop, UV_RUN_DEFAULT);
-    rc = uv_loop_close(r.loop) == 0 ? 0 : 1;
-    if (rc)
-        LOG_WARN("event loop closed with handles still open");
-    LOG_INFO("stopped");
-    goto out;
+    ms.loop = uv_default_loop();
+    ms.workers = workers;
+    ms.n = started;
+    ms.rpc = rpc;
+    uv_signal_init(ms.loop, &ms.sigint);
+    uv_signal_init(ms.loop, &ms.sigterm);
+    ms.sigint.data = ms.sigterm.data = &ms;
+    uv_signal_start(&ms.sigint, on_signal, SIGINT);
+    uv_signal_start(&ms.sigterm, on_signal, SIGTERM);
+    LOG_INFO("corral-router listening on http://%s%s%s:%d (%u thread%s)",
+             strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "",
+             workers[0].port, o.threads, o.threads == 1 ? "" : "s");
+    uv_run(ms.loop, UV_RUN_DEFAULT);
+    uv_loop_close(ms.loop);
+    rc = 0;
+    goto join;
 
-fail_http:
-    http_server_close(r.http, NULL, NULL);
-fail_up:
-    upstream_close(r.up);
-    uv_run(r.loop, UV_RUN_DEFAULT);
+stop:
+    LOG_ERROR("%s", e.msg);
+    if (rpc)
+        rpc_quiesce(rpc);
+    for (unsigned i = 0; i < started; i++)
+        uv_async_send(&workers[i].stop);
+join:
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(workers[i].thread, NULL);
+    rpc_free(rpc);
+    metrics_free(metrics);
+    free(workers);
+    free(o.replicas);
+    if (rc == 0)
+        LOG_INFO("stopped");
+    return rc;
 fail:
     LOG_ERROR("%s", e.msg);
-    rc = 1;
-out:
-    free(replicas);
-    return rc;
+    rpc_free(rpc);
+    metrics_free(metrics);
+    free(o.replicas);
+    return 1;
 }

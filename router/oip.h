@@ -2,10 +2,19 @@
  * Open Inference Protocol (KServe v2) REST endpoints and the JSON <-> wire
  * conversions behind them.
  *
- * Usage: fill a `struct oip_ctx` (the upstream table and the per-request
- * timeout) and pass oip_handle as the HTTP server's handler with the context
- * as its argument. Every request gets exactly one answer; errors are
- * {"error": "<sentence>"} with the status of the corral error code.
+ * Usage: fill a `struct oip_ctx` (the thread's upstream table, the shared
+ * metrics, the thread's index and the default per-request timeout) and pass
+ * oip_handle as the HTTP server's handler with the context as its argument.
+ * Every request gets exactly one answer; errors are {"error": "<sentence>"}
+ * with the status of the corral error code.
+ *
+ * Endpoints: the OIP v2 REST API (health, server and model metadata and
+ * readiness with or without /versions/{v}, infer, statistics) with the
+ * binary_tensor_data, classification, statistics and schedule_policy
+ * extensions; POST /v1/models/{m}:predict ({"instances"} -> {"predictions"});
+ * GET /metrics (Prometheus text); GET /v2/corral/replicas (the replica table,
+ * for corralctl status). The request id is the OIP `id`, else the X-Request-ID
+ * header; it is echoed in the X-Request-ID answer header and in the log line.
  *
  * The conversion functions are separate so they can be tested alone:
  * oip_route_parse maps a path to an endpoint, oip_infer_parse turns an infer
@@ -30,9 +39,13 @@
 
 #define OIP_NAME_MAX 256
 
+struct metrics;
+
 struct oip_ctx {
     struct upstream *up;
-    unsigned timeout_ms;
+    struct metrics *metrics; /* may be NULL: nothing is recorded, /metrics answers 503 */
+    unsigned shard;          /* this thread's index into the metrics */
+    unsigned timeout_ms;     /* default deadline of one inference */
 };
 
 /* The HTTP handler; `arg` is a struct oip_ctx. */
@@ -48,6 +61,12 @@ enum oip_route_kind {
     OIP_MODEL_META,
     OIP_MODEL_READY,
     OIP_MODEL_INFER,
+    OIP_MODEL_STATS,  /* /v2/models/{m}[/versions/{v}]/stats */
+    OIP_ALL_STATS,    /* /v2/models/stats */
+    OIP_METRICS,      /* /metrics */
+    OIP_V1_MODEL,     /* /v1/models/{m} */
+    OIP_V1_PREDICT,   /* /v1/models/{m}:predict */
+    OIP_REPLICAS,     /* /v2/corral/replicas */
 };
 
 struct oip_route {
@@ -84,6 +103,12 @@ struct oip_infer {
     char **out_names;
     int *out_binary;
     int binary_all; /* parameters.binary_data_output */
+    int *out_class; /* per requested output: classification k, 0 when not asked */
+    uint64_t timeout_us; /* parameters.timeout, 0 when absent */
+    int predict;         /* v1 predict form: answer {"predictions"} */
+    /* Class names for classification, borrowed by the caller just for rendering. */
+    char **labels;
+    size_t n_labels;
     json_t *root;   /* kept so the strings borrowed from it stay valid */
     char *keep;     /* owned copies of id and out_names after oip_infer_compact */
 };
@@ -97,6 +122,24 @@ int oip_infer_parse(const char *body, size_t json_len, const uint8_t *bin, size_
                     const char *model, const char *version, struct oip_infer *out,
                     struct cerr *e);
 void oip_infer_free(struct oip_infer *in);
+/*
+ * Builds the request of an infer whose whole body is the raw bytes of the one
+ * input (Inference-Header-Content-Length: 0): the input's name, datatype and
+ * shape come from the model metadata, a variable batch dimension becomes 1 and
+ * one other variable dimension is derived from the byte count. A BYTES input
+ * takes the body as one element. Every output is answered as JSON.
+ */
+int oip_infer_raw(const Corral__MetadataResponse *md, const uint8_t *body, size_t len,
+                  const char *model, const char *version, struct oip_infer *out, struct cerr *e);
+/*
+ * Parses a v1 predict body {"instances": [...]}: each instance is one row of
+ * the single input (a value or nested array following its non-batch
+ * dimensions), or an object {input name: row} for models with several inputs.
+ * Datatypes and shapes come from the model metadata.
+ */
+int oip_predict_parse(const Corral__MetadataResponse *md, const char *body, size_t len,
+                      const char *model, const char *version, struct oip_infer *out,
+                      struct cerr *e);
 /*
  * Once the request has been packed and sent, drops everything but what the
  * answer needs (id, requested outputs and their binary flags), so a large
@@ -119,10 +162,22 @@ int oip_json_to_tensor(const char *what, json_t *data, enum dtype dt, const int6
  * Renders an InferResponse as the HTTP body. Outputs are filtered and ordered
  * as `in` requested. When any output goes binary, *json_len is the length of
  * the JSON part (for Inference-Header-Content-Length); otherwise it equals *len.
+ * Outputs asked with classification k become BYTES "score:index[:label]", the
+ * top k per batch row, using in->labels when set. With in->predict the body is
+ * {"predictions": [...]} instead: one entry per batch row (the row itself for
+ * a single output, an object by output name otherwise). Response parameters
+ * named corral_* are the replica's own timings and are not passed on.
  */
 int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_infer *in,
                               const char *model, char **body, size_t *len, size_t *json_len,
                               struct cerr *e);
+/*
+ * Classification: the top k of every row of a numeric tensor t (rows are the
+ * first dimension when it has two or more), as a BYTES tensor whose shape and
+ * data (malloc'd) are written to shape (2 entries), ndim, data and len.
+ */
+int oip_classify(const Corral__Tensor *t, int k, char *const *labels, size_t n_labels,
+                 int64_t *shape, int *ndim, uint8_t **data, size_t *len, struct cerr *e);
 /* Appends the JSON array of a tensor's elements (FP32 printed so it round-trips). */
 int oip_tensor_to_json(struct buf *b, const char *what, enum dtype dt, const uint8_t *data,
                        size_t nbytes, struct cerr *e);

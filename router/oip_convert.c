@@ -563,7 +563,8 @@ static int parse_outputs(json_t *outs, struct oip_infer *in, struct cerr *e)
     in->output_ptrs = calloc(n ? n : 1, sizeof *in->output_ptrs);
     in->out_names = calloc(n ? n : 1, sizeof *in->out_names);
     in->out_binary = calloc(n ? n : 1, sizeof *in->out_binary);
-    if (!in->outputs || !in->output_ptrs || !in->out_names || !in->out_binary)
+    in->out_class = calloc(n ? n : 1, sizeof *in->out_class);
+    if (!in->outputs || !in->output_ptrs || !in->out_names || !in->out_binary || !in->out_class)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory converting outputs");
     for (size_t i = 0; i < n; i++) {
         json_t *o = json_array_get(outs, i);
@@ -587,9 +588,12 @@ static int parse_outputs(json_t *outs, struct oip_infer *in, struct cerr *e)
         if (bd && !json_is_boolean(bd))
             return cerr_set(e, CORRAL_EINVAL, "requested output '%s' binary_data must be true or "
                             "false", name);
-        if (p && json_object_get(p, "classification"))
-            return cerr_set(e, CORRAL_EUNSUPP, "requested output '%s' asks for classification, "
-                            "which this router does not support yet", name);
+        json_t *cls = p ? json_object_get(p, "classification") : NULL;
+        if (cls && (!json_is_integer(cls) || json_integer_value(cls) < 1 ||
+                    json_integer_value(cls) > 1000000))
+            return cerr_set(e, CORRAL_EINVAL, "requested output '%s' classification must be an "
+                            "integer from 1 to 1000000 (the number of top classes)", name);
+        in->out_class[i] = cls ? (int)json_integer_value(cls) : 0;
         Corral__RequestedOutput *ro = &in->outputs[i];
         corral__requested_output__init(ro);
         ro->name = (char *)name;
@@ -638,6 +642,11 @@ int oip_infer_parse(const char *body, size_t json_len, const uint8_t *bin, size_
             return cerr_set(e, CORRAL_EINVAL, "request parameter binary_data_output must be true "
                             "or false");
         in->binary_all = bo && json_is_true(bo);
+        json_t *to = json_object_get(params, "timeout");
+        if (to && (!json_is_integer(to) || json_integer_value(to) < 0))
+            return cerr_set(e, CORRAL_EINVAL, "request parameter timeout must be an integer number "
+                            "of microseconds >= 0");
+        in->timeout_us = to ? (uint64_t)json_integer_value(to) : 0;
     }
     if ((rc = convert_params(params, "request", "binary_data_output", &in->params, &in->param_ptrs,
                              &in->ir.n_parameters, e)))
@@ -731,6 +740,7 @@ void oip_infer_free(struct oip_infer *in)
     free_request_parts(in);
     free(in->out_names);
     free(in->out_binary);
+    free(in->out_class);
     free(in->keep);
     if (in->root)
         json_decref(in->root);
@@ -793,71 +803,132 @@ static int utf8_valid(const uint8_t *s, size_t n)
     return 1;
 }
 
+/* Appends one fixed-size element as JSON. */
+static void put_elem(struct buf *b, enum dtype dt, const uint8_t *q)
+{
+    switch (dt) {
+    case DT_BOOL: buf_puts(b, q[0] ? "true" : "false"); break;
+    case DT_UINT8: buf_printf(b, "%u", (unsigned)q[0]); break;
+    case DT_INT8: buf_printf(b, "%d", (int)(int8_t)q[0]); break;
+    case DT_UINT16: { uint16_t v; memcpy(&v, q, 2); buf_printf(b, "%u", (unsigned)v); break; }
+    case DT_INT16: { int16_t v; memcpy(&v, q, 2); buf_printf(b, "%d", (int)v); break; }
+    case DT_UINT32: { uint32_t v; memcpy(&v, q, 4); buf_printf(b, "%u", v); break; }
+    case DT_INT32: { int32_t v; memcpy(&v, q, 4); buf_printf(b, "%d", v); break; }
+    case DT_UINT64: { uint64_t v; memcpy(&v, q, 8); buf_printf(b, "%llu", (unsigned long long)v); break; }
+    case DT_INT64: { int64_t v; memcpy(&v, q, 8); buf_printf(b, "%lld", (long long)v); break; }
+    case DT_FP16: { uint16_t v; memcpy(&v, q, 2); put_float(b, oip_f16_to_f32(v), 1); break; }
+    case DT_BF16: { uint16_t v; memcpy(&v, q, 2); put_float(b, oip_bf16_to_f32(v), 1); break; }
+    case DT_FP32: { float v; memcpy(&v, q, 4); put_float(b, v, 1); break; }
+    case DT_FP64: { double v; memcpy(&v, q, 8); put_float(b, v, 0); break; }
+    default: buf_puts(b, "null");
+    }
+}
+
+/* Start offsets of every BYTES element (n + 1 entries: the last is the end). */
+static int bytes_offsets(const char *what, const uint8_t *p, size_t nbytes, size_t **offs,
+                         size_t *count, struct cerr *e)
+{
+    size_t cap = 16, k = 0, off = 0;
+    size_t *o = malloc(cap * sizeof *o);
+    if (!o)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory rendering %s", what);
+    while (off < nbytes) {
+        if (nbytes - off < 4)
+            goto trunc;
+        uint32_t l = (uint32_t)p[off] | (uint32_t)p[off + 1] << 8 | (uint32_t)p[off + 2] << 16 |
+                     (uint32_t)p[off + 3] << 24;
+        if (l > nbytes - off - 4)
+            goto trunc;
+        if (k + 2 > cap) {
+            size_t *no = realloc(o, 2 * cap * sizeof *o);
+            if (!no) {
+                free(o);
+                return cerr_set(e, CORRAL_ENOMEM, "out of memory rendering %s", what);
+            }
+            o = no;
+            cap *= 2;
+        }
+        o[k++] = off;
+        off += 4 + (size_t)l;
+    }
+    o[k] = off;
+    *offs = o;
+    *count = k;
+    return CORRAL_OK;
+trunc:
+    free(o);
+    return cerr_set(e, CORRAL_EIO, "%s BYTES element %zu is truncated", what, k);
+}
+
+static int put_bytes_elem(struct buf *b, const char *what, const uint8_t *p, size_t off, size_t k,
+                          struct cerr *e)
+{
+    uint32_t l = (uint32_t)p[off] | (uint32_t)p[off + 1] << 8 | (uint32_t)p[off + 2] << 16 |
+                 (uint32_t)p[off + 3] << 24;
+    if (!utf8_valid(p + off + 4, l))
+        return cerr_set(e, CORRAL_EUNSUPP, "%s BYTES element %zu is not valid UTF-8 and cannot be "
+                        "sent as JSON; request it with binary_data", what, k);
+    buf_json_string(b, (const char *)p + off + 4, l);
+    return CORRAL_OK;
+}
+
 int oip_tensor_to_json(struct buf *b, const char *what, enum dtype dt, const uint8_t *p,
                        size_t nbytes, struct cerr *e)
 {
     size_t es = dtype_size(dt);
+    int rc;
     buf_putc(b, '[');
     if (dt == DT_BYTES) {
-        size_t off = 0, k = 0;
-        while (off < nbytes) {
-            if (nbytes - off < 4)
-                return cerr_set(e, CORRAL_EIO, "%s BYTES element %zu is truncated", what, k);
-            uint32_t l = (uint32_t)p[off] | (uint32_t)p[off + 1] << 8 |
-                         (uint32_t)p[off + 2] << 16 | (uint32_t)p[off + 3] << 24;
-            off += 4;
-            if (l > nbytes - off)
-                return cerr_set(e, CORRAL_EIO, "%s BYTES element %zu is truncated", what, k);
-            if (!utf8_valid(p + off, l))
-                return cerr_set(e, CORRAL_EUNSUPP, "%s BYTES element %zu is not valid UTF-8 and "
-                                "cannot be sent as JSON; request it with binary_data", what, k);
+        size_t *offs = NULL, n = 0;
+        if ((rc = bytes_offsets(what, p, nbytes, &offs, &n, e)))
+            return rc;
+        for (size_t k = 0; k < n; k++) {
             if (k)
                 buf_putc(b, ',');
-            buf_json_string(b, (const char *)p + off, l);
-            off += l;
-            k++;
+            if ((rc = put_bytes_elem(b, what, p, offs[k], k, e))) {
+                free(offs);
+                return rc;
+            }
         }
+        free(offs);
         buf_putc(b, ']');
         return b->oom ? cerr_set(e, CORRAL_ENOMEM, "out of memory rendering %s", what) : 0;
     }
     if (es == 0 || nbytes % es)
         return cerr_set(e, CORRAL_EIO, "%s has %zu bytes, not a whole number of %s elements", what,
                         nbytes, dtype_name(dt));
+    if (!dtype_valid((int)dt))
+        return cerr_set(e, CORRAL_EIO, "%s has datatype %s, which has no JSON form", what,
+                        dtype_name(dt));
     size_t n = nbytes / es;
     /* About 12 characters per element; reserving up front avoids repeated growth. */
     buf_reserve(b, n * 12 + 2);
     for (size_t i = 0; i < n; i++) {
         if (i)
             buf_putc(b, ',');
-        const uint8_t *q = p + i * es;
-        switch (dt) {
-        case DT_BOOL: buf_puts(b, q[0] ? "true" : "false"); break;
-        case DT_UINT8: buf_printf(b, "%u", (unsigned)q[0]); break;
-        case DT_INT8: buf_printf(b, "%d", (int)(int8_t)q[0]); break;
-        case DT_UINT16: { uint16_t v; memcpy(&v, q, 2); buf_printf(b, "%u", (unsigned)v); break; }
-        case DT_INT16: { int16_t v; memcpy(&v, q, 2); buf_printf(b, "%d", (int)v); break; }
-        case DT_UINT32: { uint32_t v; memcpy(&v, q, 4); buf_printf(b, "%u", v); break; }
-        case DT_INT32: { int32_t v; memcpy(&v, q, 4); buf_printf(b, "%d", v); break; }
-        case DT_UINT64: { uint64_t v; memcpy(&v, q, 8); buf_printf(b, "%llu", (unsigned long long)v); break; }
-        case DT_INT64: { int64_t v; memcpy(&v, q, 8); buf_printf(b, "%lld", (long long)v); break; }
-        case DT_FP16: { uint16_t v; memcpy(&v, q, 2); put_float(b, oip_f16_to_f32(v), 1); break; }
-        case DT_BF16: { uint16_t v; memcpy(&v, q, 2); put_float(b, oip_bf16_to_f32(v), 1); break; }
-        case DT_FP32: { float v; memcpy(&v, q, 4); put_float(b, v, 1); break; }
-        case DT_FP64: { double v; memcpy(&v, q, 8); put_float(b, v, 0); break; }
-        default: return cerr_set(e, CORRAL_EIO, "%s has datatype %s, which has no JSON form", what, dtype_name(dt));
-        }
+        put_elem(b, dt, p + i * es);
     }
     buf_putc(b, ']');
     return b->oom ? cerr_set(e, CORRAL_ENOMEM, "out of memory rendering %s", what) : 0;
 }
 
+/* Replica parameters named corral_* are timings for the router's metrics, not for clients. */
+static int param_hidden(const Corral__Parameter *p)
+{
+    return p->key && strncmp(p->key, "corral_", 7) == 0;
+}
+
 static void put_params(struct buf *b, Corral__Parameter **ps, size_t n)
 {
     buf_putc(b, '{');
+    int first = 1;
     for (size_t i = 0; i < n; i++) {
         const Corral__Parameter *p = ps[i];
-        if (i)
+        if (param_hidden(p))
+            continue;
+        if (!first)
             buf_putc(b, ',');
+        first = 0;
         buf_json_string(b, p->key ? p->key : "", p->key ? strlen(p->key) : 0);
         buf_putc(b, ':');
         switch (p->value_case) {
@@ -887,6 +958,217 @@ static void put_str(struct buf *b, const char *s)
         buf_puts(b, "\"?\"");
 }
 
+/* ---- classification ---- */
+
+static double elem_as_double(enum dtype dt, const uint8_t *q)
+{
+    switch (dt) {
+    case DT_BOOL: return q[0] ? 1 : 0;
+    case DT_UINT8: return q[0];
+    case DT_INT8: return (int8_t)q[0];
+    case DT_UINT16: { uint16_t v; memcpy(&v, q, 2); return v; }
+    case DT_INT16: { int16_t v; memcpy(&v, q, 2); return v; }
+    case DT_UINT32: { uint32_t v; memcpy(&v, q, 4); return v; }
+    case DT_INT32: { int32_t v; memcpy(&v, q, 4); return v; }
+    case DT_UINT64: { uint64_t v; memcpy(&v, q, 8); return (double)v; }
+    case DT_INT64: { int64_t v; memcpy(&v, q, 8); return (double)v; }
+    case DT_FP16: { uint16_t v; memcpy(&v, q, 2); return oip_f16_to_f32(v); }
+    case DT_BF16: { uint16_t v; memcpy(&v, q, 2); return oip_bf16_to_f32(v); }
+    case DT_FP32: { float v; memcpy(&v, q, 4); return v; }
+    case DT_FP64: { double v; memcpy(&v, q, 8); return v; }
+    default: return 0;
+    }
+}
+
+struct scored {
+    double v;
+    size_t i;
+};
+
+/* Highest first; NaN below everything; equal scores keep the lower index first. */
+static int scored_cmp(const void *a, const void *b)
+{
+    const struct scored *x = a, *y = b;
+    int xn = isnan(x->v), yn = isnan(y->v);
+    if (xn != yn)
+        return xn ? 1 : -1;
+    if (!xn && x->v != y->v)
+        return x->v > y->v ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+int oip_classify(const Corral__Tensor *t, int k, char *const *labels, size_t n_labels,
+                 int64_t *shape, int *ndim, uint8_t **data, size_t *len, struct cerr *e)
+{
+    enum dtype dt = (enum dtype)t->datatype;
+    size_t es = dtype_size(dt);
+    const char *name = t->name ? t->name : "";
+    struct buf b = {0};
+    struct scored *sc = NULL;
+    int rc = CORRAL_OK;
+    *data = NULL;
+    *len = 0;
+    if (dt == DT_BYTES || es == 0 || !dtype_valid((int)dt))
+        return cerr_set(e, CORRAL_EINVAL, "output '%.200s' has datatype %s; classification needs "
+                        "a numeric output", name, dtype_name(dt));
+    if (t->data.len % es)
+        return cerr_set(e, CORRAL_EIO, "output '%.200s' has %zu bytes, not a whole number of %s "
+                        "elements", name, t->data.len, dtype_name(dt));
+    size_t numel = t->data.len / es, rows = 1, cols = numel;
+    if (t->n_shape >= 2) {
+        rows = t->shape[0] > 0 ? (size_t)t->shape[0] : 0;
+        cols = rows ? numel / rows : 0;
+    }
+    size_t kk = (size_t)k < cols ? (size_t)k : cols;
+    if (t->n_shape >= 2) {
+        shape[0] = (int64_t)rows;
+        shape[1] = (int64_t)kk;
+        *ndim = 2;
+    } else {
+        shape[0] = (int64_t)kk;
+        *ndim = 1;
+    }
+    sc = malloc((cols ? cols : 1) * sizeof *sc);
+    if (!sc)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory classifying output '%.200s'", name);
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *row = t->data.data + r * cols * es;
+        for (size_t c = 0; c < cols; c++) {
+            sc[c].v = elem_as_double(dt, row + c * es);
+            sc[c].i = c;
+        }
+        qsort(sc, cols, sizeof *sc, scored_cmp);
+        for (size_t j = 0; j < kk; j++) {
+            char s[64 + 1024];
+            /* "%f" is what Triton prints for a score, so existing parsers read ours. */
+            int n = snprintf(s, sizeof s, "%f:%zu", sc[j].v, sc[j].i);
+            if (sc[j].i < n_labels && labels[sc[j].i])
+                n = snprintf(s, sizeof s, "%f:%zu:%.1000s", sc[j].v, sc[j].i, labels[sc[j].i]);
+            if (n < 0)
+                n = 0;
+            if ((size_t)n >= sizeof s)
+                n = (int)sizeof s - 1;
+            uint8_t l4[4] = {(uint8_t)n, (uint8_t)(n >> 8), 0, 0};
+            buf_append(&b, l4, 4);
+            buf_append(&b, s, (size_t)n);
+        }
+    }
+    if (b.oom) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory classifying output '%.200s'", name);
+        goto fail;
+    }
+    free(sc);
+    if (b.len == 0) {
+        *data = malloc(1);
+        if (!*data)
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory classifying output '%.200s'", name);
+        return CORRAL_OK;
+    }
+    *data = (uint8_t *)buf_steal(&b, len);
+    return *data ? CORRAL_OK : cerr_set(e, CORRAL_ENOMEM, "out of memory classifying");
+fail:
+    free(sc);
+    buf_free(&b);
+    return rc;
+}
+
+/* ---- v1 predict answer ---- */
+
+/* Renders elements [*idx, ...) of t nested along shape[depth..]. */
+static int put_nested(struct buf *b, const char *what, const Corral__Tensor *t, const size_t *offs,
+                      size_t *idx, size_t depth, struct cerr *e)
+{
+    enum dtype dt = (enum dtype)t->datatype;
+    if (depth == t->n_shape) {
+        int rc = CORRAL_OK;
+        if (dt == DT_BYTES)
+            rc = put_bytes_elem(b, what, t->data.data, offs[*idx], *idx, e);
+        else
+            put_elem(b, dt, t->data.data + *idx * dtype_size(dt));
+        (*idx)++;
+        return rc;
+    }
+    buf_putc(b, '[');
+    for (int64_t i = 0; i < t->shape[depth]; i++) {
+        if (i)
+            buf_putc(b, ',');
+        int rc = put_nested(b, what, t, offs, idx, depth + 1, e);
+        if (rc)
+            return rc;
+    }
+    buf_putc(b, ']');
+    return CORRAL_OK;
+}
+
+static int render_predict(const Corral__InferResponse *r, struct buf *b, struct cerr *e)
+{
+    size_t **offs = calloc(r->n_outputs ? r->n_outputs : 1, sizeof *offs);
+    size_t *idx = calloc(r->n_outputs ? r->n_outputs : 1, sizeof *idx);
+    int rc = CORRAL_OK;
+    int64_t rows = -1;
+    if (!offs || !idx) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory rendering the predictions");
+        goto out;
+    }
+    if (r->n_outputs == 0) {
+        rc = cerr_set(e, CORRAL_EINTERNAL, "the replica returned no outputs");
+        goto out;
+    }
+    for (size_t j = 0; j < r->n_outputs; j++) {
+        const Corral__Tensor *t = r->outputs[j];
+        enum dtype dt = (enum dtype)t->datatype;
+        size_t numel = 0;
+        if (t->n_shape < 1 || (rows >= 0 && t->shape[0] != rows)) {
+            rc = cerr_set(e, CORRAL_EINTERNAL, "output '%.200s' has no batch dimension matching "
+                          "the instances, so it cannot be split into predictions",
+                          t->name ? t->name : "");
+            goto out;
+        }
+        rows = t->shape[0];
+        if (dt == DT_BYTES) {
+            if ((rc = bytes_offsets("output", t->data.data, t->data.len, &offs[j], &numel, e)))
+                goto out;
+        } else {
+            numel = dtype_size(dt) ? t->data.len / dtype_size(dt) : 0;
+        }
+        int64_t want = 1;
+        for (size_t d = 0; d < t->n_shape; d++)
+            want *= t->shape[d];
+        if ((int64_t)numel != want || !dtype_valid((int)dt)) {
+            rc = cerr_set(e, CORRAL_EIO, "output '%.200s' holds %zu elements, its shape %lld",
+                          t->name ? t->name : "", numel, (long long)want);
+            goto out;
+        }
+    }
+    buf_puts(b, "{\"predictions\":[");
+    for (int64_t row = 0; row < rows; row++) {
+        if (row)
+            buf_putc(b, ',');
+        if (r->n_outputs > 1)
+            buf_putc(b, '{');
+        for (size_t j = 0; j < r->n_outputs; j++) {
+            const Corral__Tensor *t = r->outputs[j];
+            if (r->n_outputs > 1) {
+                if (j)
+                    buf_putc(b, ',');
+                put_str(b, t->name);
+                buf_putc(b, ':');
+            }
+            if ((rc = put_nested(b, "output", t, offs[j], &idx[j], 1, e)))
+                goto out;
+        }
+        if (r->n_outputs > 1)
+            buf_putc(b, '}');
+    }
+    buf_puts(b, "]}");
+out:
+    for (size_t j = 0; offs && j < r->n_outputs; j++)
+        free(offs[j]);
+    free(offs);
+    free(idx);
+    return rc;
+}
+
 int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_infer *in,
                               const char *model, char **body, size_t *len, size_t *json_len,
                               struct cerr *e)
@@ -895,8 +1177,14 @@ int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_i
     struct buf bin = {0};
     int rc = CORRAL_OK;
     int any_binary = 0;
+    uint8_t *cdata = NULL;
     size_t n = in && in->out_names ? in->n_out : r->n_outputs;
     *body = NULL;
+    if (in && in->predict) {
+        if ((rc = render_predict(r, &b, e)))
+            goto fail;
+        goto done;
+    }
     buf_puts(&b, "{\"model_name\":");
     put_str(&b, r->model_name && r->model_name[0] ? r->model_name : model);
     buf_puts(&b, ",\"model_version\":");
@@ -909,14 +1197,20 @@ int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_i
          * it was valid JSON text, so echoing the C string part is the safe subset. */
         put_str(&b, id);
     }
-    if (r->n_parameters) {
+    size_t visible = 0;
+    for (size_t i = 0; i < r->n_parameters; i++)
+        visible += !param_hidden(r->parameters[i]);
+    if (visible) {
         buf_puts(&b, ",\"parameters\":");
         put_params(&b, r->parameters, r->n_parameters);
     }
     buf_puts(&b, ",\"outputs\":[");
     for (size_t i = 0; i < n; i++) {
         const Corral__Tensor *t = NULL;
+        Corral__Tensor ct;
+        int64_t cshape[2];
         int binary = in ? in->binary_all : 0;
+        int cls = 0;
         if (in && in->out_names) {
             for (size_t j = 0; j < r->n_outputs; j++)
                 if (r->outputs[j]->name && strcmp(r->outputs[j]->name, in->out_names[i]) == 0)
@@ -927,8 +1221,25 @@ int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_i
                 goto fail;
             }
             binary = in->out_binary[i];
+            cls = in->out_class ? in->out_class[i] : 0;
         } else {
             t = r->outputs[i];
+        }
+        if (cls) {
+            int cnd = 0;
+            size_t clen = 0;
+            free(cdata);
+            cdata = NULL;
+            if ((rc = oip_classify(t, cls, in->labels, in->n_labels, cshape, &cnd, &cdata, &clen,
+                                   e)))
+                goto fail;
+            ct = *t;
+            ct.datatype = CORRAL__DATA_TYPE__TYPE_BYTES;
+            ct.shape = cshape;
+            ct.n_shape = (size_t)cnd;
+            ct.data.data = cdata;
+            ct.data.len = clen;
+            t = &ct;
         }
         char what[OIP_NAME_MAX + 16];
         snprintf(what, sizeof what, "output '%.*s'", OIP_NAME_MAX - 1, t->name ? t->name : "");
@@ -953,6 +1264,7 @@ int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_i
         buf_putc(&b, '}');
     }
     buf_puts(&b, "]}");
+done:
     *json_len = b.len;
     if (any_binary)
         buf_append(&b, bin.data, bin.len);
@@ -961,12 +1273,215 @@ int oip_infer_response_render(const Corral__InferResponse *r, const struct oip_i
         goto fail;
     }
     buf_free(&bin);
+    free(cdata);
     *body = buf_steal(&b, len);
     if (!*body)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory rendering the answer");
     return CORRAL_OK;
 fail:
+    free(cdata);
     buf_free(&b);
     buf_free(&bin);
+    return rc;
+}
+
+/* ---- requests built from model metadata ---- */
+
+static void infer_init(struct oip_infer *in, const char *model, const char *version)
+{
+    memset(in, 0, sizeof *in);
+    corral__request__init(&in->req);
+    corral__infer_request__init(&in->ir);
+    in->req.kind_case = CORRAL__REQUEST__KIND_INFER;
+    in->req.infer = &in->ir;
+    in->ir.model_name = (char *)model;
+    in->ir.model_version = (char *)(version ? version : "");
+}
+
+static int infer_alloc_inputs(struct oip_infer *in, size_t n, struct cerr *e)
+{
+    in->inputs = calloc(n, sizeof *in->inputs);
+    in->input_ptrs = calloc(n, sizeof *in->input_ptrs);
+    if (!in->inputs || !in->input_ptrs)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory converting inputs");
+    for (size_t i = 0; i < n; i++) {
+        corral__tensor__init(&in->inputs[i]);
+        in->input_ptrs[i] = &in->inputs[i];
+    }
+    in->ir.inputs = in->input_ptrs;
+    in->ir.n_inputs = n;
+    return CORRAL_OK;
+}
+
+int oip_infer_raw(const Corral__MetadataResponse *md, const uint8_t *body, size_t len,
+                  const char *model, const char *version, struct oip_infer *in, struct cerr *e)
+{
+    int rc;
+    infer_init(in, model, version);
+    if (md->n_inputs != 1)
+        return cerr_set(e, CORRAL_EINVAL, "a raw binary request (Inference-Header-Content-Length: "
+                        "0) needs a model with exactly one input; model '%s' has %zu", model,
+                        md->n_inputs);
+    const Corral__TensorMetadata *tm = md->inputs[0];
+    enum dtype dt = (enum dtype)tm->datatype;
+    int ndim = (int)tm->n_shape;
+    int64_t dims[TENSOR_MAX_DIMS];
+    if (ndim > TENSOR_MAX_DIMS || !dtype_valid((int)dt))
+        return cerr_set(e, CORRAL_EIO, "model '%s' input metadata is not usable", model);
+    int var = -1, n_var = 0;
+    int64_t known = 1;
+    for (int d = 0; d < ndim; d++) {
+        dims[d] = tm->shape[d];
+        if (dims[d] < 0 && d == 0) {
+            dims[d] = 1; /* a raw request is one batch row */
+        } else if (dims[d] < 0) {
+            var = d;
+            n_var++;
+            continue;
+        }
+        known *= dims[d];
+    }
+    if ((rc = infer_alloc_inputs(in, 1, e)))
+        return rc;
+    Corral__Tensor *t = &in->inputs[0];
+    t->name = tm->name;
+    t->datatype = (Corral__DataType)dt;
+    if (dt == DT_BYTES) {
+        for (int d = 0; d < ndim; d++)
+            if (dims[d] < 0)
+                dims[d] = 1;
+        if (known != 1 && n_var == 0)
+            return cerr_set(e, CORRAL_EINVAL, "a raw binary request carries one BYTES element, "
+                            "but input '%s' of model '%s' has %lld", tm->name, model,
+                            (long long)known);
+        if (len > UINT32_MAX)
+            return cerr_set(e, CORRAL_ETOOLARGE, "a raw BYTES element is limited to 4 GiB");
+        t->data.data = malloc(len + 4);
+        if (!t->data.data)
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory for the raw input");
+        uint8_t l4[4] = {(uint8_t)len, (uint8_t)(len >> 8), (uint8_t)(len >> 16),
+                         (uint8_t)(len >> 24)};
+        memcpy(t->data.data, l4, 4);
+        if (len)
+            memcpy(t->data.data + 4, body, len);
+        t->data.len = len + 4;
+    } else {
+        size_t es = dtype_size(dt);
+        if (n_var > 1)
+            return cerr_set(e, CORRAL_EINVAL, "input '%s' of model '%s' has %d variable "
+                            "dimensions besides the batch; a raw binary request can only fill one "
+                            "from its size (send a JSON header instead)", tm->name, model, n_var);
+        uint64_t unit = (uint64_t)known * es;
+        if (n_var == 1) {
+            if (unit == 0 || len % unit)
+                return cerr_set(e, CORRAL_EINVAL, "raw body of %zu bytes is not a whole number of "
+                                "%llu-byte rows of input '%s' (%s)", len, (unsigned long long)unit,
+                                tm->name, dtype_name(dt));
+            dims[var] = (int64_t)(len / unit);
+        } else if (len != unit) {
+            return cerr_set(e, CORRAL_EINVAL, "raw body has %zu bytes; input '%s' of model '%s' "
+                            "takes %llu (%lld %s values)", len, tm->name, model,
+                            (unsigned long long)unit, (long long)known, dtype_name(dt));
+        }
+        t->data.data = malloc(len ? len : 1);
+        if (!t->data.data)
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory for the raw input");
+        if (len)
+            memcpy(t->data.data, body, len);
+        t->data.len = len;
+    }
+    t->shape = malloc(sizeof(int64_t) * (ndim ? (size_t)ndim : 1));
+    if (!t->shape)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory for the raw input");
+    memcpy(t->shape, dims, sizeof(int64_t) * (size_t)ndim);
+    t->n_shape = (size_t)ndim;
+    return CORRAL_OK;
+}
+
+int oip_predict_parse(const Corral__MetadataResponse *md, const char *body, size_t len,
+                      const char *model, const char *version, struct oip_infer *in,
+                      struct cerr *e)
+{
+    json_error_t jerr;
+    int rc;
+    json_t *col = NULL;
+    infer_init(in, model, version);
+    in->predict = 1;
+    in->root = json_loadb(body, len, JSON_ALLOW_NUL, &jerr);
+    if (!in->root)
+        return cerr_set(e, CORRAL_EINVAL, "request body is not valid JSON: %s at line %d column %d",
+                        jerr.text, jerr.line, jerr.column);
+    json_t *inst = json_is_object(in->root) ? json_object_get(in->root, "instances") : NULL;
+    if (!inst || !json_is_array(inst) || json_array_size(inst) == 0)
+        return cerr_set(e, CORRAL_EINVAL, "predict body must be {\"instances\": [row, ...]} with "
+                        "at least one instance");
+    size_t n = json_array_size(inst);
+    if (md->n_inputs == 0)
+        return cerr_set(e, CORRAL_EIO, "model '%s' reports no inputs", model);
+    if ((rc = infer_alloc_inputs(in, md->n_inputs, e)))
+        return rc;
+    for (size_t j = 0; j < md->n_inputs; j++) {
+        const Corral__TensorMetadata *tm = md->inputs[j];
+        Corral__Tensor *t = &in->inputs[j];
+        char what[OIP_NAME_MAX + 16];
+        int64_t dims[TENSOR_MAX_DIMS];
+        int ndim = (int)tm->n_shape;
+        snprintf(what, sizeof what, "input '%.*s'", OIP_NAME_MAX - 1, tm->name ? tm->name : "");
+        if (ndim < 1 || ndim > TENSOR_MAX_DIMS || tm->shape[0] != -1)
+            return cerr_set(e, CORRAL_EINVAL, "%s of model '%s' has no variable batch dimension; "
+                            "predict needs one (use the v2 infer endpoint)", what, model);
+        col = json_array();
+        if (!col)
+            return cerr_set(e, CORRAL_ENOMEM, "out of memory converting instances");
+        for (size_t i = 0; i < n; i++) {
+            json_t *row = json_array_get(inst, i), *v = row;
+            if (json_is_object(row)) {
+                v = json_object_get(row, tm->name);
+                if (!v) {
+                    rc = cerr_set(e, CORRAL_EINVAL, "instance %zu has no value for %s", i, what);
+                    goto fail;
+                }
+            } else if (md->n_inputs > 1) {
+                rc = cerr_set(e, CORRAL_EINVAL, "model '%s' has %zu inputs, so each instance must "
+                              "be an object naming them (instance %zu is not)", model,
+                              md->n_inputs, i);
+                goto fail;
+            }
+            if (json_array_append(col, v)) {
+                rc = cerr_set(e, CORRAL_ENOMEM, "out of memory converting instances");
+                goto fail;
+            }
+        }
+        /* Variable non-batch dimensions take the sizes the first instance is nested with. */
+        dims[0] = (int64_t)n;
+        json_t *probe = json_array_get(col, 0);
+        for (int d = 1; d < ndim; d++) {
+            dims[d] = tm->shape[d];
+            if (dims[d] < 0)
+                dims[d] = json_is_array(probe) ? (int64_t)json_array_size(probe) : 1;
+            probe = json_is_array(probe) ? json_array_get(probe, 0) : NULL;
+        }
+        t->name = tm->name;
+        t->datatype = tm->datatype;
+        t->shape = malloc(sizeof(int64_t) * (size_t)ndim);
+        if (!t->shape) {
+            rc = cerr_set(e, CORRAL_ENOMEM, "out of memory converting instances");
+            goto fail;
+        }
+        memcpy(t->shape, dims, sizeof(int64_t) * (size_t)ndim);
+        t->n_shape = (size_t)ndim;
+        /* Nested rows follow the shape; flat values are accepted as well (the converter
+         * checks the count either way). */
+        rc = oip_json_to_tensor(what, col, (enum dtype)tm->datatype, dims, ndim, &t->data.data,
+                                &t->data.len, e);
+        if (rc)
+            goto fail;
+        json_decref(col);
+        col = NULL;
+    }
+    return CORRAL_OK;
+fail:
+    if (col)
+        json_decref(col);
     return rc;
 }

@@ -12,13 +12,13 @@
 #include "log.h"
 #include "wire.h"
 
-enum call_kind { CALL_INFER, CALL_HEALTH, CALL_METADATA };
+enum call_kind { CALL_INFER, CALL_HEALTH, CALL_METADATA, CALL_STATS };
 enum call_stage { ST_SEND, ST_RECV };
 
 enum { PIPE_LOST = 1, PIPE_ADDED = 2 };
 
 struct up_model;
-struct up_call;
+struct gather;
 
 struct up_replica {
     struct upstream *u;
@@ -26,25 +26,25 @@ struct up_replica {
     char *url;
     nng_socket sock;
     int sock_open;
-    int ready;
+    int ready;    /* last health answer said live and ready */
+    int ejected;  /* passive health: too many transport failures in a row */
     int answered; /* has answered a health request at least once */
+    unsigned fail_streak;
     char version[64];
     int health_inflight;
     int meta_inflight;
-    int have_meta;
-    unsigned outstanding; /* infer calls in flight */
-    struct up_call *calls; /* every call in flight on this replica (loop thread) */
+    Corral__Response *meta; /* its metadata answer, owned */
+    unsigned outstanding;   /* infer calls in flight */
+    struct up_call *calls;  /* every call in flight on this replica (loop thread) */
     atomic_int pipe_events;
     atomic_uint pipes_added, pipes_removed; /* connected while added > removed */
-    char why[256]; /* why it is not ready, for logs and error messages */
+    char why[256]; /* why it takes no traffic, for logs and error messages */
 };
 
 struct up_model {
     char *name;
     struct up_replica **replicas;
     size_t n;
-    size_t rr;
-    Corral__Response *meta; /* first metadata answer, owned */
 };
 
 struct up_call {
@@ -59,17 +59,33 @@ struct up_call {
     unsigned timeout_ms;
     /* Written by the NNG callback before the call is queued; read by the loop after. */
     int rv;
+    int fail_stage; /* stage the call was in when it ended */
     nng_msg *reply;
     /* Guarded by u->mu. */
     int cancel;
-    int pipe_lost;
     struct up_call *qnext;
     /* Loop thread only. */
     struct up_call *prev, *next;
     nng_msg *orig; /* the packed request, kept so a retry can resend it */
     int attempts;
+    int aborted;        /* the caller gave up: no retry, answer "cancelled" */
+    int replica_failed; /* cancelled because its replica was declared unhealthy */
+    int raw;
+    uint64_t t_launch;
     char version[64];
-    upstream_infer_cb cb;
+    upstream_cb cb;
+    void *arg;
+    struct gather *g; /* CALL_STATS */
+    size_t g_idx;
+};
+
+struct gather {
+    struct upstream_stats *items;
+    Corral__Response **resps;
+    char (*errs)[200];
+    size_t n;
+    unsigned pending;
+    upstream_stats_cb cb;
     void *arg;
 };
 
@@ -86,12 +102,24 @@ struct upstream {
     int started;
     int closing;
     unsigned inflight;
+    uint64_t rng;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct up_call *qhead, *qtail; /* completed calls waiting for the loop (mu) */
     unsigned pending;              /* calls whose NNG side has not finished (mu) */
     int async_closed;              /* (mu) */
 };
+
+static uint64_t rng_next(struct upstream *u)
+{
+    /* xorshift64*: plenty for choosing replicas, and free of locks. */
+    uint64_t x = u->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    u->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
 
 static void call_free(struct up_call *c)
 {
@@ -127,6 +155,7 @@ static void call_aio_done(void *arg)
     struct upstream *u = c->u;
     int rv = nng_aio_result(c->aio);
     pthread_mutex_lock(&u->mu);
+    c->fail_stage = c->stage;
     if (c->stage == ST_SEND) {
         if (rv != 0) {
             nng_msg *m = nng_aio_get_msg(c->aio);
@@ -217,11 +246,13 @@ static int call_launch(struct up_call *c, struct up_replica *r, nng_msg *msg)
     c->ctx_open = 1;
     c->stage = ST_SEND;
     c->rv = 0;
+    c->replica_failed = 0;
     if (c->reply) {
         nng_msg_free(c->reply);
         c->reply = NULL;
     }
     c->attempts++;
+    c->t_launch = uv_hrtime();
     replica_link(r, c);
     if (c->kind == CALL_INFER)
         r->outstanding++;
@@ -229,7 +260,6 @@ static int call_launch(struct up_call *c, struct up_replica *r, nng_msg *msg)
     pthread_mutex_lock(&u->mu);
     u->pending++;
     c->cancel = 0;
-    c->pipe_lost = 0;
     pthread_mutex_unlock(&u->mu);
     nng_time now = nng_clock();
     nng_aio_set_msg(c->aio, msg);
@@ -264,14 +294,32 @@ static nng_msg *pack_request(const Corral__Request *req)
     return m;
 }
 
-static void replica_set_not_ready(struct up_replica *r, const char *why)
+/* Cancels the calls in flight on r so they are retried elsewhere (or fail now). */
+static void replica_abort_calls(struct up_replica *r)
 {
+    struct upstream *u = r->u;
+    pthread_mutex_lock(&u->mu);
+    for (struct up_call *c = r->calls; c; c = c->next) {
+        c->cancel = 1;
+        c->replica_failed = 1;
+    }
+    pthread_mutex_unlock(&u->mu);
+    for (struct up_call *c = r->calls; c; c = c->next)
+        nng_aio_cancel(c->aio);
+}
+
+/* `unhealthy`: the replica cannot be trusted to answer what it holds (lost, hung). */
+static void replica_set_not_ready(struct up_replica *r, const char *why, int unhealthy)
+{
+    int was = r->ready && !r->ejected;
     if (r->ready)
         LOG_WARN("replica %s of model '%s' is not ready: %s", r->url, r->model->name, why);
     else if (strcmp(r->why, why) != 0)
         LOG_DEBUG("replica %s of model '%s' still not ready: %s", r->url, r->model->name, why);
     r->ready = 0;
     snprintf(r->why, sizeof r->why, "%s", why);
+    if (unhealthy && was && r->outstanding)
+        replica_abort_calls(r);
 }
 
 static void probe(struct up_replica *r, enum call_kind kind)
@@ -317,20 +365,25 @@ static const char *nng_reason(int rv)
     }
 }
 
+static int connected(const struct up_replica *r)
+{
+    return atomic_load(&r->pipes_added) != atomic_load(&r->pipes_removed);
+}
+
 static void on_health_done(struct up_replica *r, struct up_call *c)
 {
     r->health_inflight = 0;
     if (r->u->closing)
         return;
     char why[256];
-    if (c->rv && atomic_load(&r->pipes_added) == atomic_load(&r->pipes_removed)) {
+    if (c->rv && !connected(r)) {
         snprintf(why, sizeof why, "not connected (is a replica listening at %.150s?)", r->url);
-        replica_set_not_ready(r, why);
+        replica_set_not_ready(r, why, 1);
         return;
     }
     if (c->rv) {
         snprintf(why, sizeof why, "health check failed: %s", nng_reason(c->rv));
-        replica_set_not_ready(r, why);
+        replica_set_not_ready(r, why, 1);
         return;
     }
     Corral__Response *resp = NULL;
@@ -338,13 +391,13 @@ static void on_health_done(struct up_replica *r, struct up_call *c)
     size_t len = nng_msg_len(c->reply);
     if (wire_decode_response(nng_msg_body(c->reply), len, &resp, &e) != 0) {
         snprintf(why, sizeof why, "invalid health answer: %.200s", e.msg);
-        replica_set_not_ready(r, why);
+        replica_set_not_ready(r, why, 1);
         return;
     }
     if (resp->kind_case != CORRAL__RESPONSE__KIND_HEALTH) {
         snprintf(why, sizeof why, "health request answered with message kind %d",
                  (int)resp->kind_case);
-        replica_set_not_ready(r, why);
+        replica_set_not_ready(r, why, 1);
         goto done;
     }
     const Corral__HealthResponse *h = resp->health;
@@ -353,20 +406,26 @@ static void on_health_done(struct up_replica *r, struct up_call *c)
     if (h->model_name && h->model_name[0] && strcmp(h->model_name, r->model->name) != 0) {
         snprintf(why, sizeof why, "it serves model '%.80s', but was configured as '%.80s'",
                  h->model_name, r->model->name);
-        replica_set_not_ready(r, why);
+        replica_set_not_ready(r, why, 0);
         goto done;
     }
-    if (!h->live || !h->ready) {
-        replica_set_not_ready(r, h->live ? "replica reports not ready (loading or draining)"
-                                         : "replica reports not live");
+    if (!h->live) {
+        replica_set_not_ready(r, "replica reports not live (an execution is stuck)", 1);
         goto done;
     }
-    if (!r->ready)
-        LOG_INFO("replica %s of model '%s' is ready (version %s)", r->url, r->model->name,
-                 r->version[0] ? r->version : "?");
+    if (!h->ready) {
+        /* Draining or loading: what it holds still gets answered, so nothing is cancelled. */
+        replica_set_not_ready(r, "replica reports not ready (loading or draining)", 0);
+        goto done;
+    }
+    if (!r->ready || r->ejected)
+        LOG_INFO("replica %s of model '%s' is ready (version %s)%s", r->url, r->model->name,
+                 r->version[0] ? r->version : "?", r->ejected ? ", re-admitted" : "");
     r->ready = 1;
+    r->ejected = 0;
+    r->fail_streak = 0;
     r->why[0] = '\0';
-    if (!r->have_meta && !r->meta_inflight)
+    if (!r->meta && !r->meta_inflight)
         probe(r, CALL_METADATA);
 done:
     corral__response__free_unpacked(resp, NULL);
@@ -389,14 +448,10 @@ static void on_metadata_done(struct up_replica *r, struct up_call *c)
         corral__response__free_unpacked(resp, NULL);
         return;
     }
-    r->have_meta = 1;
-    struct up_model *m = r->model;
-    if (!m->meta) {
-        m->meta = resp;
-        LOG_DEBUG("metadata of model '%s' fetched from %s", m->name, r->url);
-    } else {
-        corral__response__free_unpacked(resp, NULL);
-    }
+    if (r->meta)
+        corral__response__free_unpacked(r->meta, NULL);
+    r->meta = resp;
+    LOG_DEBUG("metadata of model '%s' fetched from %s", r->model->name, r->url);
 }
 
 static int version_matches(const struct up_replica *r, const char *version)
@@ -412,46 +467,115 @@ static struct up_model *find_model(const struct upstream *u, const char *name)
     return NULL;
 }
 
-static struct up_replica *pick(struct up_model *m, const char *version,
-                               const struct up_replica *exclude)
+/*
+ * Power of two choices over the eligible replicas, drawn in one pass by
+ * reservoir sampling (each pair equally likely); *capped tells whether some
+ * replica was skipped only for its in-flight cap.
+ */
+static struct up_replica *pick(struct upstream *u, struct up_model *m, const char *version,
+                               const struct up_replica *exclude, int *capped)
 {
+    struct up_replica *a = NULL, *b = NULL;
+    size_t seen = 0;
+    unsigned cap = u->cfg.max_inflight;
+    *capped = 0;
     for (size_t i = 0; i < m->n; i++) {
-        size_t idx = (m->rr + i) % m->n;
-        struct up_replica *r = m->replicas[idx];
-        if (r->ready && r != exclude && version_matches(r, version)) {
-            m->rr = idx + 1;
-            return r;
+        struct up_replica *r = m->replicas[i];
+        if (!r->ready || r->ejected || r == exclude || !version_matches(r, version))
+            continue;
+        if (cap && r->outstanding >= cap) {
+            *capped = 1;
+            continue;
+        }
+        seen++;
+        if (seen == 1) {
+            a = r;
+        } else if (seen == 2) {
+            b = r;
+        } else {
+            uint64_t j = rng_next(u) % seen;
+            if (j == 0)
+                a = r;
+            else if (j == 1)
+                b = r;
         }
     }
-    return NULL;
+    if (!b)
+        return a;
+    if (a->outstanding == b->outstanding)
+        return (rng_next(u) >> 33) & 1 ? a : b;
+    return a->outstanding < b->outstanding ? a : b;
+}
+
+static void emit(struct upstream *u, enum upstream_event ev, const char *model)
+{
+    if (u->cfg.event)
+        u->cfg.event(u->cfg.event_arg, ev, model);
+}
+
+/* Passive health: counts a transport failure and ejects after enough in a row. */
+static void note_failure(struct up_replica *r, const char *what)
+{
+    struct upstream *u = r->u;
+    r->fail_streak++;
+    if (!r->ejected && r->fail_streak >= u->cfg.eject_after) {
+        r->ejected = 1;
+        snprintf(r->why, sizeof r->why, "ejected after %u failed requests in a row (last: %s); "
+                 "re-admitted when a health probe succeeds", r->fail_streak, what);
+        LOG_WARN("replica %s of model '%s' %s", r->url, r->model->name, r->why);
+        emit(u, UPSTREAM_EV_EJECT, r->model->name);
+    }
+}
+
+static void finish(struct up_call *c, struct upstream_done *d)
+{
+    d->replica = c->r ? c->r->url : "";
+    d->version = c->r ? c->r->version : "";
+    d->attempts = c->attempts;
+    d->upstream_ns = uv_hrtime() - c->t_launch;
+    c->cb(c->arg, d);
 }
 
 static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued)
 {
     struct upstream *u = c->u;
     struct cerr e = {0};
+    struct upstream_done d;
     Corral__Response *resp = NULL;
+    memset(&d, 0, sizeof d);
     *requeued = 0;
-    if (c->rv == NNG_ETIMEDOUT) {
-        cerr_set(&e, CORRAL_ETIMEDOUT, "replica %s of model '%s' did not answer within %u ms",
-                 r->url, r->model->name, c->timeout_ms);
+    if (c->aborted) {
+        cerr_set(&e, CORRAL_EUNAVAIL, "request cancelled: the client went away");
         goto fail;
     }
     if (c->rv && u->closing) {
         cerr_set(&e, CORRAL_EUNAVAIL, "the router is shutting down");
         goto fail;
     }
+    if (c->rv == NNG_ETIMEDOUT) {
+        if (c->fail_stage == ST_SEND)
+            note_failure(r, "could not deliver in time");
+        cerr_set(&e, CORRAL_ETIMEDOUT, "model '%s' did not answer within the %u ms deadline "
+                 "(replica %s%s)", r->model->name, c->timeout_ms, r->url,
+                 c->fail_stage == ST_SEND ? " could not be reached" : "");
+        goto fail;
+    }
     if (c->rv) {
-        /* Transport failure: the request may never have run, so one retry elsewhere is safe. */
-        char why[200];
-        snprintf(why, sizeof why, "request failed: %s", nng_reason(c->rv));
-        replica_set_not_ready(r, why);
-        struct up_replica *alt = c->attempts < 2 ? pick(r->model, c->version, r) : NULL;
+        /* The replica never answered, so the request may not have run: one retry is safe. */
+        const char *why = c->replica_failed ? "declared unhealthy" : nng_reason(c->rv);
+        if (!c->replica_failed) {
+            char w[200];
+            snprintf(w, sizeof w, "request failed: %s", why);
+            note_failure(r, w);
+        }
+        int capped = 0;
+        struct up_replica *alt = c->attempts < 2 ? pick(u, r->model, c->version, r, &capped) : NULL;
         if (alt && nng_clock() < c->deadline) {
             nng_msg *m = NULL;
             if (nng_msg_dup(&m, c->orig) == 0) {
                 LOG_WARN("retrying a request for model '%s' on %s after %s failed: %s",
-                         r->model->name, alt->url, r->url, nng_reason(c->rv));
+                         r->model->name, alt->url, r->url, why);
+                emit(u, UPSTREAM_EV_RETRY, r->model->name);
                 if (call_launch(c, alt, m) == 0) {
                     *requeued = 1;
                     return;
@@ -459,8 +583,16 @@ static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued
             }
         }
         cerr_set(&e, CORRAL_EUNAVAIL, "replica %s of model '%s' failed (%s) and no other ready "
-                 "replica could take the request", r->url, r->model->name, nng_reason(c->rv));
+                 "replica could take the request in time", r->url, r->model->name, why);
         goto fail;
+    }
+    r->fail_streak = 0;
+    if (c->raw) {
+        d.rc = CORRAL_OK;
+        d.raw = nng_msg_body(c->reply);
+        d.raw_len = nng_msg_len(c->reply);
+        finish(c, &d);
+        return;
     }
     if (wire_decode_response(nng_msg_body(c->reply), nng_msg_len(c->reply), &resp, &e) != 0) {
         cerr_prefix(&e, "replica %s sent an invalid answer", r->url);
@@ -468,10 +600,13 @@ static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued
         goto fail;
     }
     if (resp->kind_case == CORRAL__RESPONSE__KIND_ERROR) {
-        cerr_set(&e, resp->error->code, "%s",
+        int code = corral_err_known(resp->error->code) && resp->error->code != CORRAL_OK
+                       ? resp->error->code
+                       : CORRAL_EINTERNAL;
+        cerr_set(&e, code, "%s",
                  resp->error->message && resp->error->message[0]
                      ? resp->error->message
-                     : corral_strerror(resp->error->code));
+                     : corral_strerror(code));
         goto fail;
     }
     if (resp->kind_case != CORRAL__RESPONSE__KIND_INFER) {
@@ -479,13 +614,55 @@ static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued
                  r->url, (int)resp->kind_case);
         goto fail;
     }
-    c->cb(c->arg, CORRAL_OK, NULL, resp->infer);
+    d.rc = CORRAL_OK;
+    d.resp = resp->infer;
+    finish(c, &d);
     corral__response__free_unpacked(resp, NULL);
     return;
 fail:
     if (resp)
         corral__response__free_unpacked(resp, NULL);
-    c->cb(c->arg, e.code, e.msg, NULL);
+    d.rc = e.code;
+    d.msg = e.msg;
+    finish(c, &d);
+}
+
+static void gather_finish(struct gather *g)
+{
+    g->cb(g->arg, g->items, g->n);
+    for (size_t i = 0; i < g->n; i++)
+        if (g->resps[i])
+            corral__response__free_unpacked(g->resps[i], NULL);
+    free(g->items);
+    free(g->resps);
+    free(g->errs);
+    free(g);
+}
+
+static void on_stats_done(struct up_replica *r, struct up_call *c)
+{
+    struct gather *g = c->g;
+    size_t i = c->g_idx;
+    Corral__Response *resp = NULL;
+    struct cerr e = {0};
+    if (c->rv) {
+        snprintf(g->errs[i], sizeof g->errs[i], "stats request failed: %s", nng_reason(c->rv));
+    } else if (wire_decode_response(nng_msg_body(c->reply), nng_msg_len(c->reply), &resp, &e)) {
+        snprintf(g->errs[i], sizeof g->errs[i], "invalid stats answer: %.150s", e.msg);
+    } else if (resp->kind_case != CORRAL__RESPONSE__KIND_STATS) {
+        snprintf(g->errs[i], sizeof g->errs[i], "stats request answered with %s",
+                 resp->kind_case == CORRAL__RESPONSE__KIND_ERROR && resp->error->message
+                     ? resp->error->message
+                     : "another message kind");
+        corral__response__free_unpacked(resp, NULL);
+    } else {
+        g->resps[i] = resp;
+        g->items[i].stats = resp->stats;
+    }
+    if (!g->items[i].stats)
+        g->items[i].error = g->errs[i];
+    if (--g->pending == 0)
+        gather_finish(g);
 }
 
 static void handle_pipe_events(struct upstream *u)
@@ -496,16 +673,11 @@ static void handle_pipe_events(struct upstream *u)
         if (!ev)
             continue;
         if (ev & PIPE_LOST) {
-            replica_set_not_ready(r, "connection lost");
-            /* Calls waiting on the dead connection would only time out; end them now. */
-            pthread_mutex_lock(&u->mu);
-            for (struct up_call *c = r->calls; c; c = c->next) {
-                c->cancel = 1;
-                c->pipe_lost = 1;
-            }
-            pthread_mutex_unlock(&u->mu);
-            for (struct up_call *c = r->calls; c; c = c->next)
-                nng_aio_cancel(c->aio);
+            replica_set_not_ready(r, "connection lost", 0);
+            /* Calls waiting on the dead connection would only time out (or be resent by
+             * NNG, running twice); end them now and let the retry logic decide. */
+            if (r->calls)
+                replica_abort_calls(r);
         }
         if ((ev & PIPE_ADDED) && !r->health_inflight && !u->closing) {
             LOG_DEBUG("connected to replica %s", r->url);
@@ -535,6 +707,8 @@ static void drain_completions(struct upstream *u)
                 on_health_done(r, c);
             else if (c->kind == CALL_METADATA)
                 on_metadata_done(r, c);
+            else if (c->kind == CALL_STATS)
+                on_stats_done(r, c);
             else
                 on_infer_done(r, c, &requeued);
             /* A requeued call belongs to NNG again and may already be completing: hands off. */
@@ -559,7 +733,7 @@ static void on_health_tick(uv_timer_t *t)
         struct up_replica *r = u->replicas[i];
         if (!r->health_inflight)
             probe(r, CALL_HEALTH);
-        else if (r->ready && !r->have_meta && !r->meta_inflight)
+        else if (r->ready && !r->meta && !r->meta_inflight)
             probe(r, CALL_METADATA);
     }
 }
@@ -579,6 +753,9 @@ int upstream_new(struct upstream **out, uv_loop_t *loop, const struct upstream_c
         if (u->cfg.health_timeout_ms < 1000)
             u->cfg.health_timeout_ms = 1000;
     }
+    if (u->cfg.eject_after == 0)
+        u->cfg.eject_after = 2;
+    u->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)u) | 1;
     pthread_mutex_init(&u->mu, NULL);
     pthread_cond_init(&u->cv, NULL);
     *out = u;
@@ -601,6 +778,9 @@ int upstream_add_replica(struct upstream *u, const char *model, const char *url,
     if (!known)
         return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has an unknown transport (expected "
                         "tcp://HOST:PORT, ipc://PATH or inproc://NAME)", url);
+    for (size_t i = 0; i < u->n_replicas; i++)
+        if (strcmp(u->replicas[i]->url, url) == 0)
+            return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is given more than once", url);
     struct up_model *m = find_model(u, model);
     if (!m) {
         struct up_model *nm = realloc(u->models, (u->n_models + 1) * sizeof *nm);
@@ -618,9 +798,6 @@ int upstream_add_replica(struct upstream *u, const char *model, const char *url,
             for (size_t j = 0; j < u->models[i].n; j++)
                 u->models[i].replicas[j]->model = &u->models[i];
     }
-    for (size_t i = 0; i < u->n_replicas; i++)
-        if (strcmp(u->replicas[i]->url, url) == 0)
-            return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is given more than once", url);
     struct up_replica *r = calloc(1, sizeof *r);
     struct up_replica **nr = realloc(u->replicas, (u->n_replicas + 1) * sizeof *nr);
     if (nr)
@@ -669,7 +846,7 @@ int upstream_start(struct upstream *u, struct cerr *e)
         if (rv)
             return cerr_set(e, CORRAL_EINVAL, "cannot dial replica '%s': %s", r->url,
                             nng_strerror(rv));
-        LOG_INFO("replica %s for model '%s' configured", r->url, r->model->name);
+        LOG_DEBUG("replica %s for model '%s' configured", r->url, r->model->name);
     }
     for (size_t i = 0; i < u->n_replicas; i++)
         probe(u->replicas[i], CALL_HEALTH);
@@ -681,14 +858,14 @@ int upstream_start(struct upstream *u, struct cerr *e)
 static void upstream_free(struct upstream *u)
 {
     for (size_t i = 0; i < u->n_replicas; i++) {
+        if (u->replicas[i]->meta)
+            corral__response__free_unpacked(u->replicas[i]->meta, NULL);
         free(u->replicas[i]->url);
         free(u->replicas[i]);
     }
     for (size_t i = 0; i < u->n_models; i++) {
         free(u->models[i].name);
         free(u->models[i].replicas);
-        if (u->models[i].meta)
-            corral__response__free_unpacked(u->models[i].meta, NULL);
     }
     free(u->models);
     free(u->replicas);
@@ -754,17 +931,29 @@ int upstream_model_ready(const struct upstream *u, const char *model, const char
 {
     const struct up_model *m = find_model(u, model);
     int n = 0;
-    for (size_t i = 0; m && i < m->n; i++)
-        if (m->replicas[i]->ready && version_matches(m->replicas[i], version))
+    for (size_t i = 0; m && i < m->n; i++) {
+        const struct up_replica *r = m->replicas[i];
+        if (r->ready && !r->ejected && version_matches(r, version))
             n++;
+    }
     return n;
 }
 
 const Corral__MetadataResponse *upstream_model_metadata(const struct upstream *u,
-                                                        const char *model)
+                                                        const char *model, const char *version)
 {
     const struct up_model *m = find_model(u, model);
-    return m && m->meta ? m->meta->metadata : NULL;
+    const Corral__MetadataResponse *any = NULL;
+    for (size_t i = 0; m && i < m->n; i++) {
+        const struct up_replica *r = m->replicas[i];
+        if (!r->meta || !version_matches(r, version))
+            continue;
+        if (r->ready)
+            return r->meta->metadata;
+        if (!any)
+            any = r->meta->metadata;
+    }
+    return any;
 }
 
 int upstream_model_versions(const struct upstream *u, const char *model, const char *version,
@@ -794,45 +983,184 @@ int upstream_model_versions(const struct upstream *u, const char *model, const c
     return found;
 }
 
-int upstream_infer(struct upstream *u, const Corral__Request *req, unsigned timeout_ms,
-                   upstream_infer_cb cb, void *arg, struct cerr *e)
+static int no_replica(struct upstream *u, struct up_model *m, const char *version, int capped,
+                      struct cerr *e)
 {
-    const Corral__InferRequest *ir = req->infer;
-    struct up_model *m = find_model(u, ir->model_name);
-    if (!m)
-        return cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", ir->model_name);
-    const char *version = ir->model_version;
-    struct up_replica *r = pick(m, version, NULL);
+    if (capped)
+        return cerr_set(e, CORRAL_EQUEUEFULL, "every ready replica of model '%s' already has %u "
+                        "requests in flight (the router's per-replica cap); retry later",
+                        m->name, u->cfg.max_inflight);
+    if (version && version[0] && upstream_model_ready(u, m->name, NULL)) {
+        char vs[256];
+        upstream_model_versions(u, m->name, NULL, vs, sizeof vs);
+        return cerr_set(e, CORRAL_ENOTFOUND,
+                        "model '%s' has no ready replica serving version '%s' (ready versions: %s)",
+                        m->name, version, vs);
+    }
+    return cerr_set(e, CORRAL_EUNAVAIL, "model '%s' has no ready replica (%zu configured; %s: %s)",
+                    m->name, m->n, m->replicas[0]->url, m->replicas[0]->why);
+}
+
+static int start_infer(struct upstream *u, const char *model, const char *version, nng_msg *msg,
+                       int raw, unsigned timeout_ms, upstream_cb cb, void *arg,
+                       struct up_call **handle, struct cerr *e)
+{
+    struct up_model *m = find_model(u, model);
+    struct up_call *c = NULL;
+    nng_msg *dup = NULL;
+    int capped = 0, rc;
+    if (!m) {
+        rc = cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", model);
+        goto fail;
+    }
+    struct up_replica *r = pick(u, m, version, NULL, &capped);
     if (!r) {
-        if (version && version[0] && upstream_model_ready(u, m->name, NULL)) {
-            char vs[256];
-            upstream_model_versions(u, m->name, NULL, vs, sizeof vs);
-            return cerr_set(e, CORRAL_ENOTFOUND,
-                            "model '%s' has no ready replica serving version '%s' (ready "
-                            "versions: %s)",
-                            m->name, version, vs);
-        }
-        return cerr_set(e, CORRAL_EUNAVAIL,
-                        "model '%s' has no ready replica (%zu configured; %s: %s)", m->name, m->n,
-                        m->replicas[0]->url, m->replicas[0]->why);
+        rc = no_replica(u, m, version, capped, e);
+        goto fail;
     }
-    struct up_call *c = call_new(u, CALL_INFER, timeout_ms);
-    nng_msg *msg = NULL, *dup = NULL;
-    if (!c || !(c->orig = pack_request(req)) || nng_msg_dup(&dup, c->orig) != 0) {
-        call_free(c);
-        return cerr_set(e, CORRAL_ENOMEM, "out of memory packing the request");
+    c = call_new(u, CALL_INFER, timeout_ms);
+    if (!c || nng_msg_dup(&dup, msg) != 0) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory starting the request");
+        goto fail;
     }
-    msg = dup;
+    c->orig = msg;
+    msg = NULL;
+    c->raw = raw;
     snprintf(c->version, sizeof c->version, "%s", version ? version : "");
     c->cb = cb;
     c->arg = arg;
-    int rv = call_launch(c, r, msg);
+    int rv = call_launch(c, r, dup);
     if (rv) {
-        call_free(c);
-        return cerr_set(e, CORRAL_EIO, "cannot start a request to %s: %s", r->url,
-                        nng_strerror(rv));
+        rc = cerr_set(e, CORRAL_EIO, "cannot start a request to %s: %s", r->url, nng_strerror(rv));
+        goto fail;
     }
+    if (handle)
+        *handle = c;
     return CORRAL_OK;
+fail:
+    if (msg)
+        nng_msg_free(msg);
+    call_free(c);
+    return rc;
+}
+
+int upstream_infer(struct upstream *u, const Corral__Request *req, unsigned timeout_ms,
+                   upstream_cb cb, void *arg, struct up_call **handle, struct cerr *e)
+{
+    const Corral__InferRequest *ir = req->infer;
+    if (!find_model(u, ir->model_name))
+        return cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", ir->model_name);
+    nng_msg *m = pack_request(req);
+    if (!m)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory packing the request");
+    return start_infer(u, ir->model_name, ir->model_version, m, 0, timeout_ms, cb, arg, handle,
+                       e);
+}
+
+int upstream_infer_packed(struct upstream *u, const char *model, const char *version, void *msg,
+                          unsigned timeout_ms, upstream_cb cb, void *arg,
+                          struct up_call **handle, struct cerr *e)
+{
+    return start_infer(u, model, version, msg, 1, timeout_ms, cb, arg, handle, e);
+}
+
+void upstream_cancel(struct upstream *u, struct up_call *c)
+{
+    c->aborted = 1;
+    pthread_mutex_lock(&u->mu);
+    c->cancel = 1;
+    pthread_mutex_unlock(&u->mu);
+    nng_aio_cancel(c->aio);
 }
 
 unsigned upstream_inflight(const struct upstream *u) { return u->inflight; }
+
+int upstream_stats(struct upstream *u, const char *model, const char *version,
+                   unsigned timeout_ms, upstream_stats_cb cb, void *arg, struct cerr *e)
+{
+    struct gather *g = calloc(1, sizeof *g);
+    size_t n = 0;
+    for (size_t i = 0; i < u->n_replicas; i++) {
+        const struct up_replica *r = u->replicas[i];
+        if ((!model || strcmp(r->model->name, model) == 0) && version_matches(r, version))
+            n++;
+    }
+    if (g) {
+        g->items = calloc(n ? n : 1, sizeof *g->items);
+        g->resps = calloc(n ? n : 1, sizeof *g->resps);
+        g->errs = calloc(n ? n : 1, sizeof *g->errs);
+    }
+    if (!g || !g->items || !g->resps || !g->errs) {
+        if (g) {
+            free(g->items);
+            free(g->resps);
+            free(g->errs);
+        }
+        free(g);
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory gathering statistics");
+    }
+    g->cb = cb;
+    g->arg = arg;
+    g->n = n;
+    g->pending = 1; /* held until every call is started, so none can finish the gather early */
+    Corral__Request req = CORRAL__REQUEST__INIT;
+    Corral__StatsRequest sr = CORRAL__STATS_REQUEST__INIT;
+    req.kind_case = CORRAL__REQUEST__KIND_STATS;
+    req.stats = &sr;
+    size_t k = 0;
+    for (size_t i = 0; i < u->n_replicas; i++) {
+        struct up_replica *r = u->replicas[i];
+        if (!((!model || strcmp(r->model->name, model) == 0) && version_matches(r, version)))
+            continue;
+        struct upstream_stats *it = &g->items[k];
+        it->model = r->model->name;
+        it->url = r->url;
+        it->version = r->version;
+        if (!r->answered || !connected(r) || u->closing) {
+            snprintf(g->errs[k], sizeof g->errs[k], "not asked: %.180s",
+                     r->why[0] ? r->why : "not connected");
+            it->error = g->errs[k];
+            k++;
+            continue;
+        }
+        struct up_call *c = call_new(u, CALL_STATS, timeout_ms);
+        nng_msg *m = pack_request(&req);
+        if (!c || !m) {
+            call_free(c);
+            if (m)
+                nng_msg_free(m);
+            snprintf(g->errs[k], sizeof g->errs[k], "out of memory asking for statistics");
+            it->error = g->errs[k];
+            k++;
+            continue;
+        }
+        c->g = g;
+        c->g_idx = k;
+        g->pending++;
+        if (call_launch(c, r, m) != 0) {
+            g->pending--;
+            call_free(c);
+            snprintf(g->errs[k], sizeof g->errs[k], "could not start a stats request");
+            it->error = g->errs[k];
+        }
+        k++;
+    }
+    if (--g->pending == 0)
+        gather_finish(g);
+    return CORRAL_OK;
+}
+
+size_t upstream_replica_count(const struct upstream *u) { return u->n_replicas; }
+
+void upstream_replica_info(const struct upstream *u, size_t i, struct upstream_replica_info *out)
+{
+    const struct up_replica *r = u->replicas[i];
+    out->model = r->model->name;
+    out->url = r->url;
+    out->version = r->version;
+    out->state = r->ejected ? "ejected" : r->ready ? "ready" : r->answered ? "not_ready"
+                                                                          : "connecting";
+    out->why = r->ready && !r->ejected ? "" : r->why;
+    out->outstanding = r->outstanding;
+    out->fail_streak = r->fail_streak;
+}

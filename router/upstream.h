@@ -5,22 +5,33 @@
  * Usage: upstream_new(loop, &cfg), upstream_add_replica(model, url) for every
  * --replica, upstream_start() (dials without blocking, so a replica that is
  * down does not delay start, and begins the health loop), then
- * upstream_infer() per request. upstream_close() cancels everything; the
- * callbacks of calls still in flight run (with CORRAL_EUNAVAIL) before it
- * returns, and the loop must then run once more so the libuv handle closes.
+ * upstream_infer() or upstream_infer_packed() per request. upstream_close()
+ * cancels everything; the callbacks of calls still in flight run (with
+ * CORRAL_EUNAVAIL) before it returns, and the loop must then run once more so
+ * the libuv handles close.
  *
  * Threads: every function here, and every callback it makes, runs on the libuv
  * loop thread. NNG completes its aios on its own threads; those completions are
  * queued under a mutex and handed to the loop with a uv_async_t, so no libuv
- * or router state is ever touched from an NNG thread.
+ * or router state is ever touched from an NNG thread. A router with several
+ * threads gives each its own upstream (own sockets, own health loop).
  *
  * Health: every health_interval_ms each replica gets a HealthRequest (and a
- * MetadataRequest until one has been answered). A replica is ready only while
- * its last health answer said ready; a failed or late answer, or the loss of
- * its connection, makes it not ready. Balancing: round robin over the ready
- * replicas of the model (and version, when one is named). A call that fails at
- * the transport level (the replica's connection drops while the call is in
- * flight) is retried once on another ready replica; a timeout is not retried.
+ * MetadataRequest until one has been answered). A replica takes traffic only
+ * while its last health answer said live and ready (a draining or loading
+ * replica says not ready) and it is not ejected. Passive health: a replica
+ * whose calls fail at the transport level eject_after times in a row is
+ * ejected until a health probe succeeds again. A replica that loses its
+ * connection, stops answering health probes or reports not live has its calls
+ * in flight cancelled and retried.
+ *
+ * Balancing: least outstanding requests with power-of-two choices: two
+ * distinct eligible replicas (ready, not ejected, version matching, below
+ * max_inflight) are drawn at random and the one with fewer calls in flight
+ * wins. A call that fails before the replica answered (unreachable, connection
+ * lost, declared unhealthy) is sent once more to another replica if the
+ * deadline allows; a late answer from the first is dropped with its NNG
+ * context. An error the replica answered is never retried.
  */
 #ifndef CORRAL_ROUTER_UPSTREAM_H
 #define CORRAL_ROUTER_UPSTREAM_H
@@ -33,20 +44,41 @@
 #include "error.h"
 
 struct upstream;
+struct up_call;
+
+enum upstream_event { UPSTREAM_EV_RETRY, UPSTREAM_EV_EJECT };
 
 struct upstream_config {
     unsigned health_interval_ms;
     unsigned health_timeout_ms; /* 0: twice the interval, at least 1000 */
+    unsigned max_inflight;      /* per replica; 0: no cap */
+    unsigned eject_after;       /* consecutive transport failures; 0: 2 */
+    /* Optional: told about retries and ejections (for metrics). */
+    void (*event)(void *arg, enum upstream_event ev, const char *model);
+    void *event_arg;
 };
 
 /*
- * Completion of upstream_infer: rc is CORRAL_OK with `resp` the replica's
- * InferResponse, or an error code with `msg` saying what failed (a replica's
- * own Error is passed through with its code and message). `resp` and `msg`
- * belong to the upstream and are only valid during the callback.
+ * Completion of an infer call. rc is CORRAL_OK with the answer, or an error
+ * code with `msg` saying what failed (a replica's own Error is passed through
+ * with its code and message in decoded mode). In decoded mode (upstream_infer)
+ * `resp` is the replica's InferResponse; in packed mode (upstream_infer_packed)
+ * `raw`/`raw_len` are the replica's packed Response, passed on unread (it may
+ * carry an Error). Everything belongs to the upstream and is only valid during
+ * the callback.
  */
-typedef void (*upstream_infer_cb)(void *arg, int rc, const char *msg,
-                                  const Corral__InferResponse *resp);
+struct upstream_done {
+    int rc;
+    const char *msg;
+    const Corral__InferResponse *resp;
+    const uint8_t *raw;
+    size_t raw_len;
+    const char *replica; /* URL of the replica that answered or failed last, or "" */
+    const char *version; /* that replica's model version as its health reports it, or "" */
+    int attempts;
+    uint64_t upstream_ns; /* send to answer on the last attempt */
+};
+typedef void (*upstream_cb)(void *arg, const struct upstream_done *d);
 
 int upstream_new(struct upstream **out, uv_loop_t *loop, const struct upstream_config *cfg,
                  struct cerr *e);
@@ -58,11 +90,14 @@ void upstream_close(struct upstream *u);
 size_t upstream_model_count(const struct upstream *u);
 const char *upstream_model_name(const struct upstream *u, size_t i);
 int upstream_model_known(const struct upstream *u, const char *model);
-/* Number of ready replicas of the model (and of `version` when not NULL). */
+/* Number of replicas taking traffic for the model (and `version` when not NULL or ""). */
 int upstream_model_ready(const struct upstream *u, const char *model, const char *version);
-/* The model's metadata as answered by one of its replicas; NULL until one has. */
+/*
+ * The model's metadata as answered by one of its replicas serving `version`
+ * (any when NULL or ""), a ready one preferred; NULL until one has answered.
+ */
 const Corral__MetadataResponse *upstream_model_metadata(const struct upstream *u,
-                                                        const char *model);
+                                                        const char *model, const char *version);
 /*
  * Writes the versions the model's replicas report (comma separated, "" if none
  * has answered) into buf. Returns 1 if `version` is among them.
@@ -72,15 +107,60 @@ int upstream_model_versions(const struct upstream *u, const char *model, const c
 
 /*
  * Sends `req` (an infer Request; packed here, so the caller keeps ownership of
- * it) to a ready replica of req->infer->model_name, version
- * req->infer->model_version when not empty. On CORRAL_OK the callback runs
- * exactly once, later; on an error (no ready replica: CORRAL_EUNAVAIL) it never
- * runs and `e` says why.
+ * it) to a replica of req->infer->model_name, version req->infer->model_version
+ * when not empty. On CORRAL_OK the callback runs exactly once, later, and
+ * *handle (when not NULL) identifies the call for upstream_cancel until then.
+ * On an error it never runs and `e` says why: CORRAL_ENOTFOUND (unknown model
+ * or version), CORRAL_EUNAVAIL (no replica takes traffic), CORRAL_EQUEUEFULL
+ * (every eligible replica is at max_inflight).
  */
 int upstream_infer(struct upstream *u, const Corral__Request *req, unsigned timeout_ms,
-                   upstream_infer_cb cb, void *arg, struct cerr *e);
+                   upstream_cb cb, void *arg, struct up_call **handle, struct cerr *e);
+/* Same, for a Request already packed in `msg` (taken over, also on error). */
+int upstream_infer_packed(struct upstream *u, const char *model, const char *version, void *msg,
+                          unsigned timeout_ms, upstream_cb cb, void *arg,
+                          struct up_call **handle, struct cerr *e);
+/*
+ * Gives up on a call (its client went away): the NNG side is aborted, no retry
+ * follows, and the callback runs later with CORRAL_EUNAVAIL.
+ */
+void upstream_cancel(struct upstream *u, struct up_call *c);
 
 /* Calls currently in flight (all kinds). */
 unsigned upstream_inflight(const struct upstream *u);
+
+/* ---- statistics ---- */
+
+struct upstream_stats {
+    const char *model;
+    const char *url;
+    const char *version; /* as the replica's health reports it, "" if unknown */
+    const Corral__StatsResponse *stats; /* NULL when the replica did not answer */
+    const char *error;                  /* why not, when stats is NULL */
+};
+typedef void (*upstream_stats_cb)(void *arg, const struct upstream_stats *s, size_t n);
+
+/*
+ * Asks every replica of `model` (all models when NULL) serving `version` (any
+ * when NULL or "") for its StatsResponse and calls cb once with all answers.
+ * The callback runs later, or before this returns when no replica had to be
+ * asked. Returns CORRAL_ENOMEM (callback never runs) when nothing could start.
+ */
+int upstream_stats(struct upstream *u, const char *model, const char *version,
+                   unsigned timeout_ms, upstream_stats_cb cb, void *arg, struct cerr *e);
+
+/* ---- replica table, for status and metrics ---- */
+
+struct upstream_replica_info {
+    const char *model;
+    const char *url;
+    const char *version; /* "" until it answered */
+    const char *state;   /* "ready", "not_ready", "ejected" or "connecting" */
+    const char *why;     /* why it takes no traffic, "" when it does */
+    unsigned outstanding;
+    unsigned fail_streak;
+};
+size_t upstream_replica_count(const struct upstream *u);
+void upstream_replica_info(const struct upstream *u, size_t i, struct upstream_replica_info *out);
 
 #endif

@@ -9,6 +9,9 @@ reproducible with its --seed option:
         --input input:-1x3x224x224:FP32 --output logits --repo models --name resnet18
     export.py --builder bench.models.zoo:transformer --seed 0 \\
         --input ids:-1x-1:INT64:0:1000 --output logits --repo models --name transformer
+    export.py --builder bench.models.zoo:transformer_masked --seed 0 \\
+        --input ids:-1x-1:INT64:0:1000 --input mask:-1x-1:INT64:0:2 --output logits \\
+        --repo models --name transformer_masked
 
 SPECS maps each model name to its export arguments (input specification,
 output name) so tests and benchmarks agree on them; build(name) calls the
@@ -28,6 +31,8 @@ SPECS = {
     "squeezenet1_1": {"inputs": ["input:-1x3x224x224:FP32"], "output": "logits"},
     "mlp": {"inputs": ["input:-1x784:FP32"], "output": "logits"},
     "transformer": {"inputs": ["ids:-1x-1:INT64:0:%d" % TRANSFORMER_VOCAB], "output": "logits"},
+    "transformer_masked": {"inputs": ["ids:-1x-1:INT64:0:%d" % TRANSFORMER_VOCAB, "mask:-1x-1:INT64:0:2"],
+                           "output": "logits"},
 }
 
 
@@ -189,6 +194,80 @@ class TransformerClassifier(nn.Module):
 def transformer(vocab=TRANSFORMER_VOCAB, dim=64, heads=4, ff=128, layers=2, classes=10,
                 max_len=TRANSFORMER_MAX_LEN):
     return TransformerClassifier(vocab, dim, heads, ff, layers, classes, max_len).eval()
+
+
+class _MaskedEncoderLayer(_EncoderLayer):
+    """The plain encoder layer with an additive attention bias on the keys.
+
+    `bias` is [batch, 1, 1, seq]: 0 where a key is a real token and a large
+    negative number where it is padding, so that after the softmax a padded key
+    gets exactly zero weight and the real positions compute what they would
+    compute without the padding.
+    """
+
+    def _attention(self, x, bias):
+        attn = self.self_attn
+        b, t, d = x.shape
+        h = self.heads
+        q, k, v = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        q = q.reshape(b, t, h, d // h).transpose(1, 2)
+        k = k.reshape(b, t, h, d // h).transpose(1, 2)
+        v = v.reshape(b, t, h, d // h).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / float(d // h) ** 0.5) + bias
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+        ctx = ctx.transpose(1, 2).reshape(b, t, d)
+        return attn.out_proj(ctx)
+
+    def forward(self, x, bias):
+        x = self.norm1(x + self._attention(x, bias))
+        ff = self.linear2(nn.functional.gelu(self.linear1(x)))
+        return self.norm2(x + ff)
+
+
+# Added to the attention scores of padded keys: exp() of it underflows to exactly 0 in FP32.
+MASK_BIAS = -1e9
+
+
+class MaskedTransformerClassifier(nn.Module):
+    """Token ids and an attention mask [batch, seq] to class logits [batch, classes].
+
+    The transformer classifier with padding made harmless: mask is 1 for a real
+    token and 0 for padding; padded keys get MASK_BIAS before the softmax and the
+    pooling is the masked mean sum(h * mask) / sum(mask), so appending padding
+    (ids anything, mask 0) to a sequence leaves its logits unchanged. A row
+    whose mask is all 0 pools to zeros (the divisor is at least 1).
+
+    The mask is read for the first len(ids) positions; positions it does not
+    cover count as real tokens. This keeps the model defined when the two
+    inputs' lengths differ, as they do in the export tool's parity vectors,
+    which draw every dynamic axis on its own.
+    """
+
+    def __init__(self, vocab=TRANSFORMER_VOCAB, dim=64, heads=4, ff=128, layers=2,
+                 classes=10, max_len=TRANSFORMER_MAX_LEN):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, max_len, dim) * 0.02)
+        self.layers = nn.ModuleList(_MaskedEncoderLayer(dim, heads, ff) for _ in range(layers))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, ids, mask):
+        t = ids.shape[1]
+        # Concat and Slice rather than Pad: the mask padded with ones to at least len(ids).
+        m = torch.cat([mask, ids * 0 + 1], dim=1)[:, :t]
+        x = self.tok(ids) + self.pos[:, :t, :]
+        mf = m.to(x.dtype)
+        bias = ((1.0 - mf) * MASK_BIAS).unsqueeze(1).unsqueeze(2)
+        for layer in self.layers:
+            x = layer(x, bias)
+        w = mf.unsqueeze(2)
+        pooled = (x * w).sum(dim=1) / torch.clamp(w.sum(dim=1), min=1.0)
+        return self.head(pooled)
+
+
+def transformer_masked(vocab=TRANSFORMER_VOCAB, dim=64, heads=4, ff=128, layers=2, classes=10,
+                       max_len=TRANSFORMER_MAX_LEN):
+    return MaskedTransformerClassifier(vocab, dim, heads, ff, layers, classes, max_len).eval()
 
 
 def build(name, **kwargs):

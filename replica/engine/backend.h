@@ -1,11 +1,17 @@
 /*
  * Compute backends: the engine's interface to a device (CPU via oneDNN, CUDA).
  *
- * A backend must implement (all members of struct backend_ops; none may be NULL):
+ * A backend must implement (all members of struct backend_ops; none may be NULL
+ * except weight_resident):
  *   destroy        free the backend's context (after every plan and buffer is freed)
  *   supports_op    can it run this op with these attributes and input datatypes?
  *   buffer_alloc   device memory (an arena, a weight); buffer_free releases it
  *   weight_upload  copy one model weight to the device once, at load, keyed by weight_id
+ *   weight_resident (optional) non-zero once the backend holds the weight in a
+ *                  form of its own from which it can serve every later plan
+ *                  without the host copy; the engine then frees the host data
+ *                  of weights that only a convolution reads (shape and size
+ *                  stay, `data` becomes NULL in later plan graphs)
  *   plan_compile   turn a per-shape plan_graph (engine_ir.h) into an executable form:
  *                  allocate the arena, build primitives/kernels, upload plan-local
  *                  constants; report the arena's bytes
@@ -78,6 +84,7 @@ struct backend_ops {
     /* `host` stays valid until destroy; a backend may keep a pointer instead of copying. */
     int (*weight_upload)(struct backend *b, int weight_id, const struct tensor *host,
                          struct cerr *e);
+    int (*weight_resident)(struct backend *b, int weight_id); /* may be NULL */
     int (*plan_compile)(struct backend *b, const struct plan_graph *g, void **compiled,
                         size_t *arena_bytes, struct cerr *e);
     int (*plan_execute)(struct backend *b, void *compiled, const struct tensor *in,
@@ -97,7 +104,10 @@ struct backend_options {
 
 /*
  * Creates the backend for a device string: "cpu", "cuda" (= "cuda:0") or
- * "cuda:N". CORRAL_EUNSUPP when the build has no such backend,
+ * "cuda:N". The CUDA backend is a separate module (libcorral_cuda.so) loaded
+ * on the first cuda:N request: from $CORRAL_CUDA_MODULE when set, else next to
+ * the executable, else by the dynamic linker's search. CORRAL_EUNSUPP when the
+ * build has no such backend or its module cannot be found or loaded,
  * CORRAL_EINVAL for a malformed device string; backend-specific codes when
  * the device exists but cannot be opened.
  */
@@ -108,8 +118,9 @@ int backend_create(const char *device, const struct backend_options *opt, struct
 int backend_cpu_create(const struct backend_options *opt, struct backend *out, struct cerr *e);
 
 /*
- * The CUDA backend (backend_cuda*.c / *.cu), compiled only when CMake defines
- * CORRAL_HAVE_CUDA. `device` is the CUDA ordinal; a missing device fails with
+ * The CUDA backend (backend_cuda*.c / *.cu), built as libcorral_cuda.so only
+ * when CMake defines CORRAL_HAVE_CUDA; declared for the module itself and for
+ * programs that link it directly. `device` is the CUDA ordinal; a missing device fails with
  * CORRAL_EUNAVAIL and one sentence naming it.
  */
 #ifdef CORRAL_HAVE_CUDA

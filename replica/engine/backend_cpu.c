@@ -329,12 +329,29 @@ int cpu_weights(struct cpu_plan *P, int v, const dnnl_memory_desc_t *view,
                 *out = c->wc[i].mem;
                 return CORRAL_OK;
             }
+        /*
+         * Once the engine has freed the host copy (cpu_weight_resident), a new
+         * layout is reordered from a form this backend already holds: same
+         * logical dims, since only the one convolution reads the weight.
+         */
+        const void *src = pv->data;
+        dnnl_memory_desc_t src_md = *view;
+        if (!src) {
+            for (size_t i = 0; i < c->n_wc && !src; i++)
+                if (c->wc[i].weight_id == pv->weight_id) {
+                    src = c->wc[i].data;
+                    src_md = c->wc[i].md;
+                }
+            if (!src)
+                return cerr_set(e, CORRAL_EINTERNAL, "%s: weight '%s' has no data", st->label,
+                                pv->name);
+        }
         if (GROW(c->wc, c->n_wc, c->cap_wc))
             return cerr_set(e, CORRAL_ENOMEM, "out of memory for weights");
         struct cpu_wcache *w = &c->wc[c->n_wc];
         w->weight_id = pv->weight_id;
         w->md = *md;
-        if ((rc = reorder_once(c, pv->data, view, md, &w->data, &w->mem, st, e)))
+        if ((rc = reorder_once(c, src, &src_md, md, &w->data, &w->mem, st, e)))
             return rc;
         c->n_wc++;
         *out = w->mem;
@@ -455,6 +472,53 @@ fail:
     return rc;
 }
 
+/*
+ * Grows the context's shared arena and scratchpad to at least these sizes.
+ * The old blocks are freed first, so the peak stays at one arena; plans that
+ * pointed at them re-point before their next run (bind_shared).
+ */
+static int reserve_shared(struct cpu_ctx *c, size_t arena, size_t scratch, struct cerr *e)
+{
+    if (arena > c->arena_cap) {
+        free(c->arena);
+        c->arena_cap = 0;
+        if (!(c->arena = aligned_alloc(64, (arena + 63) & ~(size_t)63)))
+            return cerr_set(e, CORRAL_ENOMEM, "cannot allocate a %zu-byte arena", arena);
+        c->arena_cap = arena;
+    }
+    if (scratch > c->scratch_cap) {
+        free(c->scratch);
+        c->scratch_cap = 0;
+        if (!(c->scratch = aligned_alloc(64, (scratch + 63) & ~(size_t)63)))
+            return cerr_set(e, CORRAL_ENOMEM, "cannot allocate %zu bytes of scratch memory",
+                            scratch);
+        c->scratch_cap = scratch;
+    }
+    return CORRAL_OK;
+}
+
+/* Points the plan's arena values and memory objects at the context's current blocks. */
+static void bind_shared(struct cpu_plan *P)
+{
+    struct cpu_ctx *c = P->ctx;
+    const struct plan_graph *g = P->g;
+    if (P->bound_arena == c->arena && P->bound_scratch == c->scratch)
+        return;
+    for (int v = 0; v < g->n_vals; v++) {
+        struct cpu_val *cv = &P->v[v];
+        if (cv->main.buf >= 0)
+            cv->main.ptr = c->arena + P->bufs[cv->main.buf].off;
+        if (cv->has_plain && cv->plain.buf >= 0)
+            cv->plain.ptr = c->arena + P->bufs[cv->plain.buf].off;
+    }
+    for (int i = 0; i < P->n_bound; i++)
+        dnnl_memory_set_data_handle(P->bound[i].mem, c->arena + P->bufs[P->bound[i].buf].off);
+    if (P->scratch_mem)
+        dnnl_memory_set_data_handle(P->scratch_mem, c->scratch);
+    P->bound_arena = c->arena;
+    P->bound_scratch = c->scratch;
+}
+
 static int cpu_compile(struct backend *b, const struct plan_graph *g, void **compiled,
                        size_t *arena_bytes, struct cerr *e)
 {
@@ -517,33 +581,17 @@ static int cpu_compile(struct backend *b, const struct plan_graph *g, void **com
         req[i] = (struct mem_req){P->bufs[i].bytes, P->bufs[i].first, P->bufs[i].last, 0};
     if ((rc = plan_mem_assign(req, (size_t)P->n_bufs, 64, &P->arena_bytes, e)))
         goto fail;
-    if (P->arena_bytes &&
-        !(P->arena = aligned_alloc(64, (P->arena_bytes + 63) & ~(size_t)63))) {
-        rc = cerr_set(e, CORRAL_ENOMEM, "cannot allocate a %zu-byte arena", P->arena_bytes);
-        goto fail;
-    }
     for (int i = 0; i < P->n_bufs; i++)
         P->bufs[i].off = req[i].offset;
-    for (int v = 0; v < g->n_vals; v++) {
-        struct cpu_val *cv = &P->v[v];
-        if (cv->main.buf >= 0)
-            cv->main.ptr = P->arena + P->bufs[cv->main.buf].off;
-        if (cv->has_plain && cv->plain.buf >= 0)
-            cv->plain.ptr = P->arena + P->bufs[cv->plain.buf].off;
-    }
-    for (int i = 0; i < P->n_bound; i++)
-        dnnl_memory_set_data_handle(P->bound[i].mem, P->arena + P->bufs[P->bound[i].buf].off);
+    if ((rc = reserve_shared(c, P->arena_bytes, P->scratch_bytes, e)))
+        goto fail;
     if (P->scratch_bytes) {
         dnnl_memory_desc_t smd;
         dnnl_dims_t d = {(dnnl_dim_t)P->scratch_bytes};
-        P->scratch = aligned_alloc(64, (P->scratch_bytes + 63) & ~(size_t)63);
-        if (!P->scratch) {
-            rc = cerr_set(e, CORRAL_ENOMEM, "cannot allocate scratch memory");
-            goto fail;
-        }
         if ((rc = cpu_dnnl_check(dnnl_memory_desc_init_by_tag(&smd, 1, d, dnnl_u8, dnnl_a),
                                  "scratchpad", NULL, e)) ||
-            (rc = cpu_dnnl_check(dnnl_memory_create(&P->scratch_mem, &smd, c->eng, P->scratch),
+            (rc = cpu_dnnl_check(dnnl_memory_create(&P->scratch_mem, &smd, c->eng,
+                                                    DNNL_MEMORY_NONE),
                                  "scratchpad", NULL, e)))
             goto fail;
         for (int i = 0; i < P->n_items; i++) {
@@ -552,6 +600,7 @@ static int cpu_compile(struct backend *b, const struct plan_graph *g, void **com
                 it->args[it->nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, P->scratch_mem};
         }
     }
+    bind_shared(P);
     free(req);
     *arena_bytes = P->arena_bytes + P->scratch_bytes;
     *compiled = P;
@@ -578,6 +627,7 @@ static int cpu_execute(struct backend *b, void *compiled, const struct tensor *i
         P->v[g->inputs[k]].main.ptr = in[k].data;
     for (int k = 0; k < g->n_outputs; k++)
         P->v[g->outputs[k]].main.ptr = out[k].data;
+    bind_shared(P);
     for (int i = 0; i < P->n_refresh; i++)
         dnnl_memory_set_data_handle(P->refresh[i].mem, *P->refresh[i].slot);
     for (int i = 0; i < P->n_items; i++) {
@@ -627,8 +677,6 @@ static void cpu_plan_free(struct backend *b, void *compiled)
     free(P->bound);
     free(P->refresh);
     free(P->mems);
-    free(P->arena);
-    free(P->scratch);
     free(P->v);
     free(P);
 }
@@ -683,6 +731,16 @@ static int cpu_weight_upload(struct backend *b, int weight_id, const struct tens
     return CORRAL_OK;
 }
 
+/* The engine may free a weight's host copy once a reordered form of it is cached here. */
+static int cpu_weight_resident(struct backend *b, int weight_id)
+{
+    struct cpu_ctx *c = b->ctx;
+    for (size_t i = 0; i < c->n_wc; i++)
+        if (c->wc[i].weight_id == weight_id)
+            return 1;
+    return 0;
+}
+
 static void cpu_destroy(struct backend *b)
 {
     struct cpu_ctx *c = b->ctx;
@@ -694,6 +752,8 @@ static void cpu_destroy(struct backend *b)
     }
     free(c->wc);
     free(c->w);
+    free(c->arena);
+    free(c->scratch);
     if (c->stream)
         dnnl_stream_destroy(c->stream);
     if (c->eng)
@@ -709,6 +769,7 @@ static const struct backend_ops cpu_ops = {
     .buffer_alloc = cpu_buffer_alloc,
     .buffer_free = cpu_buffer_free,
     .weight_upload = cpu_weight_upload,
+    .weight_resident = cpu_weight_resident,
     .plan_compile = cpu_compile,
     .plan_execute = cpu_execute,
     .plan_free = cpu_plan_free,

@@ -8,8 +8,13 @@
  * oneDNN memory descriptor that may be blocked (nChw16c...) when a
  * convolution chose it, and on demand a plain (dense row-major) shadow made
  * by a reorder for consumers that need plain data. Arena buffers are placed
- * by liveness once the whole plan is known; memory objects get their
- * addresses then, so nothing is allocated when the plan runs.
+ * by liveness once the whole plan is known. The arena and the oneDNN
+ * scratchpad belong to the context and are shared by every plan (one thread
+ * runs the engine at a time): they are sized for the largest plan compiled so
+ * far and reallocated, larger, only while a plan is compiled. A plan keeps
+ * offsets; it points its memory objects and kernel slots at the current
+ * arena when it first runs after the arena moved, so nothing is allocated
+ * when a plan runs.
  */
 #ifndef CORRAL_BACKEND_CPU_H
 #define CORRAL_BACKEND_CPU_H
@@ -34,6 +39,10 @@ struct cpu_ctx {
     size_t n_w;
     struct cpu_wcache *wc; /* reordered weights shared by every plan */
     size_t n_wc, cap_wc;
+    char *arena;           /* shared by every plan; arena_cap bytes */
+    size_t arena_cap;
+    void *scratch;         /* shared oneDNN scratchpad; scratch_cap bytes */
+    size_t scratch_cap;
 };
 
 struct cpu_form {
@@ -93,11 +102,11 @@ struct cpu_plan {
     int n_mems, cap_mems;
     void **owned;                /* plan-local buffers (reordered plan constants) */
     int n_owned, cap_owned;
-    char *arena;
-    size_t arena_bytes;
-    void *scratch;
-    size_t scratch_bytes;
-    dnnl_memory_t scratch_mem;
+    size_t arena_bytes;          /* what this plan needs of the shared arena */
+    size_t scratch_bytes;        /* and of the shared scratchpad */
+    dnnl_memory_t scratch_mem;   /* this plan's view of the shared scratchpad */
+    char *bound_arena;           /* the arena and scratchpad the plan's pointers refer to */
+    void *bound_scratch;
 };
 
 /* Shared by the two files. */

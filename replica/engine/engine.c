@@ -1,4 +1,7 @@
 #include <limits.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -308,9 +311,55 @@ static int add_node(struct engine *eng, const Onnx__GraphProto *g, size_t i, str
     return CORRAL_OK;
 }
 
-static int load_graph(struct engine *eng, const Onnx__ModelProto *m, struct cerr *e)
+/*
+ * Frees an initializer's bytes in the unpacked message once the engine holds
+ * its own copy, so the weights exist twice only one tensor at a time rather
+ * than for the whole load. protobuf-c frees a bytes field or repeated field
+ * only when its pointer is set, so clearing it keeps the final free valid.
+ */
+static void release_proto_data(Onnx__TensorProto *tp)
 {
-    const Onnx__GraphProto *g = m->graph;
+    if (tp->raw_data.data) {
+        free(tp->raw_data.data);
+        tp->raw_data.data = NULL;
+        tp->raw_data.len = 0;
+    }
+    if (tp->float_data) {
+        free(tp->float_data);
+        tp->float_data = NULL;
+        tp->n_float_data = 0;
+    }
+}
+
+/* Returns memory freed at load time (the file, the message, folded originals) to the system. */
+void engine_trim_heap(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
+/*
+ * glibc raises its mmap threshold each time a large mapped block is freed
+ * (up to 32 MB), after which request-sized buffers (a batch of images is
+ * tens of MB) come from the heap and stay resident once freed. A fixed
+ * threshold keeps every block of a megabyte or more mapped, so it goes back
+ * to the system when freed; mapping costs far less than the compute such a
+ * buffer feeds.
+ */
+#define ENGINE_MMAP_THRESHOLD ((int)1 << 20)
+static pthread_once_t heap_once = PTHREAD_ONCE_INIT;
+
+static void heap_policy(void)
+{
+#ifdef __GLIBC__
+    mallopt(M_MMAP_THRESHOLD, ENGINE_MMAP_THRESHOLD);
+#endif
+}
+
+static int load_graph(struct engine *eng, Onnx__ModelProto *m, struct cerr *e)
+{
+    Onnx__GraphProto *g = m->graph;
     char label[320], what[320];
     int rc = CORRAL_OK;
 
@@ -357,7 +406,7 @@ static int load_graph(struct engine *eng, const Onnx__ModelProto *m, struct cerr
         return cerr_set(e, CORRAL_ENOMEM, "out of memory loading the model");
 
     for (size_t i = 0; i < g->n_initializer; i++) {
-        const Onnx__TensorProto *tp = g->initializer[i];
+        Onnx__TensorProto *tp = g->initializer[i];
         const char *name = tp->name ? tp->name : "";
         if (!*name)
             return cerr_set(e, CORRAL_EINVAL, "initializer #%zu has no name", i);
@@ -370,6 +419,7 @@ static int load_graph(struct engine *eng, const Onnx__ModelProto *m, struct cerr
         if ((rc = engine_tensor_from_proto(tp, what, v->name, &v->init, e)))
             return rc;
         v->dtype = v->init.dtype;
+        release_proto_data(tp);
     }
 
     for (size_t i = 0; i < g->n_input; i++) {
@@ -426,6 +476,17 @@ static int load_graph(struct engine *eng, const Onnx__ModelProto *m, struct cerr
     }
     if ((rc = engine_graph_optimize(eng, e)))
         return rc;
+    for (size_t i = 0; i < eng->n_nodes; i++) {
+        const struct eng_node *nd = &eng->nodes[i];
+        if (nd->dead || (nd->op != EOP_CONV && nd->op != EOP_CONV_TRANSPOSE) || nd->n_in < 2 ||
+            nd->in[1] < 0)
+            continue;
+        struct eng_value *w = &eng->vals[nd->in[1]];
+        int other = 0;
+        for (int k = 0; k < nd->n_in; k++)
+            other |= k != 1 && nd->in[k] == nd->in[1];
+        w->conv_weight = w->kind == EVK_CONST && w->n_uses == 1 && !w->is_output && !other;
+    }
     if (eng->have_be) {
         for (size_t i = 0; i < eng->n_vals; i++) {
             struct eng_value *v = &eng->vals[i];
@@ -443,9 +504,14 @@ int engine_load_buffer(const void *buf, size_t len, const struct engine_options 
     return engine_load_buffer_named(buf, len, "the model buffer", opt, out, e);
 }
 
-int engine_load_buffer_named(const void *buf, size_t len, const char *what,
-                             const struct engine_options *opt, struct engine **out,
-                             struct cerr *e)
+/*
+ * Loads from `buf`; when `owned` is not NULL it is the caller's heap copy of
+ * the file, freed here as soon as the message is unpacked (protobuf-c copies
+ * every byte it keeps), so the file and the engine's weights never coexist.
+ */
+static int load_impl(const void *buf, size_t len, const char *what,
+                     const struct engine_options *opt, struct engine **out, void *owned,
+                     struct cerr *e)
 {
     struct engine_options def = ENGINE_OPTIONS_DEFAULT;
     Onnx__ModelProto *m = NULL;
@@ -454,11 +520,16 @@ int engine_load_buffer_named(const void *buf, size_t len, const char *what,
     *out = NULL;
     if (!opt)
         opt = &def;
-    if (opt->threads < 0)
-        return cerr_set(e, CORRAL_EINVAL, "threads is %d, expected >= 0", opt->threads);
+    if (opt->threads < 0) {
+        rc = cerr_set(e, CORRAL_EINVAL, "threads is %d, expected >= 0", opt->threads);
+        goto fail;
+    }
+    pthread_once(&heap_once, heap_policy);
     eng = calloc(1, sizeof *eng);
-    if (!eng)
-        return cerr_set(e, CORRAL_ENOMEM, "out of memory loading the model");
+    if (!eng) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory loading the model");
+        goto fail;
+    }
     eng->threads = opt->threads ? opt->threads : backend_cpu_count();
     eng->max_plans = ENGINE_DEFAULT_MAX_PLANS;
     struct backend_options bo = {.threads = eng->threads};
@@ -466,6 +537,8 @@ int engine_load_buffer_named(const void *buf, size_t len, const char *what,
         goto fail;
     eng->have_be = 1;
     m = onnx__model_proto__unpack(NULL, len, buf);
+    free(owned);
+    owned = NULL;
     if (!m) {
         rc = cerr_set(e, CORRAL_EPARSE, "%s is not a valid ONNX model (protobuf parse failed)",
                       what);
@@ -483,13 +556,22 @@ int engine_load_buffer_named(const void *buf, size_t len, const char *what,
         goto fail;
     }
     onnx__model_proto__free_unpacked(m, NULL);
+    engine_trim_heap();
     *out = eng;
     return CORRAL_OK;
 fail:
+    free(owned);
     if (m)
         onnx__model_proto__free_unpacked(m, NULL);
     engine_free(eng);
     return rc;
+}
+
+int engine_load_buffer_named(const void *buf, size_t len, const char *what,
+                             const struct engine_options *opt, struct engine **out,
+                             struct cerr *e)
+{
+    return load_impl(buf, len, what, opt, out, NULL, e);
 }
 
 int engine_load_file(const char *path, const struct engine_options *opt, struct engine **out,
@@ -501,9 +583,7 @@ int engine_load_file(const char *path, const struct engine_options *opt, struct 
     int rc = engine_read_file(path, ENGINE_MAX_MODEL_BYTES, &buf, &len, e);
     if (rc)
         return rc;
-    rc = engine_load_buffer_named(buf, len, path, opt, out, e);
-    free(buf);
-    return rc;
+    return load_impl(buf, len, path, opt, out, buf, e);
 }
 
 void engine_free(struct engine *eng)
@@ -537,6 +617,20 @@ void engine_free(struct engine *eng)
     free(eng->in_buf);
     free(eng->in_cap);
     free(eng);
+}
+
+void engine_release_resident_weights(struct engine *eng)
+{
+    if (!eng->be.ops->weight_resident)
+        return;
+    for (size_t i = 0; i < eng->n_vals; i++) {
+        struct eng_value *v = &eng->vals[i];
+        if (v->conv_weight && v->init.data && v->init.owned &&
+            eng->be.ops->weight_resident(&eng->be, (int)i)) {
+            free(v->init.data);
+            v->init.data = NULL;
+        }
+    }
 }
 
 size_t engine_num_inputs(const struct engine *eng) { return eng->n_inputs; }

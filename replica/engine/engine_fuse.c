@@ -253,10 +253,22 @@ static int fold_batchnorm(struct engine *eng, struct cerr *e)
             cv->in = ni;
             cv->n_in = 3;
         }
+        /*
+         * The unfused weight, bias and BatchNorm parameters are freed as soon
+         * as nothing reads them any more, so at most one layer's weights exist
+         * twice while the model is folded.
+         */
+        int gone[6] = {cv->in[1], cv->n_in > 2 ? cv->in[2] : -1, bn->in[1], bn->in[2], bn->in[3],
+                       bn->in[4]};
         cv->in[1] = wv;
         cv->in[2] = bv;
         cv->out[0] = bn->out[0];
         bn->dead = 1;
+        for (int k = 0; k < 6; k++) {
+            struct eng_value *ov = gone[k] >= 0 ? &eng->vals[gone[k]] : NULL;
+            if (ov && ov->n_uses > 0 && --ov->n_uses == 0 && !ov->is_output)
+                tensor_release(&ov->init);
+        }
     }
 done:
     free(producer);

@@ -28,7 +28,9 @@ struct eng_value {
     enum dtype dtype;
     int is_output;
     int n_uses;         /* readers among the nodes */
-    struct tensor init; /* EVK_CONST: the owned data */
+    int conv_weight;    /* EVK_CONST read only as the weight of one Conv/ConvTranspose */
+    struct tensor init; /* EVK_CONST: the owned data; NULL data once the backend holds the
+                         * weight itself (conv_weight only, see backend_ops.weight_resident) */
 };
 
 struct eng_node {
@@ -176,6 +178,9 @@ int engine_tensor_from_proto(const Onnx__TensorProto *tp, const char *what, cons
                              struct tensor *out, struct cerr *e);
 int engine_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, struct cerr *e);
 
+/* malloc_trim where glibc has it: hands freed load and compile memory back to the system. */
+void engine_trim_heap(void);
+
 /* Load-time graph rewrites (engine_fuse.c): folds constants and BatchNorm into Conv. */
 int engine_graph_optimize(struct engine *eng, struct cerr *e);
 
@@ -185,6 +190,8 @@ int engine_graph_optimize(struct engine *eng, struct cerr *e);
 int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct eng_plan **out,
                     struct cerr *e);
 void engine_plan_free(struct engine *eng, struct eng_plan *p);
+/* Frees host copies of convolution weights the backend now keeps in its own form. */
+void engine_release_resident_weights(struct engine *eng);
 int engine_plan_execute(struct engine *eng, struct eng_plan *p, const struct tensor *in,
                         struct tensor *out, struct cerr *e);
 const struct plan_graph *engine_plan_graph(const struct eng_plan *p);

@@ -544,6 +544,9 @@ int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct
     }
     eng->plans = np;
     eng->plans[eng->n_plans++] = p;
+    /* The compile's temporaries and any weights now held only by the backend go back. */
+    engine_release_resident_weights(eng);
+    engine_trim_heap();
     *out = p;
     return CORRAL_OK;
 }

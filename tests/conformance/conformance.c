@@ -14,7 +14,9 @@
  * the engine's device ("cpu", "cuda:0"). A test whose inputs the engine refuses
  * with CORRAL_EUNSUPP at run time (shapes that depend on input values) is
  * skipped with that reason too. Exit status:
- * 0 when no claimed test failed, 1 otherwise, 77 when DATA_ROOT is missing.
+ * 0 when no claimed test failed, 1 otherwise, 77 when DATA_ROOT is missing or
+ * the device cannot be opened (no such device, or no backend for it in this
+ * build): then one line "skipped: <reason>" is printed and nothing runs.
  */
 #include <dirent.h>
 #include <math.h>
@@ -24,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "backend.h"
 #include "engine.h"
 
 #define DEFAULT_ROOT "/usr/share/libonnx-testdata/data"
@@ -279,6 +282,20 @@ int main(int argc, char **argv)
         printf("conformance: data directory '%s' is missing; nothing to run\n", root);
         return 77;
     }
+    /* Open the device once up front, so a missing one is one skip, not a failure per test. */
+    struct backend be;
+    struct backend_options bo = {.threads = 1};
+    struct cerr de = {0};
+    int drc = backend_create(device, &bo, &be, &de);
+    if (drc == CORRAL_EUNAVAIL || drc == CORRAL_EUNSUPP) {
+        printf("skipped: %s\n", de.msg);
+        return 77;
+    }
+    if (drc) {
+        fprintf(stderr, "conformance: %s\n", de.msg);
+        return 2;
+    }
+    be.ops->destroy(&be);
     int counts[3] = {0};
     for (size_t s = 0; s < sizeof suites / sizeof suites[0]; s++) {
         char sd[4096];

@@ -8,3 +8,10 @@ target_link_libraries(corral-conformance PRIVATE corral_engine ${M_LIB})
 add_test(NAME conformance COMMAND corral-conformance -q ${CORRAL_ONNX_TESTDATA})
 set_tests_properties(conformance PROPERTIES SKIP_RETURN_CODE 77 LABELS "conformance;engine"
                      TIMEOUT 600)
+# The same runner on cuda:0 in builds with the CUDA backend; without a device it
+# prints "skipped: <reason>" and exits 77, which ctest reports as skipped.
+if(CORRAL_HAVE_CUDA_BACKEND)
+  add_test(NAME conformance_cuda COMMAND corral-conformance -q -d cuda:0 ${CORRAL_ONNX_TESTDATA})
+  set_tests_properties(conformance_cuda PROPERTIES SKIP_RETURN_CODE 77
+                       LABELS "conformance;engine;cuda" TIMEOUT 900)
+endif()

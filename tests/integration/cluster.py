@@ -105,6 +105,9 @@ class Cluster:
         argv = [os.path.join(self.build, "router", "corral-router"), "--listen", "127.0.0.1:0"]
         for name, r in self.replicas:
             argv += ["--replica", "%s=%s" % (name, r.match.group(1))]
+        if "--rpc-listen" not in extra:
+            # An ephemeral RPC port, so that routers of parallel tests do not collide.
+            argv += ["--rpc-listen", "tcp://127.0.0.1:0"]
         self.router_proc = Proc(argv + list(extra), r"listening on http://127\.0\.0\.1:(\d+)")
         self.port = int(self.router_proc.match.group(1))
         return self.port

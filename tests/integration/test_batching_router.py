@@ -70,8 +70,8 @@ class BatchingThroughRouter(unittest.TestCase):
         self.c.close()
         shutil.rmtree(self.repo, ignore_errors=True)
 
-    def start(self, model):
-        self.c.replica(model, "--test-hooks")
+    def start(self, model, *extra):
+        self.c.replica(model, "--test-hooks", *extra)
         self.c.router()
         self.c.wait_ready("/v2/models/%s/ready" % model)
         return self.c.replicas[-1][1]
@@ -117,7 +117,9 @@ class BatchingThroughRouter(unittest.TestCase):
         self.assertIn("priority", json.dumps(b))
 
     def test_queue_full_is_429_and_timeout_is_504(self):
-        self.start("digits_q")
+        # The 800 ms stall below stands for a slow batch, not a stuck executor: a stall
+        # limit above it keeps the replica live, so the router does not give up on it.
+        self.start("digits_q", "--stall-ms", "5000")
         x = self.ref["inputs"][0]
         out = {}
 

@@ -1,7 +1,8 @@
 /*
  * The router's HTTP server over real loopback sockets: keep-alive, pipelining
- * order, limits (431, 413), malformed input, HTTP/1.0, connection cap, idle
- * timeout and clients that leave while their answer is pending.
+ * order, limits (431, 413, 408), malformed input, HTTP/1.0, connection cap,
+ * idle timeout, clients that leave while their answer is pending (and the abort
+ * function that tells the handler), and listeners sharing a port.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -42,6 +43,15 @@ struct delayed {
 
 static void delayed_closed(uv_handle_t *h) { free(h->data); }
 
+static int g_aborts; /* abort functions run (loop thread writes, test reads after a wait) */
+
+static void on_abort(void *arg)
+{
+    struct delayed *d = arg;
+    __atomic_add_fetch(&g_aborts, 1, __ATOMIC_SEQ_CST);
+    snprintf(d->tag, sizeof d->tag, "aborted");
+}
+
 static void delayed_fire(uv_timer_t *t)
 {
     struct delayed *d = t->data;
@@ -62,6 +72,8 @@ static void handler(void *arg, struct http_request *req)
         uv_timer_init(&s->loop, &d->t);
         d->t.data = d;
         uv_timer_start(&d->t, delayed_fire, ms, 0);
+        if (strcmp(tag, "abortable") == 0)
+            http_request_on_abort(req, on_abort, d);
         return;
     }
     if (sscanf(req->path, "/big/%u", &ms) == 1) {
@@ -110,6 +122,7 @@ static int setup(void **state)
     s->lim.idle_timeout_ms = 400;
     s->lim.max_connections = 8;
     s->lim.max_pipelined = 4;
+    s->lim.request_timeout_ms = 300;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     pthread_create(&s->th, NULL, server_main, s);
@@ -421,6 +434,81 @@ static void test_client_leaves_early(void **state)
     close(fd);
 }
 
+static void test_abort_on_hangup(void **state)
+{
+    struct server *s = *state;
+    int before = __atomic_load_n(&g_aborts, __ATOMIC_SEQ_CST);
+    int fd = dial(s);
+    const char *req = "GET /slow/300/abortable HTTP/1.1\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    usleep(50 * 1000);
+    close(fd);
+    usleep(100 * 1000);
+    /* Told before its answer was due; plain requests never are. */
+    assert_int_equal(__atomic_load_n(&g_aborts, __ATOMIC_SEQ_CST), before + 1);
+    fd = dial(s);
+    req = "GET /slow/20/plain HTTP/1.1\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    close(fd);
+    usleep(300 * 1000);
+    assert_int_equal(__atomic_load_n(&g_aborts, __ATOMIC_SEQ_CST), before + 1);
+}
+
+static void test_request_timeout(void **state)
+{
+    struct server *s = *state;
+    int fd = dial(s), eof;
+    /* A slow sender keeps the connection busy but never finishes its request. */
+    const char *line = "GET /echo/a HTTP/1.1\r\n";
+    send_all(fd, line, strlen(line));
+    for (int i = 0; i < 4; i++) {
+        usleep(120 * 1000);
+        send(fd, "X: y\r\n", 6, MSG_NOSIGNAL);
+    }
+    char *out = read_all(fd, 400, &eof);
+    assert_non_null(strstr(out, "HTTP/1.1 408"));
+    assert_non_null(strstr(out, "within 300 ms"));
+    free(out);
+    close(fd);
+    /* A request that arrives in time on another connection is unaffected. */
+    fd = dial(s);
+    send_all(fd, "GET /echo/ok HTTP/1.1\r\n\r\n", 26);
+    out = read_all(fd, 200, &eof);
+    assert_non_null(strstr(out, "HTTP/1.1 200"));
+    free(out);
+    close(fd);
+}
+
+struct rp_server {
+    uv_loop_t loop;
+    struct http_server *srv;
+};
+
+static void test_reuseport(void **state)
+{
+    /* Two servers on one port, as router threads run them. */
+    struct rp_server a, b;
+    struct http_limits lim;
+    struct cerr e = {0};
+    int pa = 0, pb = 0;
+    http_limits_default(&lim);
+    uv_loop_init(&a.loop);
+    uv_loop_init(&b.loop);
+    assert_int_equal(http_server_new(&a.srv, &a.loop, &lim, handler, NULL, &e), 0);
+    assert_int_equal(http_server_new(&b.srv, &b.loop, &lim, handler, NULL, &e), 0);
+    http_server_set_reuseport(a.srv, 1);
+    http_server_set_reuseport(b.srv, 1);
+    assert_int_equal(http_server_listen(a.srv, "127.0.0.1", 0, &pa, &e), 0);
+    assert_int_equal(http_server_listen(b.srv, "127.0.0.1", pa, &pb, &e), 0);
+    assert_int_equal(pa, pb);
+    http_server_close(a.srv, NULL, NULL);
+    http_server_close(b.srv, NULL, NULL);
+    uv_run(&a.loop, UV_RUN_DEFAULT);
+    uv_run(&b.loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&a.loop), 0);
+    assert_int_equal(uv_loop_close(&b.loop), 0);
+}
+
 int main(void)
 {
     /* libuv writes with write(2): a client that left must not kill the process. */
@@ -437,6 +525,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_head, setup, teardown),
         cmocka_unit_test_setup_teardown(test_idle_and_connection_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_leaves_early, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_abort_on_hangup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_request_timeout, setup, teardown),
+        cmocka_unit_test(test_reuseport),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

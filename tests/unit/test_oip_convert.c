@@ -218,7 +218,8 @@ static void test_parse_request(void **state)
         {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FLOAT\",\"data\":[1]}]}", CORRAL_EINVAL, "input 'a' has unknown datatype 'FLOAT'"},
         {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\"}]}", CORRAL_EINVAL, "input 'a' has no 'data'"},
         {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]},{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}", CORRAL_EINVAL, "input 'a' appears twice"},
-        {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],\"outputs\":[{\"name\":\"o\",\"parameters\":{\"classification\":3}}]}", CORRAL_EUNSUPP, "classification"},
+        {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],\"outputs\":[{\"name\":\"o\",\"parameters\":{\"classification\":0}}]}", CORRAL_EINVAL, "classification must be an integer from 1"},
+        {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],\"parameters\":{\"timeout\":-5}}", CORRAL_EINVAL, "timeout must be an integer number of microseconds"},
         {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],\"outputs\":[{\"name\":\"o\"},{\"name\":\"o\"}]}", CORRAL_EINVAL, "output 'o' is requested twice"},
         {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],\"parameters\":{\"p\":[1]}}", CORRAL_EINVAL, "request parameter 'p' is an array, expected a string, number or boolean"},
         {"{\"inputs\":[{\"name\":\"a\",\"shape\":[1,1,1,1,1,1,1,1,1],\"datatype\":\"FP32\",\"data\":[1]}]}", CORRAL_EINVAL, "9 dimensions, expected at most 8"},
@@ -380,9 +381,209 @@ static void test_tensor_to_json(void **state)
     buf_free(&b);
 }
 
+static void test_classify(void **state)
+{
+    /* Two rows of four scores, with a tie and a NaN: highest first, ties by index. */
+    float f[] = {0.1f, 0.7f, 0.7f, 0.2f, NAN, -1.0f, 3.0f, 2.0f};
+    int64_t shape[] = {2, 4};
+    Corral__Tensor t = mk("probs", DT_FP32, shape, 2, f, sizeof f);
+    char *labels[] = {"zero", "one", "two"};
+    int64_t out_shape[2];
+    int nd = 0;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    struct cerr e = {0};
+    assert_int_equal(oip_classify(&t, 3, labels, 3, out_shape, &nd, &data, &len, &e), 0);
+    assert_int_equal(nd, 2);
+    assert_int_equal(out_shape[0], 2);
+    assert_int_equal(out_shape[1], 3);
+    struct buf b = {0};
+    assert_int_equal(oip_tensor_to_json(&b, "o", DT_BYTES, data, len, &e), 0);
+    char *js = buf_steal(&b, NULL);
+    assert_string_equal(js, "[\"0.700000:1:one\",\"0.700000:2:two\",\"0.200000:3\","
+                            "\"3.000000:2:two\",\"2.000000:3\",\"-1.000000:1:one\"]");
+    free(js);
+    free(data);
+    /* k larger than the classes; a 1-D output; integer scores. */
+    int32_t iv[] = {5, 9, 1};
+    int64_t s1[] = {3};
+    Corral__Tensor ti = mk("v", DT_INT32, s1, 1, iv, sizeof iv);
+    assert_int_equal(oip_classify(&ti, 10, NULL, 0, out_shape, &nd, &data, &len, &e), 0);
+    assert_int_equal(nd, 1);
+    assert_int_equal(out_shape[0], 3);
+    assert_int_equal(oip_tensor_to_json(&b, "o", DT_BYTES, data, len, &e), 0);
+    js = buf_steal(&b, NULL);
+    assert_string_equal(js, "[\"9.000000:1\",\"5.000000:0\",\"1.000000:2\"]");
+    free(js);
+    free(data);
+    uint8_t bytes[] = {1, 0, 0, 0, 'x'};
+    Corral__Tensor tb = mk("s", DT_BYTES, s1, 1, bytes, sizeof bytes);
+    assert_int_equal(oip_classify(&tb, 1, NULL, 0, out_shape, &nd, &data, &len, &e),
+                     CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "numeric output"));
+}
+
+static Corral__MetadataResponse *meta_new(const char *name, enum dtype dt, const int64_t *shape,
+                                          size_t nd, int n_inputs)
+{
+    static Corral__TensorMetadata tm[2];
+    static Corral__TensorMetadata *tp[2];
+    static int64_t sh[2][8];
+    static Corral__MetadataResponse md;
+    corral__metadata_response__init(&md);
+    for (int i = 0; i < n_inputs; i++) {
+        corral__tensor_metadata__init(&tm[i]);
+        tm[i].name = (char *)(i ? "b" : name);
+        tm[i].datatype = (Corral__DataType)dt;
+        memcpy(sh[i], shape, nd * sizeof *shape);
+        tm[i].shape = sh[i];
+        tm[i].n_shape = nd;
+        tp[i] = &tm[i];
+    }
+    md.inputs = tp;
+    md.n_inputs = (size_t)n_inputs;
+    return &md;
+}
+
+static void test_raw_body(void **state)
+{
+    struct oip_infer in;
+    struct cerr e = {0};
+    int64_t s[] = {-1, 4};
+    Corral__MetadataResponse *md = meta_new("x", DT_FP32, s, 2, 1);
+    float v[4] = {1, 2, 3, 4};
+    assert_int_equal(oip_infer_raw(md, (uint8_t *)v, sizeof v, "m", "", &in, &e), 0);
+    assert_int_equal(in.ir.n_inputs, 1);
+    assert_int_equal(in.ir.inputs[0]->shape[0], 1);
+    assert_int_equal(in.ir.inputs[0]->shape[1], 4);
+    assert_memory_equal(in.ir.inputs[0]->data.data, v, sizeof v);
+    oip_infer_free(&in);
+    assert_int_equal(oip_infer_raw(md, (uint8_t *)v, 12, "m", "", &in, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "raw body has 12 bytes"));
+    oip_infer_free(&in);
+    /* One variable dimension besides the batch comes from the size. */
+    int64_t s2[] = {-1, -1, 2};
+    md = meta_new("x", DT_INT16, s2, 3, 1);
+    int16_t w[6] = {0};
+    assert_int_equal(oip_infer_raw(md, (uint8_t *)w, sizeof w, "m", "", &in, &e), 0);
+    assert_int_equal(in.ir.inputs[0]->shape[1], 3);
+    oip_infer_free(&in);
+    int64_t sb[] = {-1};
+    md = meta_new("s", DT_BYTES, sb, 1, 1);
+    assert_int_equal(oip_infer_raw(md, (const uint8_t *)"hey", 3, "m", "", &in, &e), 0);
+    assert_int_equal(in.ir.inputs[0]->data.len, 7);
+    assert_memory_equal(in.ir.inputs[0]->data.data, "\3\0\0\0hey", 7);
+    oip_infer_free(&in);
+    md = meta_new("x", DT_FP32, s, 2, 2);
+    assert_int_equal(oip_infer_raw(md, (uint8_t *)v, sizeof v, "m", "", &in, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "exactly one input"));
+    oip_infer_free(&in);
+}
+
+static void test_predict(void **state)
+{
+    struct oip_infer in;
+    struct cerr e = {0};
+    int64_t s[] = {-1, 2, -1};
+    Corral__MetadataResponse *md = meta_new("x", DT_INT32, s, 3, 1);
+    const char *body = "{\"instances\": [[[1,2,3],[4,5,6]], [[7,8,9],[10,11,12]]]}";
+    assert_int_equal(oip_predict_parse(md, body, strlen(body), "m", "", &in, &e), 0);
+    const Corral__Tensor *t = in.ir.inputs[0];
+    assert_int_equal(t->n_shape, 3);
+    assert_int_equal(t->shape[0], 2);
+    assert_int_equal(t->shape[1], 2);
+    assert_int_equal(t->shape[2], 3);
+    assert_int_equal(((int32_t *)t->data.data)[11], 12);
+    assert_int_equal(in.predict, 1);
+
+    /* The answer: one entry per row, nested like the output's own dimensions. */
+    int32_t o[] = {1, 2, 3, 4};
+    int64_t os[] = {2, 2};
+    Corral__Tensor ot = mk("y", DT_INT32, os, 2, o, sizeof o);
+    Corral__Tensor *outs[] = {&ot};
+    Corral__InferResponse r = CORRAL__INFER_RESPONSE__INIT;
+    r.outputs = outs;
+    r.n_outputs = 1;
+    char *out = NULL;
+    size_t len = 0, jlen = 0;
+    assert_int_equal(oip_infer_response_render(&r, &in, "m", &out, &len, &jlen, &e), 0);
+    assert_string_equal(out, "{\"predictions\":[[1,2],[3,4]]}");
+    free(out);
+    Corral__Tensor ot2 = mk("z", DT_BOOL, (int64_t[]){2}, 1, (uint8_t[]){1, 0}, 2);
+    Corral__Tensor *outs2[] = {&ot, &ot2};
+    r.outputs = outs2;
+    r.n_outputs = 2;
+    assert_int_equal(oip_infer_response_render(&r, &in, "m", &out, &len, &jlen, &e), 0);
+    assert_string_equal(out, "{\"predictions\":[{\"y\":[1,2],\"z\":true},{\"y\":[3,4],\"z\":false}]}");
+    free(out);
+    oip_infer_free(&in);
+
+    const char *bad[] = {"{}", "{\"instances\": []}", "{\"instances\": [[1,2]]}",
+                         "{\"instances\": [{\"q\": 1}]}", "[1"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(oip_predict_parse(md, bad[i], strlen(bad[i]), "m", "", &in, &e), 0);
+        oip_infer_free(&in);
+    }
+    /* Two inputs: instances name them. */
+    int64_t s1[] = {-1};
+    md = meta_new("a", DT_FP64, s1, 1, 2);
+    const char *two = "{\"instances\": [{\"a\": 1.5, \"b\": 2}, {\"a\": 3, \"b\": 4}]}";
+    assert_int_equal(oip_predict_parse(md, two, strlen(two), "m", "", &in, &e), 0);
+    assert_int_equal(in.ir.n_inputs, 2);
+    assert_true(((double *)in.ir.inputs[1]->data.data)[1] == 4.0);
+    oip_infer_free(&in);
+    const char *flat = "{\"instances\": [1, 2]}";
+    assert_int_equal(oip_predict_parse(md, flat, strlen(flat), "m", "", &in, &e), CORRAL_EINVAL);
+    assert_non_null(strstr(e.msg, "must be an object"));
+    oip_infer_free(&in);
+}
+
+static void test_hidden_params_and_timeout(void **state)
+{
+    struct oip_infer in;
+    struct cerr e = {0};
+    const char *req = "{\"inputs\":[{\"name\":\"a\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],"
+                      "\"parameters\":{\"timeout\":2500,\"priority\":2}}";
+    assert_int_equal(oip_infer_parse(req, strlen(req), NULL, 0, "m", "", &in, &e), 0);
+    assert_int_equal(in.timeout_us, 2500);
+    assert_int_equal(in.ir.n_parameters, 2); /* forwarded: the batcher reads both */
+    float f = 1;
+    int64_t s[] = {1};
+    Corral__Tensor t = mk("a", DT_FP32, s, 1, &f, 4);
+    Corral__Tensor *outs[] = {&t};
+    Corral__Parameter q = CORRAL__PARAMETER__INIT, u = CORRAL__PARAMETER__INIT;
+    q.key = "corral_queue_us";
+    q.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
+    q.int64_value = 5;
+    u.key = "user";
+    u.value_case = CORRAL__PARAMETER__VALUE_BOOL_VALUE;
+    u.bool_value = 1;
+    Corral__Parameter *ps[] = {&q, &u};
+    Corral__InferResponse r = CORRAL__INFER_RESPONSE__INIT;
+    r.outputs = outs;
+    r.n_outputs = 1;
+    r.parameters = ps;
+    r.n_parameters = 2;
+    char *body = NULL;
+    size_t len = 0, jlen = 0;
+    assert_int_equal(oip_infer_response_render(&r, &in, "m", &body, &len, &jlen, &e), 0);
+    assert_null(strstr(body, "corral_queue_us"));
+    assert_non_null(strstr(body, "\"parameters\":{\"user\":true}"));
+    free(body);
+    r.n_parameters = 1; /* only hidden ones: no parameters object at all */
+    assert_int_equal(oip_infer_response_render(&r, &in, "m", &body, &len, &jlen, &e), 0);
+    assert_null(strstr(body, "parameters"));
+    free(body);
+    oip_infer_free(&in);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_classify),
+        cmocka_unit_test(test_raw_body),
+        cmocka_unit_test(test_predict),
+        cmocka_unit_test(test_hidden_params_and_timeout),
         cmocka_unit_test(test_flat_and_nested),
         cmocka_unit_test(test_integer_types),
         cmocka_unit_test(test_bool_float_bytes),

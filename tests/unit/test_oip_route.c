@@ -31,6 +31,14 @@ static void test_routes(void **state)
     expect_route("/v2/models/digits/versions/3", OIP_MODEL_META, "digits", "3");
     expect_route("/v2/models/digits/versions/3/ready", OIP_MODEL_READY, "digits", "3");
     expect_route("/v2/models/digits/versions/3/infer", OIP_MODEL_INFER, "digits", "3");
+    expect_route("/v2/models/digits/stats", OIP_MODEL_STATS, "digits", "");
+    expect_route("/v2/models/digits/versions/2/stats", OIP_MODEL_STATS, "digits", "2");
+    expect_route("/v2/models/stats", OIP_ALL_STATS, "", "");
+    expect_route("/metrics", OIP_METRICS, "", "");
+    expect_route("/v2/corral/replicas", OIP_REPLICAS, "", "");
+    expect_route("/v1/models/digits", OIP_V1_MODEL, "digits", "");
+    expect_route("/v1/models/digits:predict", OIP_V1_PREDICT, "digits", "");
+    expect_route("/v1/models/a:b:predict", OIP_V1_PREDICT, "a:b", "");
     /* A model may be called "versions" or "ready"; position decides. */
     expect_route("/v2/models/ready", OIP_MODEL_META, "ready", "");
     expect_route("/v2/models/versions/infer", OIP_MODEL_INFER, "versions", "");
@@ -39,7 +47,9 @@ static void test_routes(void **state)
                           "/v2/health/live/x", "/v2/models", "/v2/models/", "/v2/models//infer",
                           "/v2/models/m/infer/", "/v2/models/m/versions", "/v2/models/m/versions/",
                           "/v2/models/m/versions/1/infer/x", "/v2/models/m/stats/x",
-                          "/v2/models/m/predict", "v2/health/live", "/V2/health/live"};
+                          "/v2/models/m/predict", "v2/health/live", "/V2/health/live",
+                          "/v1/models/:predict", "/v1/models/m:explain", "/v1/models",
+                          "/metrics/x", "/v2/corral", "/v2/corral/x"};
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++)
         expect_route(none[i], OIP_NOT_FOUND, "", "");
 

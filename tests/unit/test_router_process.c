@@ -83,6 +83,10 @@ static void test_bad_args(void **state)
         {{"corral-router", "--listen", "127.0.0.1:0", "--frobnicate", NULL}, "unknown or incomplete option '--frobnicate'"},
         {{"corral-router", "--listen", "127.0.0.1:0", "--timeout-ms", "abc", NULL}, "--timeout-ms 'abc'"},
         {{"corral-router", "--log-level", "loud", NULL}, "--log-level 'loud'"},
+        {{"corral-router", "--listen", "127.0.0.1:0", "--threads", "0", NULL}, "--threads '0'"},
+        {{"corral-router", "--listen", "127.0.0.1:0", "--rpc-listen", "nowhere", NULL}, "--rpc-listen 'nowhere'"},
+        {{"corral-router", "--listen", "127.0.0.1:0", "--max-body-bytes", "12", NULL}, "--max-body-bytes '12'"},
+        {{"corral-router", "--listen", "127.0.0.1:0", "--eject-after", "x", NULL}, "--eject-after 'x'"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *log = "router-args.log";
@@ -109,7 +113,7 @@ static int start(struct proc *p)
     snprintf(p->log, sizeof p->log, "router-%d.log", (int)getpid());
     char *argv[] = {"corral-router", "--listen", "127.0.0.1:0", "--replica",
                     "digits=tcp://127.0.0.1:1", "--health-interval-ms", "50", "--log-level",
-                    "debug", NULL};
+                    "debug", "--rpc-listen", "tcp://127.0.0.1:0", "--threads", "2", NULL};
     p->pid = spawn_router(argv, p->log);
     for (int i = 0; i < 500; i++) {
         char *out = slurp(p->log);

@@ -1,0 +1,373 @@
+/*
+ * corralctl: operator CLI.
+ *
+ *     corralctl infer  --rpc URL --model NAME [--version V] [--timeout-ms N]
+ *                      [--id ID] [--output NAME ...] [--repeat N] FILE|-
+ *         Sends the OIP infer body in FILE (JSON {"inputs": [...]}) over RPC with
+ *         libcorral and prints the answer as OIP JSON.
+ *     corralctl health --rpc URL
+ *     corralctl status --http HOST:PORT
+ *         Prints the router's replica table (model, version, state, in flight).
+ *
+ * Exit status: 0 success; 1 the request failed; 2 usage; 3 (status) some model
+ * has no ready replica.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "corral/client.h"
+#include "oip.h"
+
+static const char synopsis[] =
+    "usage: corralctl infer --rpc URL --model NAME [--version V] [--timeout-ms N] [--id ID]\n"
+    "                       [--output NAME ...] [--repeat N] FILE|-\n"
+    "       corralctl health --rpc URL\n"
+    "       corralctl status --http HOST:PORT\n";
+
+static int usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "corralctl: ");
+    fprintf(stderr, msg, arg);
+    fprintf(stderr, "\n%s", synopsis);
+    return 2;
+}
+
+static char *read_all(const char *path, size_t *len)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    struct buf b = {0};
+    char chunk[65536];
+    size_t n;
+    if (!f)
+        return NULL;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        buf_append(&b, chunk, n);
+    if (f != stdin)
+        fclose(f);
+    return buf_steal(&b, len);
+}
+
+static void print_result(const struct corral_infer_result *res, const char *model)
+{
+    struct buf b = {0};
+    struct cerr e = {0};
+    const char *version = corral_result_model_version(res);
+    const char *id = corral_result_id(res);
+    buf_puts(&b, "{\"model_name\":");
+    buf_json_string(&b, model, strlen(model));
+    buf_puts(&b, ",\"model_version\":");
+    buf_json_string(&b, version, strlen(version));
+    if (id[0]) {
+        buf_puts(&b, ",\"id\":");
+        buf_json_string(&b, id, strlen(id));
+    }
+    buf_puts(&b, ",\"outputs\":[");
+    for (size_t i = 0; i < corral_result_output_count(res); i++) {
+        struct corral_tensor t;
+        corral_result_output(res, i, &t);
+        buf_puts(&b, i ? ",{\"name\":" : "{\"name\":");
+        buf_json_string(&b, t.name, strlen(t.name));
+        const char *dn = corral_datatype_name(t.datatype);
+        buf_printf(&b, ",\"datatype\":\"%s\",\"shape\":[", dn ? dn : "?");
+        for (size_t d = 0; d < t.ndim; d++)
+            buf_printf(&b, d ? ",%lld" : "%lld", (long long)t.shape[d]);
+        buf_puts(&b, "],\"data\":");
+        if (oip_tensor_to_json(&b, "output", (enum dtype)t.datatype, t.data, t.nbytes, &e))
+            buf_puts(&b, "null");
+        buf_putc(&b, '}');
+    }
+    buf_puts(&b, "]}");
+    size_t len = 0;
+    char *s = buf_steal(&b, &len);
+    if (s)
+        printf("%s\n", s);
+    free(s);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmd_infer(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"rpc", required_argument, NULL, 'r'},      {"model", required_argument, NULL, 'm'},
+        {"version", required_argument, NULL, 'v'},  {"timeout-ms", required_argument, NULL, 't'},
+        {"id", required_argument, NULL, 'i'},       {"output", required_argument, NULL, 'o'},
+        {"repeat", required_argument, NULL, 'n'},   {NULL, 0, NULL, 0},
+    };
+    const char *url = NULL, *model = NULL, *version = "", *id = NULL;
+    const char **outs = calloc((size_t)argc + 1, sizeof *outs);
+    size_t n_outs = 0;
+    long timeout = 0, repeat = 1;
+    int c, rc = 1;
+    char *body = NULL;
+    struct oip_infer in;
+    struct corral_tensor *ts = NULL;
+    struct corral_client *cl = NULL;
+    memset(&in, 0, sizeof in);
+    if (!outs)
+        return 1;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r': url = optarg; break;
+        case 'm': model = optarg; break;
+        case 'v': version = optarg; break;
+        case 'i': id = optarg; break;
+        case 'o': outs[n_outs++] = optarg; break;
+        case 't':
+            timeout = strtol(optarg, NULL, 10);
+            if (timeout <= 0) {
+                rc = usage_error("--timeout-ms '%s' is not a positive number", optarg);
+                goto out;
+            }
+            break;
+        case 'n':
+            repeat = strtol(optarg, NULL, 10);
+            if (repeat <= 0) {
+                rc = usage_error("--repeat '%s' is not a positive number", optarg);
+                goto out;
+            }
+            break;
+        default: rc = usage_error("unknown or incomplete option '%s'", argv[optind - 1]); goto out;
+        }
+    }
+    if (!url || !model || optind != argc - 1) {
+        rc = usage_error("%s", "infer needs --rpc URL, --model NAME and one input FILE (or -)");
+        goto out;
+    }
+    size_t len = 0;
+    body = read_all(argv[optind], &len);
+    if (!body) {
+        fprintf(stderr, "corralctl: cannot read '%s': %s\n", argv[optind], strerror(errno));
+        goto out;
+    }
+    struct cerr e = {0};
+    if (oip_infer_parse(body, len, NULL, 0, model, version, &in, &e)) {
+        fprintf(stderr, "corralctl: %s: %s\n", argv[optind], e.msg);
+        goto out;
+    }
+    ts = calloc(in.ir.n_inputs, sizeof *ts);
+    if (!ts)
+        goto out;
+    for (size_t i = 0; i < in.ir.n_inputs; i++) {
+        const Corral__Tensor *t = in.ir.inputs[i];
+        ts[i] = (struct corral_tensor){t->name, (int)t->datatype, t->shape, t->n_shape,
+                                       t->data.data, t->data.len};
+    }
+    struct corral_error err;
+    if (corral_connect(&cl, url, NULL, &err)) {
+        fprintf(stderr, "corralctl: %s\n", err.message);
+        goto out;
+    }
+    struct corral_infer_request rq = {
+        .model = model, .version = version, .id = id ? id : in.id, .inputs = ts,
+        .n_inputs = in.ir.n_inputs, .outputs = outs, .n_outputs = n_outs,
+        .timeout_ms = (unsigned)timeout,
+    };
+    double *lat = calloc((size_t)repeat, sizeof *lat);
+    if (!lat)
+        goto out;
+    double t0 = now_s();
+    for (long k = 0; k < repeat; k++) {
+        struct corral_infer_result *res = NULL;
+        double t1 = now_s();
+        int irc = corral_infer(cl, &rq, &res, &err);
+        lat[k] = now_s() - t1;
+        if (irc) {
+            free(lat);
+            fprintf(stderr, "corralctl: infer failed: %s: %s\n", corral_status_name(err.status),
+                    err.message);
+            goto out;
+        }
+        if (k == repeat - 1)
+            print_result(res, model);
+        corral_result_free(res);
+    }
+    if (repeat > 1) {
+        /* Closed loop, one request at a time: the latency figures the benchmarks quote. */
+        double total = now_s() - t0;
+        qsort(lat, (size_t)repeat, sizeof *lat, cmp_double);
+        fprintf(stderr, "RESULT requests=%ld seconds=%.3f p50_us=%.1f p90_us=%.1f p99_us=%.1f\n",
+                repeat, total, lat[repeat / 2] * 1e6, lat[repeat * 9 / 10] * 1e6,
+                lat[repeat * 99 / 100] * 1e6);
+    }
+    free(lat);
+    rc = 0;
+out:
+    corral_close(cl);
+    free(ts);
+    oip_infer_free(&in);
+    free(body);
+    free(outs);
+    return rc;
+}
+
+static int cmd_health(int argc, char **argv)
+{
+    static const struct option opts[] = {{"rpc", required_argument, NULL, 'r'}, {NULL, 0, NULL, 0}};
+    const char *url = NULL;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c != 'r')
+            return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+        url = optarg;
+    }
+    if (!url)
+        return usage_error("%s", "health needs --rpc URL");
+    struct corral_client *cl;
+    struct corral_error err;
+    int live = 0, ready = 0;
+    if (corral_connect(&cl, url, NULL, &err) ||
+        corral_health(cl, 3000, &live, &ready, &err)) {
+        fprintf(stderr, "corralctl: %s\n", err.message);
+        return 1;
+    }
+    corral_close(cl);
+    printf("live: %s\nready: %s\n", live ? "yes" : "no", ready ? "yes" : "no");
+    return ready ? 0 : 3;
+}
+
+/* A blocking GET over a fresh connection; returns the body (malloc'd) and the status. */
+static char *http_get(const char *hostport, const char *path, int *status)
+{
+    char host[256], port[16];
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || (size_t)(colon - hostport) >= sizeof host || strlen(colon + 1) >= sizeof port)
+        return NULL;
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = '\0';
+    snprintf(port, sizeof port, "%s", colon + 1);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(host, port, &hints, &res) != 0 || !res)
+        return NULL;
+    int fd = socket(res->ai_family, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, res->ai_addr, res->ai_addrlen) != 0) {
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return NULL;
+    }
+    freeaddrinfo(res);
+    char req[512];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
+                     path, hostport);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return NULL;
+    }
+    struct buf b = {0};
+    char chunk[65536];
+    ssize_t got;
+    while ((got = read(fd, chunk, sizeof chunk)) > 0)
+        buf_append(&b, chunk, (size_t)got);
+    close(fd);
+    size_t len = 0;
+    char *all = buf_steal(&b, &len);
+    if (!all)
+        return NULL;
+    *status = 0;
+    sscanf(all, "HTTP/1.%*d %d", status);
+    char *sep = strstr(all, "\r\n\r\n");
+    char *body = strdup(sep ? sep + 4 : "");
+    free(all);
+    return body;
+}
+
+static int cmd_status(int argc, char **argv)
+{
+    static const struct option opts[] = {{"http", required_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
+    const char *hp = NULL;
+    int c, status = 0;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c != 'h')
+            return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+        hp = optarg;
+    }
+    if (!hp)
+        return usage_error("%s", "status needs --http HOST:PORT (the router's HTTP address)");
+    char *body = http_get(hp, "/v2/corral/replicas", &status);
+    if (!body || status != 200) {
+        fprintf(stderr, "corralctl: cannot read the replica table from http://%s (%s)\n", hp,
+                body ? body : "no answer");
+        free(body);
+        return 1;
+    }
+    json_error_t je;
+    json_t *root = json_loads(body, 0, &je);
+    free(body);
+    json_t *reps = json_object_get(root, "replicas");
+    json_t *models = json_object_get(root, "models");
+    if (!json_is_array(reps) || !json_is_array(models)) {
+        fprintf(stderr, "corralctl: the router's answer is not a replica table\n");
+        json_decref(root);
+        return 1;
+    }
+    printf("%-16s %-8s %-11s %8s  %-28s %s\n", "MODEL", "VERSION", "STATE", "INFLIGHT", "REPLICA",
+           "WHY");
+    size_t i;
+    json_t *r;
+    json_array_foreach(reps, i, r)
+    {
+        printf("%-16s %-8s %-11s %8lld  %-28s %s\n",
+               json_string_value(json_object_get(r, "model")),
+               json_string_value(json_object_get(r, "version"))[0]
+                   ? json_string_value(json_object_get(r, "version"))
+                   : "-",
+               json_string_value(json_object_get(r, "state")),
+               json_integer_value(json_object_get(r, "outstanding")),
+               json_string_value(json_object_get(r, "url")),
+               json_string_value(json_object_get(r, "why")));
+    }
+    int all_ready = 1;
+    json_array_foreach(models, i, r)
+    {
+        long long n = json_integer_value(json_object_get(r, "ready_replicas"));
+        printf("model %s: %lld ready replica%s\n", json_string_value(json_object_get(r, "name")),
+               n, n == 1 ? "" : "s");
+        all_ready &= n > 0;
+    }
+    json_decref(root);
+    return all_ready ? 0 : 3;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
+        fputs(synopsis, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "infer") == 0)
+        return cmd_infer(argc - 1, argv + 1);
+    if (strcmp(argv[1], "health") == 0)
+        return cmd_health(argc - 1, argv + 1);
+    if (strcmp(argv[1], "status") == 0)
+        return cmd_status(argc - 1, argv + 1);
+    return usage_error("unknown command '%s' (expected infer, health or status)", argv[1]);
+}

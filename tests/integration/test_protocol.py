@@ -1,0 +1,486 @@
+"""The router's whole HTTP surface against real replicas: every OIP endpoint
+with and without versions, every numeric datatype as JSON (flat and nested)
+and as binary tensor data (in both directions, mixed with JSON in one
+request), raw binary bodies, requested outputs, classification, statistics,
+the v1 predict form, request ids, and the error statuses 400, 404, 405, 408,
+413, 429, 431, 503 and 504. Bad requests are thrown at the router while valid
+ones keep being answered; a client that hangs up cancels its request; a
+replica that dies has its requests retried on another.
+
+Usage: test_protocol.py BUILD_DIR REPO_ROOT
+"""
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_protocol_util import stop_and_check, DTYPES, make_repo, sample, start_cluster  # noqa: E402
+
+BUILD, ROOT = sys.argv[1], sys.argv[2]
+
+
+def raw_request(port, data, timeout=10, read=True):
+    """Sends bytes on a fresh connection; returns (status, headers dict, body bytes)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(data)
+        if not read:
+            return None
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1]) if lines and lines[0] else 0
+        hdrs = {}
+        for ln in lines[1:]:
+            k, _, v = ln.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        want = int(hdrs.get("content-length", "0"))
+        while len(body) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return status, hdrs, body
+    finally:
+        s.close()
+
+
+def to_le_bytes(arr):
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def from_json_values(dt, values, shape):
+    return np.array(values, dtype=DTYPES[dt][0]).reshape(shape)
+
+
+class Protocol(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="corral-proto-")
+        make_repo(cls.tmp.name, ROOT)
+        with open(os.path.join(ROOT, "tests", "data", "digits_heldout.json")) as f:
+            cls.ref = json.load(f)
+        cls.c = start_cluster(
+            BUILD, cls.tmp.name,
+            [("digits", []), ("digits", []), ("dtypes", []),
+             ("slow", ["--test-hooks", "--stall-ms", "10000"])],
+            router_args=["--max-body-bytes", "1048576", "--request-timeout-ms", "600",
+                         "--replica", "ghost=tcp://127.0.0.1:1", "--log-level", "debug"],
+            ready=["digits", "dtypes", "slow"])
+        cls.port = cls.c.port
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            stop_and_check(cls.c)
+        finally:
+            cls.tmp.cleanup()
+
+    # ---- helpers ----
+
+    def infer(self, model, body, headers=None, version=None):
+        path = "/v2/models/%s%s/infer" % (model, "/versions/%s" % version if version else "")
+        return self.c.http("POST", path, body, headers=headers)
+
+    def digits_body(self, rows, **extra):
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(rows), 64],
+                            "data": [v for r in rows for v in r]}]}
+        body.update(extra)
+        return body
+
+    def assert_error(self, status, resp, want, *words):
+        self.assertEqual(status, want, resp)
+        self.assertIsInstance(resp, dict, resp)
+        for w in words:
+            self.assertIn(w.lower(), resp.get("error", "").lower(), resp)
+
+    def binary_post(self, model, header, chunks, extra_headers=None):
+        head = json.dumps(header).encode()
+        hdrs = {"Inference-Header-Content-Length": str(len(head)),
+                "Content-Type": "application/octet-stream"}
+        hdrs.update(extra_headers or {})
+        status, data, resp = self.c.http("POST", "/v2/models/%s/infer" % model,
+                                         head + b"".join(chunks), headers=hdrs, raw=True)
+        hcl = resp.getheader("Inference-Header-Content-Length")
+        jlen = int(hcl) if hcl is not None else len(data)
+        return status, json.loads(data[:jlen]), data[jlen:]
+
+    # ---- endpoints ----
+
+    def test_server_metadata_and_health(self):
+        status, md = self.c.http("GET", "/v2")
+        self.assertEqual(status, 200)
+        self.assertEqual(md["name"], "corral")
+        for ext in ("binary_tensor_data", "classification", "statistics"):
+            self.assertIn(ext, md["extensions"])
+        self.assertEqual(self.c.http("GET", "/v2/health/live")[0], 200)
+        # The ghost model has no replica that answers, so the server is not ready as a whole.
+        self.assertEqual(self.c.http("GET", "/v2/health/ready")[0], 503)
+        self.assertEqual(self.c.http("HEAD", "/v2/health/live")[0], 200)
+
+    def test_model_metadata_and_ready_with_versions(self):
+        for path in ("/v2/models/digits", "/v2/models/digits/versions/1"):
+            status, md = self.c.http("GET", path)
+            self.assertEqual(status, 200, md)
+            self.assertEqual(md["versions"], ["1"])
+            self.assertEqual(md["inputs"][0]["shape"], [-1, 64])
+        self.assertEqual(self.c.http("GET", "/v2/models/digits/ready")[0], 200)
+        self.assertEqual(self.c.http("GET", "/v2/models/digits/versions/1/ready")[0], 200)
+        status, resp = self.c.http("GET", "/v2/models/digits/versions/9")
+        self.assert_error(status, resp, 404, "version '9'")
+        self.assertEqual(self.c.http("GET", "/v2/models/digits/versions/9/ready")[0], 404)
+        self.assertEqual(self.c.http("GET", "/v2/models/ghost/ready")[0], 503)
+        status, md = self.c.http("GET", "/v2/models/dtypes")
+        self.assertEqual([t["datatype"] for t in md["inputs"]], list(DTYPES))
+        status, v1 = self.c.http("GET", "/v1/models/digits")
+        self.assertEqual((status, v1), (200, {"name": "digits", "ready": True}))
+
+    def test_infer_with_and_without_version(self):
+        x = self.ref["inputs"][0]
+        for version in (None, "1"):
+            status, resp = self.infer("digits", self.digits_body([x]), version=version)
+            self.assertEqual(status, 200, resp)
+            self.assertEqual(resp["model_version"], "1")
+            np.testing.assert_allclose(resp["outputs"][0]["data"], self.ref["logits"][0],
+                                       atol=1e-4)
+        status, resp = self.infer("digits", self.digits_body([x]), version="7")
+        self.assert_error(status, resp, 404, "version '7'")
+
+    def all_inputs(self, rows=2):
+        return [{"name": "x_" + dt.lower(), "datatype": dt, "shape": [rows, 3],
+                 "data": sample(dt, rows, json_safe=True).tolist()} for dt in DTYPES]
+
+    def test_every_datatype_json_flat_and_nested(self):
+        for dt in DTYPES:
+            arr = sample(dt, json_safe=True)
+            vals = arr.tolist()
+            for data in (vals, [v for r in vals for v in r]):
+                inputs = self.all_inputs()
+                inputs[list(DTYPES).index(dt)]["data"] = data
+                body = {"inputs": inputs, "outputs": [{"name": "y_" + dt.lower()}]}
+                status, resp = self.infer("dtypes", body)
+                self.assertEqual(status, 200, (dt, resp))
+                out = resp["outputs"][0]
+                self.assertEqual((out["datatype"], out["shape"]), (dt, [2, 3]))
+                np.testing.assert_array_equal(from_json_values(dt, out["data"], [2, 3]), arr,
+                                              err_msg=dt)
+
+    def test_every_datatype_binary_both_ways_mixed_with_json(self):
+        header = {"inputs": [], "outputs": []}
+        chunks, want = [], []
+        for k, dt in enumerate(DTYPES):
+            arr = sample(dt)
+            name = "x_" + dt.lower()
+            if k % 2 == 0:
+                raw = to_le_bytes(arr)
+                header["inputs"].append({"name": name, "datatype": dt, "shape": [2, 3],
+                                         "parameters": {"binary_data_size": len(raw)}})
+                chunks.append(raw)
+            else:
+                arr = sample(dt, json_safe=True)
+                header["inputs"].append({"name": name, "datatype": dt, "shape": [2, 3],
+                                         "data": arr.tolist()})
+            # Outputs alternate the other way round, so every type goes both ways.
+            header["outputs"].append({"name": "y_" + dt.lower(),
+                                      "parameters": {"binary_data": k % 2 == 1}})
+            want.append((dt, arr, k % 2 == 1))
+        status, resp, tail = self.binary_post("dtypes", header, chunks)
+        self.assertEqual(status, 200, resp)
+        off = 0
+        for out, (dt, arr, binary) in zip(resp["outputs"], want):
+            self.assertEqual(out["name"], "y_" + dt.lower())
+            if binary:
+                n = out["parameters"]["binary_data_size"]
+                got = np.frombuffer(tail[off:off + n], dtype=np.dtype(DTYPES[dt][0]).newbyteorder("<"))
+                off += n
+                np.testing.assert_array_equal(got.reshape(2, 3), arr, err_msg=dt)
+            else:
+                np.testing.assert_array_equal(from_json_values(dt, out["data"], [2, 3]), arr,
+                                              err_msg=dt)
+        self.assertEqual(off, len(tail))
+
+    def test_binary_data_output_for_all_outputs(self):
+        x = np.array(self.ref["inputs"][:2], dtype=np.float32)
+        raw = to_le_bytes(x)
+        header = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 64],
+                              "parameters": {"binary_data_size": len(raw)}}],
+                  "parameters": {"binary_data_output": True}}
+        status, resp, tail = self.binary_post("digits", header, [raw])
+        self.assertEqual(status, 200, resp)
+        out = resp["outputs"][0]
+        self.assertEqual(out["parameters"]["binary_data_size"], 80)
+        got = np.frombuffer(tail, dtype="<f4").reshape(2, 10)
+        np.testing.assert_allclose(got, np.array(self.ref["logits"][:2]), atol=1e-4)
+
+    def test_raw_binary_body(self):
+        x = np.array(self.ref["inputs"][3], dtype=np.float32)
+        status, data, resp = self.c.http("POST", "/v2/models/digits/infer", to_le_bytes(x),
+                                         headers={"Inference-Header-Content-Length": "0"},
+                                         raw=True)
+        self.assertEqual(status, 200, data)
+        out = json.loads(data)["outputs"][0]
+        self.assertEqual(out["shape"], [1, 10])
+        np.testing.assert_allclose(out["data"], self.ref["logits"][3], atol=1e-4)
+        status, resp = self.c.http("POST", "/v2/models/digits/infer", b"\0" * 100,
+                                   headers={"Inference-Header-Content-Length": "0"})
+        self.assert_error(status, resp, 400, "100 bytes", "256")
+        status, resp = self.c.http("POST", "/v2/models/dtypes/infer", b"\0" * 3,
+                                   headers={"Inference-Header-Content-Length": "0"})
+        self.assert_error(status, resp, 400, "exactly one input")
+
+    def test_requested_outputs_filter_and_order(self):
+        body = {"inputs": self.all_inputs(),
+                "outputs": [{"name": "y_int8"}, {"name": "y_bool"}]}
+        status, resp = self.infer("dtypes", body)
+        self.assertEqual(status, 200, resp)
+        self.assertEqual([o["name"] for o in resp["outputs"]], ["y_int8", "y_bool"])
+
+    def test_classification(self):
+        x = self.ref["inputs"][5]
+        body = self.digits_body([x], outputs=[{"name": "logits",
+                                               "parameters": {"classification": 3}}])
+        status, resp = self.infer("digits", body)
+        self.assertEqual(status, 200, resp)
+        out = resp["outputs"][0]
+        self.assertEqual((out["datatype"], out["shape"]), ("BYTES", [1, 3]))
+        parts = [s.split(":") for s in out["data"]]
+        scores = [float(p[0]) for p in parts]
+        self.assertEqual(scores, sorted(scores, reverse=True))
+        self.assertEqual(int(parts[0][1]), self.ref["predictions"][5])
+        logits = self.ref["logits"][5]
+        for p in parts:
+            self.assertAlmostEqual(float(p[0]), logits[int(p[1])], places=4)
+            if len(p) == 3:  # with labels the third field names the class
+                self.assertEqual(p[2], p[1])
+        status, resp = self.infer("digits", self.digits_body(
+            [x], outputs=[{"name": "logits", "parameters": {"classification": 0}}]))
+        self.assert_error(status, resp, 400, "classification")
+
+    def test_v1_predict(self):
+        rows = self.ref["inputs"][:3]
+        status, resp = self.c.http("POST", "/v1/models/digits:predict", {"instances": rows})
+        self.assertEqual(status, 200, resp)
+        self.assertEqual(len(resp["predictions"]), 3)
+        np.testing.assert_allclose(resp["predictions"], self.ref["logits"][:3], atol=1e-4)
+        inst = [{"x_" + dt.lower(): sample(dt, 1, json_safe=True)[0].tolist() for dt in DTYPES}]
+        status, resp = self.c.http("POST", "/v1/models/dtypes:predict", {"instances": inst})
+        self.assertEqual(status, 200, resp)
+        self.assertEqual(resp["predictions"][0]["y_int16"], sample("INT16", 1)[0].tolist())
+        status, resp = self.c.http("POST", "/v1/models/digits:predict", {"rows": rows})
+        self.assert_error(status, resp, 400, "instances")
+
+    def test_statistics(self):
+        for _ in range(3):
+            self.assertEqual(self.infer("digits", self.digits_body(self.ref["inputs"][:2]))[0], 200)
+        for path in ("/v2/models/digits/stats", "/v2/models/digits/versions/1/stats"):
+            status, st = self.c.http("GET", path)
+            self.assertEqual(status, 200, st)
+            ms = st["model_stats"]
+            self.assertEqual(len(ms), 1)
+            self.assertEqual((ms[0]["name"], ms[0]["version"]), ("digits", "1"))
+            self.assertGreaterEqual(ms[0]["inference_count"], 6)
+            self.assertGreaterEqual(ms[0]["inference_stats"]["success"]["count"], 3)
+            self.assertGreater(ms[0]["last_inference"], 0)
+            self.assertTrue(ms[0]["batch_stats"])
+        status, st = self.c.http("GET", "/v2/models/stats")
+        self.assertEqual(status, 200)
+        self.assertEqual(sorted({m["name"] for m in st["model_stats"]}),
+                         ["digits", "dtypes", "slow"])
+        self.assertEqual(self.c.http("GET", "/v2/models/ghost/stats")[0], 503)
+        self.assertEqual(self.c.http("GET", "/v2/models/nosuch/stats")[0], 404)
+
+    def test_request_id_echoed(self):
+        body = self.digits_body([self.ref["inputs"][0]], id="oip-7")
+        status, data, resp = self.c.http("POST", "/v2/models/digits/infer", body, raw=True)
+        self.assertEqual(resp.getheader("X-Request-ID"), "oip-7")
+        self.assertEqual(json.loads(data)["id"], "oip-7")
+        status, data, resp = self.c.http("POST", "/v2/models/digits/infer",
+                                         self.digits_body([self.ref["inputs"][0]]),
+                                         headers={"X-Request-ID": "hdr-9"}, raw=True)
+        self.assertEqual(resp.getheader("X-Request-ID"), "hdr-9")
+        status, data, resp = self.c.http("GET", "/v2/models/nosuch", headers={"X-Request-ID": "e1"},
+                                         raw=True)
+        self.assertEqual((status, resp.getheader("X-Request-ID")), (404, "e1"))
+        time.sleep(0.1)
+        self.assertTrue("id=hdr-9" in self.c.router_proc.output(), "request id not logged")
+
+    # ---- errors ----
+
+    def test_error_statuses(self):
+        x = self.ref["inputs"][0]
+        st, r = self.infer("digits", '{"inputs": [')
+        self.assert_error(st, r, 400, "json")
+        st, r = self.infer("digits", {"inputs": [{"name": "input", "datatype": "FP32",
+                                                  "shape": [1, 64], "data": x[:10]}]})
+        self.assert_error(st, r, 400, "10 values")
+        st, r = self.infer("nosuch", self.digits_body([x]))
+        self.assert_error(st, r, 404, "nosuch")
+        st, r = self.c.http("GET", "/v2/models/digits/infer")
+        self.assert_error(st, r, 405, "allowed: POST")
+        st, r = self.infer("ghost", self.digits_body([x]))
+        self.assert_error(st, r, 503, "no ready replica")
+        # 413: a body over --max-body-bytes, refused from its Content-Length.
+        st, _, body = raw_request(self.port, b"POST /v2/models/digits/infer HTTP/1.1\r\n"
+                                  b"Content-Length: 2000000\r\n\r\n")
+        self.assertEqual(st, 413, body)
+        # 431: headers over 16 KiB.
+        st, _, body = raw_request(self.port, b"GET /v2/health/live HTTP/1.1\r\nX-Big: " +
+                                  b"a" * 20000 + b"\r\n\r\n")
+        self.assertEqual(st, 431, body)
+        # 408: a request that trickles in slower than --request-timeout-ms.
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        s.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        for _ in range(6):
+            time.sleep(0.2)
+            try:
+                s.sendall(b"X-A: b\r\n")
+            except OSError:
+                break
+        data = s.recv(4096)
+        s.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 408"), data)
+        # 504: the OIP timeout (us) shorter than the replica takes.
+        body = self.digits_body([x], parameters={"timeout": 100000, "corral_test_stall_ms": 600})
+        t0 = time.time()
+        st, r = self.infer("slow", body)
+        self.assert_error(st, r, 504)
+        self.assertLess(time.time() - t0, 0.55)
+        time.sleep(0.6)  # let the stalled batch end
+
+    def test_queue_full_is_429(self):
+        # The slow model's batcher holds one waiting request (one more may be gathered
+        # while another computes), so of five stalled requests sent together some are
+        # refused with 429 and the rest answered.
+        stall = self.digits_body([self.ref["inputs"][0]],
+                                 parameters={"corral_test_stall_ms": 400})
+        results = []
+
+        def send():
+            c = self.clone()
+            results.append(c.http("POST", "/v2/models/slow/infer", stall))
+            c.close()
+        threads = [threading.Thread(target=send) for _ in range(5)]
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        for t in threads:
+            t.join()
+        statuses = sorted(s for s, _ in results)
+        self.assertIn(429, statuses, results)
+        self.assertIn(200, statuses, results)
+        self.assertEqual(set(statuses), {200, 429}, results)
+        for s_, r in results:
+            if s_ == 429:
+                self.assertIn("queue", r["error"].lower())
+
+    def clone(self):
+        """A second keep-alive connection to the same router."""
+        c = self.c.__class__(self.c.build, self.c.repo)
+        c.port = self.port
+        return c
+
+    def test_client_disconnect_cancels(self):
+        body = json.dumps(self.digits_body([self.ref["inputs"][0]],
+                                           parameters={"corral_test_stall_ms": 1500}))
+        req = ("POST /v2/models/slow/infer HTTP/1.1\r\nX-Request-ID: gone-1\r\n"
+               "Content-Length: %d\r\n\r\n%s" % (len(body), body)).encode()
+        raw_request(self.port, req, read=False)  # sends, then hangs up at once
+        deadline = time.time() + 1.0
+        log = ""
+        while time.time() < deadline:
+            log = self.c.router_proc.output()
+            if "cancelled: the client went away" in log:
+                break
+            time.sleep(0.05)
+        self.assertTrue("cancelled: the client went away" in log,
+                        "the router did not cancel the request of a client that hung up")
+        time.sleep(1.6)  # the stalled batch ends before other tests use the model
+
+    def test_bad_requests_never_stall_the_router(self):
+        rng = random.Random(5)
+        x = self.ref["inputs"][0]
+        good = json.dumps(self.digits_body([x]))
+        bad = [
+            b"\x00\x01\x02 garbage\r\n\r\n",
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"in",
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            b"GET /v2/models/%00/ready HTTP/1.1\r\n\r\n",
+            b"GET /" + b"a" * 30000 + b" HTTP/1.1\r\n\r\n",
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nInference-Header-Content-Length: 99\r\n"
+            b"Content-Length: 2\r\n\r\n{}",
+        ]
+        for shape in ([1 << 40, 64], [-1], [1, 64, 1, 1, 1, 1, 1, 1, 1], "x"):
+            b = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape,
+                                        "data": [1]}]}).encode()
+            bad.append(b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                       % (len(b), b))
+        for _ in range(40):
+            n = rng.randint(1, 300)
+            bad.append(bytes(rng.randrange(256) for _ in range(n)))
+        errors = []
+
+        def hammer():
+            for b in bad:
+                try:
+                    raw_request(self.port, b, timeout=3)
+                except OSError:
+                    pass
+                except Exception as e:  # noqa: BLE001 - a parse failure on our side
+                    errors.append(e)
+        t = threading.Thread(target=hammer)
+        t.start()
+        ok = 0
+        while t.is_alive() or ok < 20:
+            c = self.clone()
+            st, r = c.http("POST", "/v2/models/digits/infer", good)
+            c.close()
+            self.assertEqual(st, 200, r)
+            ok += 1
+        t.join()
+        self.assertIsNone(self.c.router_proc.p.poll(), "router exited")
+        self.assertEqual(self.c.http("GET", "/v2/health/live")[0], 200)
+
+
+class Failover(unittest.TestCase):
+    """A replica killed under load: its requests go to the other one."""
+
+    def test_killed_replica_requests_are_retried(self):
+        with tempfile.TemporaryDirectory(prefix="corral-failover-") as tmp:
+            make_repo(tmp, ROOT)
+            c = start_cluster(BUILD, tmp, [("digits", []), ("digits", [])],
+                              router_args=["--health-interval-ms", "100"])
+            try:
+                with open(os.path.join(ROOT, "tests", "data", "digits_heldout.json")) as f:
+                    x = json.load(f)["inputs"][0]
+                body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64],
+                                    "data": x}]}
+                for _ in range(10):
+                    self.assertEqual(c.http("POST", "/v2/models/digits/infer", body)[0], 200)
+                c.replicas[1][1].p.kill()
+                statuses = [c.http("POST", "/v2/models/digits/infer", body)[0]
+                            for _ in range(30)]
+                self.assertEqual(statuses, [200] * 30)
+                st, table = c.http("GET", "/v2/corral/replicas")
+                states = sorted(r["state"] for r in table["replicas"])
+                self.assertEqual(states[0], "ejected" if "ejected" in states else "not_ready",
+                                 table)
+            finally:
+                stop_and_check(c)
+
+
+if __name__ == "__main__":
+    unittest.main(argv=sys.argv[:1], verbosity=2)
