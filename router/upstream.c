@@ -749,9 +749,12 @@ int upstream_new(struct upstream **out, uv_loop_t *loop, const struct upstream_c
     if (u->cfg.health_interval_ms == 0)
         u->cfg.health_interval_ms = 500;
     if (u->cfg.health_timeout_ms == 0) {
-        u->cfg.health_timeout_ms = 2 * u->cfg.health_interval_ms;
-        if (u->cfg.health_timeout_ms < 1000)
-            u->cfg.health_timeout_ms = 1000;
+        /* A probe that goes unanswered for one interval marks the replica not ready, so a
+         * stopped replica drops out within two intervals of stopping. Health is answered
+         * off the replica's executor, so a busy replica still answers in time. */
+        u->cfg.health_timeout_ms = u->cfg.health_interval_ms;
+        if (u->cfg.health_timeout_ms < 250)
+            u->cfg.health_timeout_ms = 250;
     }
     if (u->cfg.eject_after == 0)
         u->cfg.eject_after = 2;

@@ -50,7 +50,7 @@ enum upstream_event { UPSTREAM_EV_RETRY, UPSTREAM_EV_EJECT };
 
 struct upstream_config {
     unsigned health_interval_ms;
-    unsigned health_timeout_ms; /* 0: twice the interval, at least 1000 */
+    unsigned health_timeout_ms; /* 0: one interval, at least 250 */
     unsigned max_inflight;      /* per replica; 0: no cap */
     unsigned eject_after;       /* consecutive transport failures; 0: 2 */
     /* Optional: told about retries and ejections (for metrics). */
