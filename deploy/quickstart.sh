@@ -3,17 +3,19 @@
 # foreground: corral-router on 127.0.0.1:8000 in front of two CPU replicas of the
 # bundled digits model. Ctrl-C stops every process it started.
 #
-# Environment: CORRAL_PORT (default 8000), CORRAL_REPLICA_PORTS (default "9101 9102").
+# Environment: CORRAL_PORT (default 8000), CORRAL_RPC_PORT (default 8001),
+# CORRAL_REPLICA_PORTS (default "9101 9102").
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 port="${CORRAL_PORT:-8000}"
+rpc_port="${CORRAL_RPC_PORT:-8001}"
 read -r -a rports <<< "${CORRAL_REPLICA_PORTS:-9101 9102}"
 
 ./deploy/setup.sh
 echo "quickstart: building (Release) in build/" >&2
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" --target corral-router corral-replica >/dev/null
+cmake --build build -j "$(nproc)" --target corral-router corral-replica corralctl >/dev/null
 
 pids=()
 cleanup() {
@@ -32,7 +34,8 @@ for p in "${rports[@]}"; do
     pids+=($!)
     replica_args+=(--replica "digits=tcp://127.0.0.1:$p")
 done
-./build/router/corral-router --listen "127.0.0.1:$port" "${replica_args[@]}" &
+./build/router/corral-router --listen "127.0.0.1:$port" --rpc-listen "tcp://127.0.0.1:$rpc_port" \
+    "${replica_args[@]}" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -61,7 +64,11 @@ To print just the predicted digit:
        -d @$root/models/digits/sample.json | python3 -c \\
        'import json,sys; d=json.load(sys.stdin)["outputs"][0]["data"]; print(max(range(10), key=d.__getitem__))'
 
-Press Ctrl-C to stop.
+Services can use the RPC endpoint tcp://127.0.0.1:$rpc_port (libcorral), e.g.:
+
+  ./build/client/corralctl infer --rpc tcp://127.0.0.1:$rpc_port --model digits models/digits/sample.json
+
+Metrics: http://127.0.0.1:$port/metrics. Press Ctrl-C to stop.
 MSG
 wait -n "${pids[@]}" || true
 echo "quickstart: a process exited; stopping the rest" >&2
