@@ -332,7 +332,7 @@ int cpu_weights(struct cpu_plan *P, int v, const dnnl_memory_desc_t *view,
         /*
          * Once the engine has freed the host copy (cpu_weight_resident), a new
          * layout is reordered from a form this backend already holds: same
-         * logical dims, since only the one convolution reads the weight.
+         * logical dims, since only the one convolution or GEMM reads the weight.
          */
         const void *src = pv->data;
         dnnl_memory_desc_t src_md = *view;
@@ -423,9 +423,23 @@ static int compile_kernel(struct cpu_plan *P, int s, struct cerr *e)
         if (v < 0)
             continue;
         struct cpu_form *f = NULL;
+        const struct plan_value *pv = &P->g->vals[v];
+        /*
+         * A weight the engine freed because a oneDNN primitive of an earlier plan
+         * holds it cannot reach a reference kernel that reads it (an empty batch
+         * reads nothing).
+         */
+        int any_out = 0;
+        for (int k2 = 0; k2 < st->n_out; k2++)
+            any_out |= st->out[k2] >= 0 && P->g->vals[st->out[k2]].nbytes > 0;
+        if (pv->kind == PV_CONST && !pv->data && pv->nbytes && any_out) {
+            rc = cerr_set(e, CORRAL_EINTERNAL, "%s: weight '%s' is held only in a oneDNN "
+                          "layout, but this plan runs the step with the reference kernel",
+                          st->label, pv->name);
+            goto fail;
+        }
         if ((rc = plain_form(P, v, s, &f, e)))
             goto fail;
-        const struct plan_value *pv = &P->g->vals[v];
         tin[k] = (struct tensor){.name = pv->name, .dtype = pv->dtype, .ndim = pv->ndim,
                                  .nbytes = pv->nbytes};
         memcpy(tin[k].dims, pv->dims, sizeof pv->dims);

@@ -478,14 +478,15 @@ static int load_graph(struct engine *eng, Onnx__ModelProto *m, struct cerr *e)
         return rc;
     for (size_t i = 0; i < eng->n_nodes; i++) {
         const struct eng_node *nd = &eng->nodes[i];
-        if (nd->dead || (nd->op != EOP_CONV && nd->op != EOP_CONV_TRANSPOSE) || nd->n_in < 2 ||
-            nd->in[1] < 0)
+        if (nd->dead || nd->n_in < 2 || nd->in[1] < 0 ||
+            (nd->op != EOP_CONV && nd->op != EOP_CONV_TRANSPOSE && nd->op != EOP_GEMM &&
+             nd->op != EOP_MATMUL))
             continue;
         struct eng_value *w = &eng->vals[nd->in[1]];
         int other = 0;
         for (int k = 0; k < nd->n_in; k++)
             other |= k != 1 && nd->in[k] == nd->in[1];
-        w->conv_weight = w->kind == EVK_CONST && w->n_uses == 1 && !w->is_output && !other;
+        w->single_use_weight = w->kind == EVK_CONST && w->n_uses == 1 && !w->is_output && !other;
     }
     if (eng->have_be) {
         for (size_t i = 0; i < eng->n_vals; i++) {
@@ -625,7 +626,7 @@ void engine_release_resident_weights(struct engine *eng)
         return;
     for (size_t i = 0; i < eng->n_vals; i++) {
         struct eng_value *v = &eng->vals[i];
-        if (v->conv_weight && v->init.data && v->init.owned &&
+        if (v->single_use_weight && v->init.data && v->init.owned &&
             eng->be.ops->weight_resident(&eng->be, (int)i)) {
             free(v->init.data);
             v->init.data = NULL;

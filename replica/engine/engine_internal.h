@@ -28,9 +28,11 @@ struct eng_value {
     enum dtype dtype;
     int is_output;
     int n_uses;         /* readers among the nodes */
-    int conv_weight;    /* EVK_CONST read only as the weight of one Conv/ConvTranspose */
+    int single_use_weight; /* EVK_CONST read only as input 1 (the weights) of one Conv,
+                            * ConvTranspose, Gemm or MatMul */
     struct tensor init; /* EVK_CONST: the owned data; NULL data once the backend holds the
-                         * weight itself (conv_weight only, see backend_ops.weight_resident) */
+                         * weight itself (single_use_weight only, see
+                         * backend_ops.weight_resident) */
 };
 
 struct eng_node {
