@@ -1,14 +1,16 @@
-"""The serving baseline: the bundled digits model behind FastAPI + PyTorch.
+"""The serving baseline: a PyTorch model behind FastAPI, by default the bundled digits model.
 
 This is the setup most users run today, and what bench/serving_vs_fastapi.sh
-measures corral against. The model (models/digits/model.py's build() and the
-weights models/digits/digits.pt) is loaded once per worker process at import.
+measures corral against. The model (by default models/digits/model.py's build()
+and the weights models/digits/digits.pt) is loaded once per worker process at
+import.
 
 Run from the source tree:
     uvicorn bench.fastapi_server:app --host 127.0.0.1 --port 8001 --workers 2
 
 Endpoints:
-    POST /predict  {"input": [64 numbers]}  ->  {"logits": [10 numbers], "prediction": k}
+    POST /predict  {"input": [N numbers]}  ->  {"logits": [...], "prediction": k}
+                   (N = 64 for digits, the model's input features otherwise)
     GET  /health   {"status": "ok"} once the model is loaded
 
 With --workers N, uvicorn binds the listening socket itself and hands it to the
@@ -19,9 +21,18 @@ the listening sockets it inherited (accepted sockets inherit it on Linux): the
 baseline is measured as it performs once that bug is fixed or avoided.
 
 Environment: CORRAL_DIGITS_DIR (default models/digits of this tree) holds the
-weights; TORCH_THREADS (default 1) sets torch's threads per worker.
+digits weights; TORCH_THREADS (default 1) sets torch's threads per worker.
+To serve another model taking one flat row of features (such as the MLP
+784-512-10 of bench/models/zoo.py), set
+    FASTAPI_BUILDER     MODULE:FUNCTION that returns the nn.Module, e.g.
+                        bench.models.zoo:mlp (imported with this tree on sys.path)
+    FASTAPI_STATE_DICT  a state_dict saved with torch.save to load into it
+                        (optional: without it the module keeps its initial weights)
+    FASTAPI_FEATURES    the input row's length (default: in_features of the
+                        module's first nn.Linear)
 """
 
+import importlib
 import os
 import socket
 import sys
@@ -37,7 +48,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from models.digits.model import N_FEATURES, build  # noqa: E402
-
 
 
 def _nodelay_on_inherited_listeners() -> int:
@@ -77,18 +87,46 @@ _nodelay_on_inherited_listeners()
 
 MODEL_DIR = Path(os.environ.get("CORRAL_DIGITS_DIR", str(ROOT / "models" / "digits")))
 
+
+def _load_model():
+    """Returns (module in eval mode, input row length, title): the digits model unless
+    FASTAPI_BUILDER names another builder. A wrong setting stops the worker with a
+    sentence saying what was expected, rather than serving some other model."""
+    spec = os.environ.get("FASTAPI_BUILDER", "")
+    if not spec:
+        model = build()
+        model.load_state_dict(torch.load(str(MODEL_DIR / "digits.pt"), map_location="cpu",
+                                         weights_only=True))
+        return model.eval(), N_FEATURES, "digits"
+    mod_name, sep, fn_name = spec.partition(":")
+    if not sep or not mod_name or not fn_name:
+        raise SystemExit("FASTAPI_BUILDER must be MODULE:FUNCTION (e.g. bench.models.zoo:mlp), got '%s'" % spec)
+    model = getattr(importlib.import_module(mod_name), fn_name)()
+    sd_path = os.environ.get("FASTAPI_STATE_DICT", "")
+    if sd_path:
+        model.load_state_dict(torch.load(sd_path, map_location="cpu", weights_only=True))
+    features = os.environ.get("FASTAPI_FEATURES", "")
+    if features:
+        n = int(features)
+    else:
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if not linears:
+            raise SystemExit("%s has no nn.Linear to read the input length from: set FASTAPI_FEATURES" % spec)
+        n = linears[0].in_features
+    return model.eval(), n, spec
+
+
 # One thread per worker: the workers are the parallelism, as with corral's replicas.
 torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))
-_model = build()
-_model.load_state_dict(torch.load(str(MODEL_DIR / "digits.pt"), map_location="cpu", weights_only=True))
-_model.eval()
+_model, _features, _title = _load_model()
 
-app = FastAPI(title="digits (FastAPI + PyTorch baseline)")
+app = FastAPI(title="%s (FastAPI + PyTorch baseline)" % _title)
 
 
 class PredictRequest(BaseModel):
-    input: List[float] = Field(..., min_length=N_FEATURES, max_length=N_FEATURES,
-                               description="the 64 raw pixel values (0..16) of one 8x8 image")
+    input: List[float] = Field(..., min_length=_features, max_length=_features,
+                               description="one row of the model's input features "
+                                           "(digits: the 64 raw pixel values 0..16 of an 8x8 image)")
 
 
 class PredictResponse(BaseModel):

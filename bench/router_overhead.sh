@@ -4,13 +4,16 @@
 #   2. p50 through the router's RPC endpoint (same client)
 #   3. p50 through the router over HTTP (wrk, 1 connection, keep-alive)
 #   4. max req/s over HTTP at concurrency 64 through ONE router thread (wrk)
+#   5. the router's own ceiling: req/s of GET /v2/health/live at concurrency 64
+#      (wrk, keep-alive), which the router answers without a replica
 # and prints overhead = HTTP p50 - direct p50. Targets: overhead <= 50 us,
 # >= 30000 req/s. Figures are reported, not asserted.
 #
 # Usage: bench/router_overhead.sh [DURATION_SECONDS]
 # Environment: CORRAL_BUILD (default build/), REQUESTS (closed-loop count, default
 # 20000), CONCURRENCY (default 64), WRK_THREADS (default 2), ROUTER_THREADS
-# (default 1), REPLICAS (default 1).
+# (default 1), REPLICAS (default 1), CEILING_ONLY (1: run only step 5, e.g. with
+# ROUTER_THREADS=2 to compare thread counts).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +25,7 @@ conc="${CONCURRENCY:-64}"
 wrk_threads="${WRK_THREADS:-2}"
 router_threads="${ROUTER_THREADS:-1}"
 n_replicas="${REPLICAS:-1}"
+ceiling_only="${CEILING_ONLY:-0}"
 router="$build/router/corral-router"
 replica="$build/replica/corral-replica"
 ctl="$build/client/corralctl"
@@ -74,6 +78,28 @@ for i in $(seq 100); do
 done
 
 result() { grep -oE "$2=[0-9.]+" <<<"$1" | cut -d= -f2; }
+t=$(( wrk_threads < conc ? wrk_threads : conc ))
+
+# ceiling: step 5, GET /v2/health/live at concurrency $conc with wrk's figures line.
+ceiling() {
+    local out reqs us errs
+    cat >"$work/get.lua" <<'EOF'
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+EOF
+    out="$(wrk -t"$t" -c"$conc" -d"${duration}s" -s "$work/get.lua" "http://127.0.0.1:$http_port/v2/health/live" | grep RESULT)"
+    reqs="$(result "$out" requests)"; us="$(result "$out" duration_us)"; errs="$(result "$out" errors)"
+    echo "router ceiling, GET /v2/health/live c=$conc, $router_threads router thread(s): $(awk -v r="$reqs" -v u="$us" \
+        'BEGIN { printf "%.0f", r / (u / 1e6) }') req/s  p50 $(result "$out" p50_us) us  p99 $(result "$out" p99_us) us  errors $errs"
+}
+if [ "$ceiling_only" = 1 ]; then
+    ceiling
+    exit 0
+fi
 
 out="$("$ctl" infer --rpc "$direct" --model digits --repeat "$requests" models/digits/sample.json 2>&1 >/dev/null)"
 direct_p50="$(result "$out" p50_us)"
@@ -86,10 +112,10 @@ export BODY_FILE="$root/models/digits/sample.json"
 out="$(wrk -t1 -c1 -d"${duration}s" -s bench/wrk_post.lua "http://127.0.0.1:$http_port/v2/models/digits/infer" | grep RESULT)"
 http_p50="$(result "$out" p50_us)"
 echo "through the router, HTTP c=1:   p50 ${http_p50} us  p99 $(result "$out" p99_us) us  ($(result "$out" requests) requests)"
-t=$(( wrk_threads < conc ? wrk_threads : conc ))
 out="$(wrk -t"$t" -c"$conc" -d"${duration}s" -s bench/wrk_post.lua "http://127.0.0.1:$http_port/v2/models/digits/infer" | grep RESULT)"
 reqs="$(result "$out" requests)"; us="$(result "$out" duration_us)"
 errs=$(( $(result "$out" errors_status) + $(result "$out" errors_read) + $(result "$out" errors_timeout) ))
 rps="$(awk -v r="$reqs" -v u="$us" 'BEGIN { printf "%.0f", r / (u / 1e6) }')"
 echo "HTTP c=$conc, $router_threads router thread(s), $n_replicas replica(s): ${rps} req/s  p50 $(result "$out" p50_us) us  p99 $(result "$out" p99_us) us  errors $errs"
+ceiling
 echo "RESULT overhead_http_us=$(awk -v a="$http_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') overhead_rpc_us=$(awk -v a="$rpc_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') rps_c${conc}=${rps}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Serving benchmark: corral (router + 2 CPU replicas of models/digits) against the
-# FastAPI + PyTorch baseline (bench/fastapi_server.py under uvicorn --workers 2),
-# both on loopback, driven by wrk with keep-alive at several concurrencies.
+# Serving benchmark: corral (router + 2 CPU replicas) against the FastAPI + PyTorch
+# baseline (bench/fastapi_server.py under uvicorn --workers 2), both serving the same
+# model with the same weights on loopback, driven by wrk with keep-alive at several
+# concurrencies. The model is models/digits by default, or the MLP 784-512-10 of
+# bench/models/zoo.py with MODEL=mlp.
 #
 # Usage: bench/serving_vs_fastapi.sh [DURATION_SECONDS]
 #
@@ -9,6 +11,14 @@
 # paths below) and the tooling virtualenv (deploy/setup.sh --python).
 #
 # Environment:
+#   MODEL         digits (default: models/digits and its sample) or mlp (the zoo's
+#                 MLP 784-512-10 with torch seed 0 weights, saved as a state_dict,
+#                 exported into a temporary repository with deploy/export/export.py
+#                 and verified by corral-replica when it is built; the request is
+#                 one row of 784 values drawn with seed 0; FastAPI loads the same
+#                 state_dict)
+#   MAX_BATCH     with MODEL=mlp, give the exported model a batching section with
+#                 this max_batch_size (max_queue_delay_us 0); default none (unbatched)
 #   DURATION      seconds per measurement (default 10; the argument wins)
 #   CONCURRENCY   connection counts to measure (default "1 16 64")
 #   SERVERS       which servers to measure (default "corral fastapi")
@@ -16,6 +26,7 @@
 #   CORRAL_ROUTER, CORRAL_REPLICA   the binaries (default in CORRAL_BUILD)
 #   CORRAL_PYTHON the virtualenv's python (default: deploy/setup.sh --python)
 #   WRK_THREADS   wrk threads, capped at the connection count (default 2)
+#   ROUTER_THREADS  corral-router --threads (default 1)
 #
 # Output: one line per measurement,
 #   server=corral conc=16 rps=... p50_ms=... p99_ms=... errors=0
@@ -31,6 +42,9 @@ build="${CORRAL_BUILD:-$root/build}"
 router="${CORRAL_ROUTER:-$build/router/corral-router}"
 replica="${CORRAL_REPLICA:-$build/replica/corral-replica}"
 wrk_threads="${WRK_THREADS:-2}"
+model="${MODEL:-digits}"
+max_batch="${MAX_BATCH:-}"
+router_threads="${ROUTER_THREADS:-1}"
 
 die() { echo "serving_vs_fastapi: $*" >&2; exit 1; }
 
@@ -47,7 +61,15 @@ if [ -z "$py" ]; then
     py="$venv/bin/python"
 fi
 [ -x "$py" ] || die "no python at $py (set CORRAL_PYTHON)"
-[ -f models/digits/sample.json ] || die "models/digits/sample.json is missing (run models/digits/train.py)"
+case "$model" in
+    digits) [ -f models/digits/sample.json ] || die "models/digits/sample.json is missing (run models/digits/train.py)" ;;
+    mlp) ;;
+    *) die "MODEL must be digits or mlp, got '$model'" ;;
+esac
+[ -z "$max_batch" ] || [[ "$max_batch" =~ ^[1-9][0-9]*$ ]] ||
+    die "MAX_BATCH must be a positive number of rows, got '$max_batch'"
+[ -z "$max_batch" ] || [ "$model" = mlp ] || die "MAX_BATCH applies to MODEL=mlp only"
+[[ "$router_threads" =~ ^[1-9][0-9]*$ ]] || die "ROUTER_THREADS must be a positive number, got '$router_threads'"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/corral-bench.XXXXXX")"
 pids=()
@@ -70,11 +92,45 @@ print(" ".join(str(s.getsockname()[1]) for s in ss))
 ')"
 router_port=${ports[0]} fastapi_port=${ports[1]} rep_a=${ports[2]} rep_b=${ports[3]}
 
+# The model both servers run: model_repo/model_name for corral, fastapi_env for the
+# FastAPI workers, corral_body for the OIP request and fastapi_body for the same row.
+fastapi_env=()
+if [ "$model" = digits ]; then
+    model_repo=models model_name=digits corral_body="$root/models/digits/sample.json"
+else
+    model_repo="$work/repo" model_name=mlp corral_body="$work/corral_body.json"
+    # One set of weights for both servers: a state_dict saved here is what the export
+    # traces and what the FastAPI workers load.
+    "$py" -c '
+import json, sys
+import torch
+from bench.models.zoo import mlp
+torch.manual_seed(0)
+torch.save(mlp().state_dict(), sys.argv[1])
+row = torch.rand(784, generator=torch.Generator().manual_seed(0)).tolist()
+json.dump({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": row}]},
+          open(sys.argv[2], "w"))
+' "$work/mlp.pt" "$corral_body" || die "could not write the MLP weights and request"
+    verify=()
+    [ -x "$replica" ] && verify=(--replica "$replica")
+    "$py" deploy/export/export.py --builder bench.models.zoo:mlp --state-dict "$work/mlp.pt" \
+        --input input:-1x784:FP32 --output logits --repo "$work/repo" --name mlp "${verify[@]}" \
+        >"$work/export.log" 2>&1 || { tail -n 30 "$work/export.log" >&2; die "exporting the MLP failed"; }
+    if [ -n "$max_batch" ]; then
+        "$py" -c '
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+cfg["batching"] = {"max_batch_size": int(sys.argv[2]), "max_queue_delay_us": 0}
+json.dump(cfg, open(sys.argv[1], "w"), indent=2)
+' "$work/repo/mlp/config.json" "$max_batch"
+    fi
+    fastapi_env=(FASTAPI_BUILDER=bench.models.zoo:mlp "FASTAPI_STATE_DICT=$work/mlp.pt")
+fi
 "$py" -c '
 import json, sys
-d = json.load(open("models/digits/sample.json"))
-json.dump({"input": d["inputs"][0]["data"]}, open(sys.argv[1], "w"))
-' "$work/fastapi_body.json"
+d = json.load(open(sys.argv[1]))
+json.dump({"input": d["inputs"][0]["data"]}, open(sys.argv[2], "w"))
+' "$corral_body" "$work/fastapi_body.json"
 
 # wait_http URL NAME LOG: polls until URL answers 200, or fails after 60 s.
 wait_http() {
@@ -125,27 +181,27 @@ measure() { # SERVER URL BODY
     done
 }
 
-echo "# ${duration}s per point, concurrency: $concurrency; $(nproc) CPUs; wrk shares them with the servers"
+echo "# model $model${max_batch:+ (max_batch_size $max_batch)}; ${duration}s per point, concurrency: $concurrency; $(nproc) CPUs; wrk shares them with the servers"
 
 if [[ " $servers " == *" corral "* ]]; then
-    "$replica" --model-repo models --model digits --listen "tcp://127.0.0.1:$rep_a" --device cpu \
+    "$replica" --model-repo "$model_repo" --model "$model_name" --listen "tcp://127.0.0.1:$rep_a" --device cpu \
         --threads 1 >"$work/replica_a.log" 2>&1 & pids+=($!)
-    "$replica" --model-repo models --model digits --listen "tcp://127.0.0.1:$rep_b" --device cpu \
+    "$replica" --model-repo "$model_repo" --model "$model_name" --listen "tcp://127.0.0.1:$rep_b" --device cpu \
         --threads 1 >"$work/replica_b.log" 2>&1 & pids+=($!)
-    "$router" --listen "127.0.0.1:$router_port" --replica "digits=tcp://127.0.0.1:$rep_a" \
-        --replica "digits=tcp://127.0.0.1:$rep_b" >"$work/router.log" 2>&1 & pids+=($!)
+    "$router" --listen "127.0.0.1:$router_port" --threads "$router_threads" --replica "$model_name=tcp://127.0.0.1:$rep_a" \
+        --replica "$model_name=tcp://127.0.0.1:$rep_b" >"$work/router.log" 2>&1 & pids+=($!)
     wait_http "http://127.0.0.1:$router_port/v2/health/ready" corral-router "$work/router.log"
     # Ready means the router is up; wait until the model itself answers through it.
-    wait_http "http://127.0.0.1:$router_port/v2/models/digits/ready" "model digits" "$work/router.log"
-    echo "# corral: router :$router_port, replicas :$rep_a :$rep_b; sample predicted as $(check_answer \
-        "http://127.0.0.1:$router_port/v2/models/digits/infer" models/digits/sample.json)"
-    measure corral "http://127.0.0.1:$router_port/v2/models/digits/infer" "$root/models/digits/sample.json"
+    wait_http "http://127.0.0.1:$router_port/v2/models/$model_name/ready" "model $model_name" "$work/router.log"
+    echo "# corral: router :$router_port ($router_threads thread(s)), replicas :$rep_a :$rep_b; sample predicted as $(check_answer \
+        "http://127.0.0.1:$router_port/v2/models/$model_name/infer" "$corral_body")"
+    measure corral "http://127.0.0.1:$router_port/v2/models/$model_name/infer" "$corral_body"
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
     pids=()
 fi
 
 if [[ " $servers " == *" fastapi "* ]]; then
-    "$py" -m uvicorn bench.fastapi_server:app --host 127.0.0.1 --port "$fastapi_port" --workers 2 \
+    env "${fastapi_env[@]}" "$py" -m uvicorn bench.fastapi_server:app --host 127.0.0.1 --port "$fastapi_port" --workers 2 \
         --log-level warning --no-access-log >"$work/fastapi.log" 2>&1 & pids+=($!)
     wait_http "http://127.0.0.1:$fastapi_port/health" "uvicorn (FastAPI)" "$work/fastapi.log"
     # Both workers load the model; give the second one a moment after the first answers.
