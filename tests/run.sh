@@ -7,6 +7,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 venv="$(./deploy/setup.sh --python | tail -n 1)"
+# The CUDA backend is built whenever nvcc exists, also where the toolkit is not on PATH.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="$PATH:/usr/local/cuda/bin"
+fi
 py="$venv/bin/python3"
 jobs="$(nproc)"
 
