@@ -78,6 +78,16 @@ static void worker_send_error(struct worker *w, int code, const char *message)
     worker_send(w, buf, len);
 }
 
+/* Packs and sends a reply; a reply that cannot be packed is dropped like a failed send. */
+static void send_response(struct worker *w, const Corral__Response *resp)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (wire_pack_response(resp, &buf, &len) != 0)
+        buf = NULL;
+    worker_send(w, buf, len);
+}
+
 static void fill_meta(Corral__TensorMetadata *m, const struct model_io *io)
 {
     corral__tensor_metadata__init(m);
@@ -135,11 +145,7 @@ static void answer_metadata(struct worker *w)
     md.parameters = params;
     resp.kind_case = CORRAL__RESPONSE__KIND_METADATA;
     resp.metadata = &md;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (wire_pack_response(&resp, &buf, &len) != 0)
-        buf = NULL;
-    worker_send(w, buf, len);
+    send_response(w, &resp);
 }
 
 static void answer_health(struct worker *w)
@@ -156,11 +162,7 @@ static void answer_health(struct worker *w)
     h.model_version = (char *)srv->cfg->version_str;
     resp.kind_case = CORRAL__RESPONSE__KIND_HEALTH;
     resp.health = &h;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    if (wire_pack_response(&resp, &buf, &len) != 0)
-        buf = NULL;
-    worker_send(w, buf, len);
+    send_response(w, &resp);
 }
 
 static void answer_stats(struct worker *w)
