@@ -167,10 +167,10 @@ static void on_event(void *arg, enum upstream_event ev, const char *model)
     metrics_event(w->metrics, w->idx, model, ev);
 }
 
-static void on_stop(uv_async_t *a)
+/* Closes what a worker's loop holds. Connections go first, so answers produced while
+ * upstream calls are cancelled are dropped. */
+static void worker_teardown(struct worker *w)
 {
-    struct worker *w = a->data;
-    /* Connections go first, so answers produced while upstream calls are cancelled are dropped. */
     if (w->http)
         http_server_close(w->http, NULL, NULL);
     w->http = NULL;
@@ -179,6 +179,12 @@ static void on_stop(uv_async_t *a)
     w->up = NULL;
     if (w->rpc)
         rpc_lane_close(w->rpc, w->idx);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    worker_teardown(w);
     uv_close((uv_handle_t *)&w->stop, NULL);
 }
 
@@ -241,14 +247,7 @@ static void *worker_main(void *arg)
     int ok = worker_setup(w) == CORRAL_OK;
     if (!ok) {
         /* Undo what exists on this loop so it can close cleanly. */
-        if (w->http)
-            http_server_close(w->http, NULL, NULL);
-        w->http = NULL;
-        if (w->up)
-            upstream_close(w->up);
-        w->up = NULL;
-        if (w->rpc)
-            rpc_lane_close(w->rpc, w->idx);
+        worker_teardown(w);
     }
     worker_report(w, ok ? 1 : -1);
     uv_run(&w->loop, UV_RUN_DEFAULT);

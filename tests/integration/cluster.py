@@ -198,3 +198,22 @@ def infer_binary(cluster, model, inputs, outputs=None):
     return cluster.http("POST", "/v2/models/%s/infer" % model, body,
                         headers={"Inference-Header-Content-Length": str(len(head)),
                                  "Content-Type": "application/octet-stream"})
+
+
+def take_replica_arg(args):
+    """Splits `--replica PATH` / `--replica=PATH` out of a test's arguments.
+
+    Returns (absolute path or None, the other arguments). The path is made
+    absolute because the tests run tools from other directories.
+    """
+    replica, rest = None, []
+    it = iter(args)
+    for a in it:
+        if a == "--replica":
+            replica = next(it, None)
+        elif a.startswith("--replica="):
+            replica = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+    return (os.path.abspath(replica) if replica else None), rest
+

@@ -25,6 +25,9 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import take_replica_arg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT = ROOT / "deploy" / "export" / "export.py"
 REPLICA = os.environ.get("CORRAL_REPLICA") or None
@@ -439,17 +442,8 @@ class ExportTest(unittest.TestCase):
 
 def main():
     global REPLICA
-    argv = [sys.argv[0]]
-    it = iter(sys.argv[1:])
-    for a in it:
-        if a == "--replica":
-            REPLICA = next(it, None)
-        elif a.startswith("--replica="):
-            REPLICA = a.split("=", 1)[1]
-        else:
-            argv.append(a)
-    if REPLICA:
-        REPLICA = os.path.abspath(REPLICA)  # the tests run the tool from other directories
+    REPLICA, rest = take_replica_arg(sys.argv[1:])
+    argv = [sys.argv[0]] + rest
     if REPLICA and not os.access(REPLICA, os.X_OK):
         print("test_export.py: --replica %s is not an executable file" % REPLICA, file=sys.stderr)
         return 2

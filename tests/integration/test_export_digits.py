@@ -24,6 +24,9 @@ import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import take_replica_arg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "digits"
 HELDOUT = ROOT / "tests" / "data" / "digits_heldout.json"
@@ -115,17 +118,8 @@ class DigitsTest(unittest.TestCase):
 
 def main():
     global REPLICA
-    argv = [sys.argv[0]]
-    it = iter(sys.argv[1:])
-    for a in it:
-        if a == "--replica":
-            REPLICA = next(it, None)
-        elif a.startswith("--replica="):
-            REPLICA = a.split("=", 1)[1]
-        else:
-            argv.append(a)
-    if REPLICA:
-        REPLICA = os.path.abspath(REPLICA)  # the tests run the tool from other directories
+    REPLICA, rest = take_replica_arg(sys.argv[1:])
+    argv = [sys.argv[0]] + rest
     prog = unittest.main(argv=argv, exit=False, verbosity=2)
     return 0 if prog.result.wasSuccessful() else 1
 
