@@ -26,7 +26,6 @@
 #ifndef CORRAL_ROUTER_OIP_H
 #define CORRAL_ROUTER_OIP_H
 
-#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +33,7 @@
 #include "corral.pb-c.h"
 #include "error.h"
 #include "http.h"
+#include "jdoc.h"
 #include "tensor.h"
 #include "upstream.h"
 
@@ -109,7 +109,7 @@ struct oip_infer {
     /* Class names for classification, borrowed by the caller just for rendering. */
     char **labels;
     size_t n_labels;
-    json_t *root;   /* kept so the strings borrowed from it stay valid */
+    struct jdoc doc; /* the parsed body; names and the id borrow from it */
     char *keep;     /* owned copies of id and out_names after oip_infer_compact */
 };
 
@@ -149,12 +149,17 @@ int oip_predict_parse(const Corral__MetadataResponse *md, const char *body, size
 int oip_infer_compact(struct oip_infer *in);
 
 /*
- * Converts JSON `data` (flat, or nested consistently with the shape) of one
- * input into raw little-endian bytes in a malloc'd *out. `what` names the
- * input in messages ("input 'x'").
+ * Converts JSON `data` (the array token `data` of document `d`: flat values,
+ * or nested consistently with the shape) of one input into raw little-endian
+ * bytes in a malloc'd *out. `what` names the input in messages ("input 'x'").
  */
-int oip_json_to_tensor(const char *what, json_t *data, enum dtype dt, const int64_t *dims,
-                       int ndim, uint8_t **out, size_t *out_len, struct cerr *e);
+int oip_json_array_to_tensor(const char *what, const struct jdoc *d, uint32_t data, enum dtype dt,
+                             const int64_t *dims, int ndim, uint8_t **out, size_t *out_len,
+                             struct cerr *e);
+/* The same with the array's elements given as token indices (predict's instances). */
+int oip_json_to_tensor(const char *what, const struct jdoc *d, const uint32_t *items,
+                       size_t n_items, enum dtype dt, const int64_t *dims, int ndim,
+                       uint8_t **out, size_t *out_len, struct cerr *e);
 
 /* ---- infer response ---- */
 

@@ -3,7 +3,7 @@
 if(TARGET PkgConfig::CMOCKA AND TARGET corral_router_core)
   foreach(t test_oip_convert test_oip_route test_http)
     add_executable(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c)
-    target_link_libraries(${t} PRIVATE corral_router_core PkgConfig::CMOCKA)
+    target_link_libraries(${t} PRIVATE corral_router_core PkgConfig::CMOCKA PkgConfig::JANSSON)
     add_test(NAME router_${t} COMMAND ${t})
     set_tests_properties(router_${t} PROPERTIES LABELS "unit;router" TIMEOUT 60)
   endforeach()

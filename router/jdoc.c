@@ -1,0 +1,742 @@
+/*
+ * jdoc: one-pass JSON reader into a flat token array; numbers converted on
+ * demand. See jdoc.h.
+ */
+#include "jdoc.h"
+
+#include <errno.h>
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- parsing ---- */
+
+struct parser {
+    struct jdoc *d;
+    const unsigned char *s;
+    size_t n, p;
+    struct cerr *e;
+    const char *why; /* set on the first error */
+    size_t at;       /* where it happened */
+};
+
+static int fail(struct parser *ps, const char *why)
+{
+    if (!ps->why) {
+        ps->why = why;
+        ps->at = ps->p;
+    }
+    return -1;
+}
+
+static int grow_tokens(struct parser *ps)
+{
+    struct jdoc *d = ps->d;
+    size_t cap = d->cap ? d->cap * 2 : 64;
+    struct jtok *t = realloc(d->tok, cap * sizeof *t);
+    if (!t)
+        return fail(ps, "out of memory");
+    d->tok = t;
+    d->cap = cap;
+    return 0;
+}
+
+static inline int64_t push(struct parser *ps, enum jtype type, uint32_t off, uint32_t len)
+{
+    struct jdoc *d = ps->d;
+    if (d->n == d->cap && grow_tokens(ps))
+        return -1;
+    struct jtok *t = &d->tok[d->n];
+    t->off = off;
+    t->len = len;
+    t->next = (uint32_t)d->n + 1;
+    t->type = (uint8_t)type;
+    t->integer = 0;
+    return (int64_t)d->n++;
+}
+
+static int str_reserve(struct parser *ps, size_t more)
+{
+    struct jdoc *d = ps->d;
+    if (d->str_cap - d->str_len >= more)
+        return 0;
+    size_t cap = d->str_cap ? d->str_cap : 256;
+    while (cap - d->str_len < more)
+        cap *= 2;
+    char *s = realloc(d->str, cap);
+    if (!s)
+        return fail(ps, "out of memory");
+    d->str = s;
+    d->str_cap = cap;
+    return 0;
+}
+
+static int hex4(const unsigned char *s, uint32_t *out)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) {
+        unsigned c = s[i];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v |= c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v |= c - 'A' + 10;
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Length of the valid UTF-8 sequence at s (n bytes available), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned c = s[0];
+    size_t k;
+    uint32_t cp, min;
+    if (c >= 0xc2 && c <= 0xdf) {
+        k = 2, cp = c & 0x1f, min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        k = 3, cp = c & 0x0f, min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        k = 4, cp = c & 0x07, min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (k > n)
+        return 0;
+    for (size_t i = 1; i < k; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return k;
+}
+
+static size_t put_utf8(char *o, uint32_t cp)
+{
+    if (cp < 0x80) {
+        o[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        o[0] = (char)(0xc0 | (cp >> 6));
+        o[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xe0 | (cp >> 12));
+        o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        o[2] = (char)(0x80 | (cp & 0x3f));
+        return 3;
+    }
+    o[0] = (char)(0xf0 | (cp >> 18));
+    o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+    o[3] = (char)(0x80 | (cp & 0x3f));
+    return 4;
+}
+
+/* At the opening quote; leaves p after the closing one. */
+static int64_t parse_string(struct parser *ps)
+{
+    struct jdoc *d = ps->d;
+    const unsigned char *s = ps->s;
+    size_t n = ps->n;
+    size_t start = d->str_len;
+    ps->p++;
+    for (;;) {
+        size_t q = ps->p;
+        while (q < n && s[q] != '"' && s[q] != '\\' && s[q] >= 0x20 && s[q] < 0x80)
+            q++;
+        if (q > ps->p) {
+            if (str_reserve(ps, q - ps->p + 5))
+                return -1;
+            memcpy(d->str + d->str_len, s + ps->p, q - ps->p);
+            d->str_len += q - ps->p;
+            ps->p = q;
+        }
+        if (q >= n)
+            return fail(ps, "unterminated string");
+        unsigned c = s[q];
+        if (c == '"') {
+            ps->p++;
+            break;
+        }
+        if (c < 0x20)
+            return fail(ps, "control character in a string (escape it)");
+        if (str_reserve(ps, 5))
+            return -1;
+        if (c >= 0x80) {
+            size_t k = utf8_len(s + q, n - q);
+            if (!k)
+                return fail(ps, "invalid UTF-8 in a string");
+            memcpy(d->str + d->str_len, s + q, k);
+            d->str_len += k;
+            ps->p += k;
+            continue;
+        }
+        /* backslash */
+        if (q + 1 >= n)
+            return fail(ps, "unterminated string");
+        char *o = d->str + d->str_len;
+        switch (s[q + 1]) {
+        case '"': *o = '"'; break;
+        case '\\': *o = '\\'; break;
+        case '/': *o = '/'; break;
+        case 'b': *o = '\b'; break;
+        case 'f': *o = '\f'; break;
+        case 'n': *o = '\n'; break;
+        case 'r': *o = '\r'; break;
+        case 't': *o = '\t'; break;
+        case 'u': {
+            uint32_t cp, lo;
+            if (q + 6 > n || hex4(s + q + 2, &cp))
+                return fail(ps, "invalid \\u escape (expected four hex digits)");
+            size_t used = 6;
+            if (cp >= 0xdc00 && cp <= 0xdfff)
+                return fail(ps, "invalid \\u escape (a low surrogate without a high one)");
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                if (q + 12 > n || s[q + 6] != '\\' || s[q + 7] != 'u' || hex4(s + q + 8, &lo) ||
+                    lo < 0xdc00 || lo > 0xdfff)
+                    return fail(ps, "invalid \\u escape (a high surrogate without a low one)");
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                used = 12;
+            }
+            d->str_len += put_utf8(o, cp);
+            ps->p += used;
+            continue;
+        }
+        default:
+            ps->p++;
+            return fail(ps, "invalid escape in a string");
+        }
+        d->str_len++;
+        ps->p += 2;
+    }
+    if (str_reserve(ps, 1))
+        return -1;
+    d->str[d->str_len] = 0;
+    size_t len = d->str_len - start;
+    d->str_len++;
+    return push(ps, JT_STRING, (uint32_t)start, (uint32_t)len);
+}
+
+static inline int is_digit(unsigned c)
+{
+    return c - '0' < 10u;
+}
+
+static int64_t parse_number(struct parser *ps)
+{
+    const unsigned char *s = ps->s;
+    size_t n = ps->n, p = ps->p, start = p;
+    int integer = 1;
+    if (s[p] == '-')
+        p++;
+    if (p >= n || !is_digit(s[p])) {
+        ps->p = p;
+        return fail(ps, "invalid number (expected a digit)");
+    }
+    if (s[p] == '0') {
+        p++;
+        if (p < n && is_digit(s[p])) {
+            ps->p = p;
+            return fail(ps, "invalid number (leading zero)");
+        }
+    } else {
+        while (p < n && is_digit(s[p]))
+            p++;
+    }
+    if (p < n && s[p] == '.') {
+        integer = 0;
+        p++;
+        if (p >= n || !is_digit(s[p])) {
+            ps->p = p;
+            return fail(ps, "invalid number (expected a digit after '.')");
+        }
+        while (p < n && is_digit(s[p]))
+            p++;
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        integer = 0;
+        p++;
+        if (p < n && (s[p] == '+' || s[p] == '-'))
+            p++;
+        if (p >= n || !is_digit(s[p])) {
+            ps->p = p;
+            return fail(ps, "invalid number (expected a digit in the exponent)");
+        }
+        while (p < n && is_digit(s[p]))
+            p++;
+    }
+    ps->p = p;
+    int64_t t = push(ps, JT_NUMBER, (uint32_t)start, (uint32_t)(p - start));
+    if (t >= 0)
+        ps->d->tok[t].integer = (uint8_t)integer;
+    return t;
+}
+
+static int64_t parse_literal(struct parser *ps)
+{
+    static const struct {
+        const char *word;
+        size_t len;
+        enum jtype type;
+    } lits[] = {{"true", 4, JT_TRUE}, {"false", 5, JT_FALSE}, {"null", 4, JT_NULL}};
+    for (size_t i = 0; i < 3; i++) {
+        if (ps->s[ps->p] != (unsigned char)lits[i].word[0])
+            continue;
+        if (ps->n - ps->p < lits[i].len || memcmp(ps->s + ps->p, lits[i].word, lits[i].len))
+            return fail(ps, "invalid literal (expected true, false or null)");
+        ps->p += lits[i].len;
+        return push(ps, lits[i].type, (uint32_t)ps->p, 0);
+    }
+    return fail(ps, "unexpected character, expected a value");
+}
+
+static inline void skip_ws(struct parser *ps)
+{
+    while (ps->p < ps->n) {
+        unsigned c = ps->s[ps->p];
+        if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
+            break;
+        ps->p++;
+    }
+}
+
+enum { S_VALUE, S_VALUE_OR_END, S_KEY, S_KEY_OR_END, S_AFTER };
+
+static int run(struct parser *ps)
+{
+    struct jdoc *d = ps->d;
+    uint32_t stack[JDOC_MAX_DEPTH];
+    int depth = 0, state = S_VALUE;
+    for (;;) {
+        skip_ws(ps);
+        int at_end = ps->p >= ps->n;
+        unsigned c = at_end ? 0 : ps->s[ps->p];
+        switch (state) {
+        case S_VALUE_OR_END:
+            if (c == ']') {
+                ps->p++;
+                d->tok[stack[--depth]].next = (uint32_t)d->n;
+                state = S_AFTER;
+                continue;
+            }
+            /* fall through */
+        case S_VALUE: {
+            if (at_end)
+                return fail(ps, "unexpected end of input, expected a value");
+            if (depth > 0 && d->tok[stack[depth - 1]].type == JT_ARRAY)
+                d->tok[stack[depth - 1]].len++;
+            int64_t t;
+            if (c == '{' || c == '[') {
+                if (depth == JDOC_MAX_DEPTH)
+                    return fail(ps, "nesting too deep (more than 256 levels)");
+                if ((t = push(ps, c == '{' ? JT_OBJECT : JT_ARRAY, (uint32_t)ps->p, 0)) < 0)
+                    return -1;
+                stack[depth++] = (uint32_t)t;
+                ps->p++;
+                state = c == '{' ? S_KEY_OR_END : S_VALUE_OR_END;
+                continue;
+            }
+            if (c == '"')
+                t = parse_string(ps);
+            else if (c == '-' || is_digit(c))
+                t = parse_number(ps);
+            else
+                t = parse_literal(ps);
+            if (t < 0)
+                return -1;
+            state = S_AFTER;
+            continue;
+        }
+        case S_KEY_OR_END:
+            if (c == '}') {
+                ps->p++;
+                d->tok[stack[--depth]].next = (uint32_t)d->n;
+                state = S_AFTER;
+                continue;
+            }
+            /* fall through */
+        case S_KEY:
+            if (c != '"')
+                return fail(ps, at_end ? "unexpected end of input, expected a string key"
+                                       : "expected a string key");
+            d->tok[stack[depth - 1]].len++;
+            if (parse_string(ps) < 0)
+                return -1;
+            skip_ws(ps);
+            if (ps->p >= ps->n || ps->s[ps->p] != ':')
+                return fail(ps, "expected ':' after an object key");
+            ps->p++;
+            state = S_VALUE;
+            continue;
+        case S_AFTER:
+            if (depth == 0) {
+                if (!at_end)
+                    return fail(ps, "unexpected characters after the JSON value");
+                return 0;
+            }
+            {
+                struct jtok *top = &d->tok[stack[depth - 1]];
+                unsigned close = top->type == JT_OBJECT ? '}' : ']';
+                if (c == ',') {
+                    ps->p++;
+                    state = top->type == JT_OBJECT ? S_KEY : S_VALUE;
+                } else if (c == close) {
+                    ps->p++;
+                    top->next = (uint32_t)d->n;
+                    depth--;
+                } else if (at_end) {
+                    return fail(ps, top->type == JT_OBJECT ? "unexpected end of input, expected "
+                                "',' or '}'" : "unexpected end of input, expected ',' or ']'");
+                } else {
+                    return fail(ps, top->type == JT_OBJECT ? "expected ',' or '}'"
+                                                           : "expected ',' or ']'");
+                }
+            }
+            continue;
+        }
+    }
+}
+
+int jdoc_parse(struct jdoc *d, const char *text, size_t len, struct cerr *e)
+{
+    memset(d, 0, sizeof *d);
+    d->text = text;
+    d->text_len = len;
+    if (len >= UINT32_MAX)
+        return cerr_set(e, CORRAL_ETOOLARGE, "JSON document of %zu bytes is too large (limit 4 GiB)",
+                        len);
+    struct parser ps = {.d = d, .s = (const unsigned char *)text, .n = len, .e = e};
+    if (run(&ps) == 0)
+        return CORRAL_OK;
+    int line = 1, col = 1;
+    size_t at = ps.at < len ? ps.at : len;
+    for (size_t i = 0; i < at; i++) {
+        if (text[i] == '\n') {
+            line++;
+            col = 1;
+        } else {
+            col++;
+        }
+    }
+    int oom = strcmp(ps.why, "out of memory") == 0;
+    jdoc_free(d);
+    d->text = text;
+    d->text_len = len;
+    if (oom)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory reading JSON (%zu bytes)", len);
+    return cerr_set(e, CORRAL_EINVAL, "%s at line %d column %d", ps.why, line, col);
+}
+
+void jdoc_free(struct jdoc *d)
+{
+    free(d->tok);
+    free(d->str);
+    memset(d, 0, sizeof *d);
+}
+
+/* ---- access ---- */
+
+uint32_t jdoc_first_key(const struct jdoc *d, uint32_t o)
+{
+    return o + 1 < d->tok[o].next ? o + 1 : JDOC_NONE;
+}
+
+uint32_t jdoc_next_key(const struct jdoc *d, uint32_t o, uint32_t k)
+{
+    uint32_t nk = d->tok[k + 1].next;
+    return nk < d->tok[o].next ? nk : JDOC_NONE;
+}
+
+uint32_t jdoc_get(const struct jdoc *d, uint32_t o, const char *key)
+{
+    if (o == JDOC_NONE || d->tok[o].type != JT_OBJECT)
+        return JDOC_NONE;
+    size_t kl = strlen(key);
+    uint32_t found = JDOC_NONE;
+    for (uint32_t k = jdoc_first_key(d, o); k != JDOC_NONE; k = jdoc_next_key(d, o, k))
+        if (d->tok[k].len == kl && memcmp(d->str + d->tok[k].off, key, kl) == 0)
+            found = k + 1;
+    return found;
+}
+
+uint32_t jdoc_at(const struct jdoc *d, uint32_t a, size_t k)
+{
+    if (a == JDOC_NONE || d->tok[a].type != JT_ARRAY || k >= d->tok[a].len)
+        return JDOC_NONE;
+    uint32_t i = a + 1;
+    while (k--)
+        i = d->tok[i].next;
+    return i;
+}
+
+const char *jdoc_type_name(const struct jdoc *d, uint32_t i)
+{
+    switch (d->tok[i].type) {
+    case JT_OBJECT: return "an object";
+    case JT_ARRAY: return "an array";
+    case JT_STRING: return "a string";
+    case JT_NUMBER: return "a number";
+    case JT_TRUE:
+    case JT_FALSE: return "a boolean";
+    default: return "null";
+    }
+}
+
+/* ---- numbers ---- */
+
+/*
+ * A JSON number as w * 10^e10 with w holding up to 19 significant digits.
+ * `exact` is 0 when nonzero digits had to be dropped.
+ */
+struct decimal {
+    uint64_t w;
+    int64_t e10;
+    int neg, exact;
+};
+
+static void decimal_read(const char *s, size_t n, struct decimal *x)
+{
+    size_t p = 0;
+    int nd = 0;
+    x->w = 0;
+    x->e10 = 0;
+    x->exact = 1;
+    x->neg = n > 0 && s[0] == '-';
+    p += (size_t)x->neg;
+    for (; p < n && is_digit((unsigned char)s[p]); p++) {
+        unsigned dg = (unsigned)(s[p] - '0');
+        if (nd < 19) {
+            x->w = x->w * 10 + dg;
+            nd += x->w != 0;
+        } else {
+            x->e10++;
+            if (dg)
+                x->exact = 0;
+        }
+    }
+    if (p < n && s[p] == '.') {
+        for (p++; p < n && is_digit((unsigned char)s[p]); p++) {
+            unsigned dg = (unsigned)(s[p] - '0');
+            if (nd < 19) {
+                x->w = x->w * 10 + dg;
+                nd += x->w != 0;
+                x->e10--;
+            } else if (dg) {
+                x->exact = 0;
+            }
+        }
+    }
+    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
+        p++;
+        int eneg = 0;
+        if (p < n && (s[p] == '+' || s[p] == '-'))
+            eneg = s[p++] == '-';
+        int64_t ex = 0;
+        for (; p < n && is_digit((unsigned char)s[p]); p++)
+            if (ex < 100000000)
+                ex = ex * 10 + (s[p] - '0');
+        x->e10 += eneg ? -ex : ex;
+    }
+}
+
+/* strtod/strtof on a NUL-terminated copy. */
+static double slow_double(const char *s, size_t n, float *f)
+{
+    char small[128];
+    char *b = n < sizeof small ? small : malloc(n + 1);
+    if (!b) {
+        /* Cannot copy: fall back to the digits that fit. */
+        n = sizeof small - 1;
+        b = small;
+    }
+    memcpy(b, s, n);
+    b[n] = 0;
+    double v = 0;
+    if (f)
+        *f = strtof(b, NULL);
+    else
+        v = strtod(b, NULL);
+    if (b != small)
+        free(b);
+    return v;
+}
+
+#if defined(__x86_64__) && LDBL_MANT_DIG == 64
+/*
+ * x87 extended precision holds any w < 2^64 and 10^k for k <= 27 exactly, so
+ * w * 10^e or w / 10^-e is one correctly rounded operation with a 64-bit
+ * significand. Rounding that again to 53 or 24 bits gives the correctly
+ * rounded result unless it landed exactly halfway between two targets, which
+ * the low bits of the significand show; those rare cases take the slow path.
+ */
+#define FAST_EXP 27
+static const long double p10l[FAST_EXP + 1] = {
+    1e0L,  1e1L,  1e2L,  1e3L,  1e4L,  1e5L,  1e6L,  1e7L,  1e8L,  1e9L,
+    1e10L, 1e11L, 1e12L, 1e13L, 1e14L, 1e15L, 1e16L, 1e17L, 1e18L, 1e19L,
+    1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
+
+/* Returns 0 and the value, or -1 when the slow path must decide. */
+static int fast_value(const struct decimal *x, int bits, long double *out)
+{
+    if (!x->exact || x->e10 < -FAST_EXP || x->e10 > FAST_EXP)
+        return -1;
+    long double r = (long double)x->w;
+    r = x->e10 >= 0 ? r * p10l[x->e10] : r / p10l[-x->e10];
+    uint64_t sig;
+    memcpy(&sig, &r, 8);
+    uint64_t mask = bits == 53 ? 0x7ffu : 0xffffffffffu;
+    if ((sig & mask) == (mask >> 1) + 1)
+        return -1;
+    *out = x->neg ? -r : r;
+    return 0;
+}
+#else
+/* Clinger's fast path: w and 10^|e| both exact doubles, one rounding. */
+#define FAST_EXP 22
+static const double p10d[FAST_EXP + 1] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                          1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                          1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+static int fast_value(const struct decimal *x, int bits, double *out)
+{
+    if (!x->exact || x->e10 < -FAST_EXP || x->e10 > FAST_EXP || x->w > (1ull << 53))
+        return -1;
+    double r = (double)x->w;
+    r = x->e10 >= 0 ? r * p10d[x->e10] : r / p10d[-x->e10];
+    if (bits == 24) {
+        uint64_t b;
+        memcpy(&b, &r, 8);
+        if ((b & 0x1fffffffu) == 0x10000000u)
+            return -1;
+    }
+    *out = x->neg ? -r : r;
+    return 0;
+}
+#endif
+
+double jnum_double(const char *s, size_t n)
+{
+    struct decimal x;
+    decimal_read(s, n, &x);
+    if (x.w == 0 && x.exact)
+        return x.neg ? -0.0 : 0.0;
+#if defined(__x86_64__) && LDBL_MANT_DIG == 64
+    long double r;
+#else
+    double r;
+#endif
+    if (fast_value(&x, 53, &r) == 0)
+        return (double)r;
+    return slow_double(s, n, NULL);
+}
+
+float jnum_float(const char *s, size_t n)
+{
+    struct decimal x;
+    decimal_read(s, n, &x);
+    if (x.w == 0 && x.exact)
+        return x.neg ? -0.0f : 0.0f;
+#if defined(__x86_64__) && LDBL_MANT_DIG == 64
+    long double r;
+#else
+    double r;
+#endif
+    if (fast_value(&x, 24, &r) == 0)
+        return (float)r;
+    float f = 0;
+    slow_double(s, n, &f);
+    return f;
+}
+
+int jdoc_double(const struct jdoc *d, uint32_t i, double *out)
+{
+    const struct jtok *t = &d->tok[i];
+    if (t->type != JT_NUMBER)
+        return JNUM_NOT_NUMBER;
+    double v = jnum_double(d->text + t->off, t->len);
+    if (isinf(v))
+        return JNUM_RANGE;
+    *out = v;
+    return JNUM_OK;
+}
+
+int jdoc_float(const struct jdoc *d, uint32_t i, float *out)
+{
+    const struct jtok *t = &d->tok[i];
+    if (t->type != JT_NUMBER)
+        return JNUM_NOT_NUMBER;
+    float v = jnum_float(d->text + t->off, t->len);
+    if (isinf(v))
+        return JNUM_RANGE;
+    *out = v;
+    return JNUM_OK;
+}
+
+/* Magnitude of an integer token; -1 when it does not fit 64 bits. */
+static int read_u64(const char *s, size_t n, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (size_t p = 0; p < n; p++) {
+        unsigned dg = (unsigned)(s[p] - '0');
+        if (v > (UINT64_MAX - dg) / 10)
+            return -1;
+        v = v * 10 + dg;
+    }
+    *out = v;
+    return 0;
+}
+
+int jdoc_int64(const struct jdoc *d, uint32_t i, int64_t *out)
+{
+    const struct jtok *t = &d->tok[i];
+    if (t->type != JT_NUMBER)
+        return JNUM_NOT_NUMBER;
+    if (!t->integer)
+        return JNUM_NOT_INTEGER;
+    const char *s = d->text + t->off;
+    int neg = s[0] == '-';
+    uint64_t m;
+    if (read_u64(s + neg, t->len - (size_t)neg, &m))
+        return JNUM_RANGE;
+    if (neg) {
+        if (m > (uint64_t)INT64_MAX + 1)
+            return JNUM_RANGE;
+        *out = m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m;
+    } else {
+        if (m > (uint64_t)INT64_MAX)
+            return JNUM_RANGE;
+        *out = (int64_t)m;
+    }
+    return JNUM_OK;
+}
+
+int jdoc_uint64(const struct jdoc *d, uint32_t i, uint64_t *out)
+{
+    const struct jtok *t = &d->tok[i];
+    if (t->type != JT_NUMBER)
+        return JNUM_NOT_NUMBER;
+    if (!t->integer)
+        return JNUM_NOT_INTEGER;
+    const char *s = d->text + t->off;
+    uint64_t m;
+    if (s[0] == '-') {
+        if (read_u64(s + 1, t->len - 1, &m) || m != 0)
+            return JNUM_RANGE;
+        *out = 0;
+        return JNUM_OK;
+    }
+    if (read_u64(s, t->len, &m))
+        return JNUM_RANGE;
+    *out = m;
+    return JNUM_OK;
+}
