@@ -241,7 +241,10 @@ static void handle(struct rpc_ctx *c)
         corral__request__free_unpacked(req, NULL);
         nng_msg *m = c->msg;
         c->msg = NULL;
-        if (upstream_infer_packed(up, mname, vname, m, timeout, on_infer_done, c, NULL, &e)) {
+        int rc = upstream_infer_packed(up, mname, vname, nng_msg_body(m), nng_msg_len(m), timeout,
+                                       on_infer_done, c, NULL, &e);
+        nng_msg_free(m);
+        if (rc) {
             LOG_ERROR("rpc: infer for model '%s' failed: %s", mname, e.msg);
             record(c, e.code, 0);
             reply_error(c, e.code, e.msg);

@@ -1,21 +1,17 @@
 #include "upstream.h"
 
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/req.h>
-#include <nng/supplemental/util/platform.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
+#include "sp_req.h"
 #include "wire.h"
 
 enum call_kind { CALL_INFER, CALL_HEALTH, CALL_METADATA, CALL_STATS };
-enum call_stage { ST_SEND, ST_RECV };
 
-enum { PIPE_LOST = 1, PIPE_ADDED = 2 };
+/* How a call ended, besides an answer. */
+enum { UP_OK = 0, UP_ETIMEDOUT, UP_ELOST, UP_ECLOSED, UP_ENOTCONN, UP_ECANCELED };
 
 struct up_model;
 struct gather;
@@ -24,8 +20,7 @@ struct up_replica {
     struct upstream *u;
     struct up_model *model;
     char *url;
-    nng_socket sock;
-    int sock_open;
+    struct sp_req *conn;
     int ready;    /* last health answer said live and ready */
     int ejected;  /* passive health: too many transport failures in a row */
     int answered; /* has answered a health request at least once */
@@ -35,9 +30,9 @@ struct up_replica {
     int meta_inflight;
     Corral__Response *meta; /* its metadata answer, owned */
     unsigned outstanding;   /* infer calls in flight */
-    struct up_call *calls;  /* every call in flight on this replica (loop thread) */
-    atomic_int pipe_events;
-    atomic_uint pipes_added, pipes_removed; /* connected while added > removed */
+    /* Every call in flight on this replica, oldest first: answers mostly come back in
+     * order, so finding the call an answer belongs to takes a step or two. */
+    struct up_call *calls, *calls_tail;
     char why[256]; /* why it takes no traffic, for logs and error messages */
 };
 
@@ -51,22 +46,17 @@ struct up_call {
     struct upstream *u;
     struct up_replica *r;
     enum call_kind kind;
-    nng_ctx ctx;
-    int ctx_open;
-    nng_aio *aio;
-    int stage;
-    nng_time deadline;
+    uint32_t id;
+    uv_timer_t timer; /* the deadline */
+    uint64_t deadline; /* loop time, ms */
     unsigned timeout_ms;
-    /* Written by the NNG callback before the call is queued; read by the loop after. */
     int rv;
-    int fail_stage; /* stage the call was in when it ended */
-    nng_msg *reply;
-    /* Guarded by u->mu. */
-    int cancel;
-    struct up_call *qnext;
-    /* Loop thread only. */
-    struct up_call *prev, *next;
-    nng_msg *orig; /* the packed request, kept so a retry can resend it */
+    const uint8_t *reply; /* the answer, valid while the call is being completed */
+    size_t reply_len;
+    struct up_call *prev, *next; /* on r's list while in flight */
+    struct up_call *dnext;       /* on the upstream's deferred list */
+    uint8_t *orig; /* the packed request, kept so a retry can resend it */
+    size_t orig_len;
     int attempts;
     int aborted;        /* the caller gave up: no retry, answer "cancelled" */
     int replica_failed; /* cancelled because its replica was declared unhealthy */
@@ -96,18 +86,15 @@ struct upstream {
     size_t n_models;
     struct up_replica **replicas;
     size_t n_replicas;
-    uv_async_t async;
-    uv_timer_t timer;
+    uv_timer_t timer; /* health */
+    uv_timer_t defer; /* completes the deferred calls on the next loop turn */
+    struct up_call *dhead, *dtail;
     int handles_open;
     int started;
     int closing;
     unsigned inflight;
+    uint32_t next_id;
     uint64_t rng;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct up_call *qhead, *qtail; /* completed calls waiting for the loop (mu) */
-    unsigned pending;              /* calls whose NNG side has not finished (mu) */
-    int async_closed;              /* (mu) */
 };
 
 static uint64_t rng_next(struct upstream *u)
@@ -121,99 +108,30 @@ static uint64_t rng_next(struct upstream *u)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
+static void on_call_timer_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
 static void call_free(struct up_call *c)
 {
     if (!c)
         return;
-    if (c->aio)
-        nng_aio_free(c->aio);
-    if (c->ctx_open)
-        nng_ctx_close(c->ctx);
-    if (c->orig)
-        nng_msg_free(c->orig);
-    if (c->reply)
-        nng_msg_free(c->reply);
-    free(c);
-}
-
-/* Wakes the loop thread; callers hold u->mu so the handle cannot be closing meanwhile. */
-static void wake_locked(struct upstream *u)
-{
-    if (!u->async_closed)
-        uv_async_send(&u->async);
-}
-
-/*
- * Runs on an NNG thread. It moves a call from its send stage to its receive
- * stage, or queues it for the loop thread. The lock is held while the receive
- * is started so that a cancellation requested by the loop thread either is seen
- * here or finds the receive already started (and aborts it).
- */
-static void call_aio_done(void *arg)
-{
-    struct up_call *c = arg;
-    struct upstream *u = c->u;
-    int rv = nng_aio_result(c->aio);
-    pthread_mutex_lock(&u->mu);
-    c->fail_stage = c->stage;
-    if (c->stage == ST_SEND) {
-        if (rv != 0) {
-            nng_msg *m = nng_aio_get_msg(c->aio);
-            if (m)
-                nng_msg_free(m);
-            nng_aio_set_msg(c->aio, NULL);
-        } else if (c->cancel) {
-            rv = NNG_ECANCELED;
-        } else {
-            nng_time now = nng_clock();
-            if (now < c->deadline) {
-                c->stage = ST_RECV;
-                nng_aio_set_timeout(c->aio, (nng_duration)(c->deadline - now));
-                nng_ctx_recv(c->ctx, c->aio);
-                pthread_mutex_unlock(&u->mu);
-                return;
-            }
-            rv = NNG_ETIMEDOUT;
-        }
-    } else if (rv == 0) {
-        c->reply = nng_aio_get_msg(c->aio);
-        nng_aio_set_msg(c->aio, NULL);
-    }
-    c->rv = rv;
-    c->qnext = NULL;
-    if (u->qtail)
-        u->qtail->qnext = c;
-    else
-        u->qhead = c;
-    u->qtail = c;
-    if (--u->pending == 0)
-        pthread_cond_broadcast(&u->cv);
-    wake_locked(u);
-    pthread_mutex_unlock(&u->mu);
-}
-
-static void on_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg)
-{
-    struct up_replica *r = arg;
-    struct upstream *u = r->u;
-    if (ev == NNG_PIPE_EV_REM_POST)
-        atomic_fetch_add(&r->pipes_removed, 1);
-    else
-        atomic_fetch_add(&r->pipes_added, 1);
-    atomic_fetch_or(&r->pipe_events, ev == NNG_PIPE_EV_REM_POST ? PIPE_LOST : PIPE_ADDED);
-    pthread_mutex_lock(&u->mu);
-    wake_locked(u);
-    pthread_mutex_unlock(&u->mu);
+    free(c->orig);
+    c->orig = NULL;
+    uv_close((uv_handle_t *)&c->timer, on_call_timer_closed);
 }
 
 static void replica_link(struct up_replica *r, struct up_call *c)
 {
     c->r = r;
-    c->prev = NULL;
-    c->next = r->calls;
-    if (r->calls)
-        r->calls->prev = c;
-    r->calls = c;
+    c->next = NULL;
+    c->prev = r->calls_tail;
+    if (r->calls_tail)
+        r->calls_tail->next = c;
+    else
+        r->calls = c;
+    r->calls_tail = c;
 }
 
 static void replica_unlink(struct up_call *c)
@@ -223,49 +141,100 @@ static void replica_unlink(struct up_call *c)
         return;
     if (c->prev)
         c->prev->next = c->next;
-    else
+    else if (r->calls == c)
         r->calls = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    else if (r->calls_tail == c)
+        r->calls_tail = c->prev;
     c->prev = c->next = NULL;
 }
 
-/* Starts (or restarts, for a retry) a call on replica r; takes ownership of msg. */
-static int call_launch(struct up_call *c, struct up_replica *r, nng_msg *msg)
+static void on_health_done(struct up_replica *r, struct up_call *c);
+static void on_metadata_done(struct up_replica *r, struct up_call *c);
+static void on_stats_done(struct up_replica *r, struct up_call *c);
+static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued);
+
+/* Ends a call that is off its replica's list: accounting, its handler, then freeing. */
+static void complete(struct up_call *c, int rv)
 {
     struct upstream *u = c->u;
-    if (c->ctx_open) {
-        nng_ctx_close(c->ctx);
-        c->ctx_open = 0;
+    struct up_replica *r = c->r;
+    uv_timer_stop(&c->timer);
+    c->rv = rv;
+    u->inflight--;
+    if (c->kind == CALL_INFER)
+        r->outstanding--;
+    int requeued = 0;
+    if (c->kind == CALL_HEALTH)
+        on_health_done(r, c);
+    else if (c->kind == CALL_METADATA)
+        on_metadata_done(r, c);
+    else if (c->kind == CALL_STATS)
+        on_stats_done(r, c);
+    else
+        on_infer_done(r, c, &requeued);
+    c->reply = NULL;
+    c->reply_len = 0;
+    if (!requeued)
+        call_free(c);
+}
+
+static void on_defer(uv_timer_t *t)
+{
+    struct upstream *u = t->data;
+    while (u->dhead) {
+        struct up_call *c = u->dhead;
+        u->dhead = c->dnext;
+        if (!u->dhead)
+            u->dtail = NULL;
+        complete(c, c->rv);
     }
-    int rv = nng_ctx_open(&c->ctx, r->sock);
-    if (rv) {
-        nng_msg_free(msg);
-        return rv;
-    }
-    c->ctx_open = 1;
-    c->stage = ST_SEND;
+}
+
+/* Takes c off its replica now (a late answer is then dropped) and completes it from the
+ * loop, so that callers of upstream_cancel never see the callback run inside it. */
+static void complete_later(struct up_call *c, int rv)
+{
+    struct upstream *u = c->u;
+    replica_unlink(c);
+    uv_timer_stop(&c->timer);
+    c->rv = rv;
+    c->dnext = NULL;
+    if (u->dtail)
+        u->dtail->dnext = c;
+    else
+        u->dhead = c;
+    u->dtail = c;
+    if (!u->closing)
+        uv_timer_start(&u->defer, on_defer, 0, 0);
+}
+
+static void on_call_timeout(uv_timer_t *t)
+{
+    struct up_call *c = t->data;
+    replica_unlink(c);
+    complete(c, UP_ETIMEDOUT);
+}
+
+/* Starts (or restarts, for a retry) a call on replica r with c->orig. */
+static int call_launch(struct up_call *c, struct up_replica *r)
+{
+    struct upstream *u = c->u;
+    c->id = u->next_id++ & 0x7fffffffu;
+    if (sp_req_send(r->conn, c->id, c->orig, c->orig_len) != 0)
+        return UP_ENOTCONN;
     c->rv = 0;
     c->replica_failed = 0;
-    if (c->reply) {
-        nng_msg_free(c->reply);
-        c->reply = NULL;
-    }
     c->attempts++;
     c->t_launch = uv_hrtime();
     replica_link(r, c);
     if (c->kind == CALL_INFER)
         r->outstanding++;
     u->inflight++;
-    pthread_mutex_lock(&u->mu);
-    u->pending++;
-    c->cancel = 0;
-    pthread_mutex_unlock(&u->mu);
-    nng_time now = nng_clock();
-    nng_aio_set_msg(c->aio, msg);
-    nng_aio_set_timeout(c->aio, c->deadline > now ? (nng_duration)(c->deadline - now) : 1);
-    nng_ctx_send(c->ctx, c->aio);
-    return 0;
+    uint64_t now = uv_now(u->loop);
+    uv_timer_start(&c->timer, on_call_timeout, c->deadline > now ? c->deadline - now : 1, 0);
+    return UP_OK;
 }
 
 static struct up_call *call_new(struct upstream *u, enum call_kind kind, unsigned timeout_ms)
@@ -276,36 +245,51 @@ static struct up_call *call_new(struct upstream *u, enum call_kind kind, unsigne
     c->u = u;
     c->kind = kind;
     c->timeout_ms = timeout_ms;
-    c->deadline = nng_clock() + timeout_ms;
-    if (nng_aio_alloc(&c->aio, call_aio_done, c) != 0) {
-        free(c);
-        return NULL;
-    }
+    c->deadline = uv_now(u->loop) + timeout_ms;
+    uv_timer_init(u->loop, &c->timer);
+    c->timer.data = c;
     return c;
 }
 
-static nng_msg *pack_request(const Corral__Request *req)
+static int pack_request(struct up_call *c, const Corral__Request *req)
 {
     size_t n = corral__request__get_packed_size(req);
-    nng_msg *m = NULL;
-    if (nng_msg_alloc(&m, n) != 0)
-        return NULL;
-    corral__request__pack(req, nng_msg_body(m));
-    return m;
+    c->orig = malloc(n ? n : 1);
+    if (!c->orig)
+        return -1;
+    c->orig_len = corral__request__pack(req, c->orig);
+    return 0;
 }
 
-/* Cancels the calls in flight on r so they are retried elsewhere (or fail now). */
+/* Ends the calls in flight on r so they are retried elsewhere (or fail). */
 static void replica_abort_calls(struct up_replica *r)
 {
-    struct upstream *u = r->u;
-    pthread_mutex_lock(&u->mu);
-    for (struct up_call *c = r->calls; c; c = c->next) {
-        c->cancel = 1;
+    struct up_call *c = r->calls;
+    r->calls = r->calls_tail = NULL;
+    while (c) {
+        struct up_call *next = c->next;
+        c->prev = c->next = NULL;
         c->replica_failed = 1;
+        complete(c, UP_ELOST);
+        c = next;
     }
-    pthread_mutex_unlock(&u->mu);
-    for (struct up_call *c = r->calls; c; c = c->next)
-        nng_aio_cancel(c->aio);
+}
+
+static const char *up_reason(int rv)
+{
+    switch (rv) {
+    case UP_ETIMEDOUT: return "no answer in time";
+    case UP_ELOST: return "connection lost";
+    case UP_ECLOSED: return "router shutting down";
+    case UP_ENOTCONN: return "not connected";
+    case UP_ECANCELED: return "cancelled";
+    default: return "unknown failure";
+    }
+}
+
+static int connected(const struct up_replica *r)
+{
+    return r->conn && sp_req_connected(r->conn);
 }
 
 /* `unhealthy`: the replica cannot be trusted to answer what it holds (lost, hung). */
@@ -327,6 +311,13 @@ static void probe(struct up_replica *r, enum call_kind kind)
     struct upstream *u = r->u;
     if (u->closing)
         return;
+    if (!connected(r)) {
+        char why[256];
+        snprintf(why, sizeof why, "not connected (is a replica listening at %.150s?)", r->url);
+        if (kind == CALL_HEALTH)
+            replica_set_not_ready(r, why, 1);
+        return;
+    }
     Corral__Request req = CORRAL__REQUEST__INIT;
     Corral__HealthRequest hr = CORRAL__HEALTH_REQUEST__INIT;
     Corral__MetadataRequest mr = CORRAL__METADATA_REQUEST__INIT;
@@ -338,14 +329,9 @@ static void probe(struct up_replica *r, enum call_kind kind)
         req.metadata = &mr;
     }
     struct up_call *c = call_new(u, kind, u->cfg.health_timeout_ms);
-    nng_msg *m = pack_request(&req);
-    if (!c || !m) {
-        call_free(c);
-        if (m)
-            nng_msg_free(m);
+    if (!c)
         return;
-    }
-    if (call_launch(c, r, m) != 0) {
+    if (pack_request(c, &req) != 0 || call_launch(c, r) != UP_OK) {
         call_free(c);
         return;
     }
@@ -355,19 +341,42 @@ static void probe(struct up_replica *r, enum call_kind kind)
         r->meta_inflight = 1;
 }
 
-static const char *nng_reason(int rv)
+/* ---- connection events (loop thread) ---- */
+
+static void on_conn_up(void *arg)
 {
-    switch (rv) {
-    case NNG_ETIMEDOUT: return "no answer in time";
-    case NNG_ECANCELED: return "connection lost";
-    case NNG_ECLOSED: return "connection closed";
-    default: return nng_strerror(rv);
-    }
+    struct up_replica *r = arg;
+    LOG_DEBUG("connected to replica %s", r->url);
+    if (!r->health_inflight && !r->u->closing)
+        probe(r, CALL_HEALTH);
 }
 
-static int connected(const struct up_replica *r)
+static void on_conn_down(void *arg, const char *why)
 {
-    return atomic_load(&r->pipes_added) != atomic_load(&r->pipes_removed);
+    struct up_replica *r = arg;
+    char w[256];
+    snprintf(w, sizeof w, "connection lost (%.200s)", why);
+    replica_set_not_ready(r, w, 0);
+    /* Calls waiting on the dead connection would only time out; end them now and let the
+     * retry logic decide. */
+    if (r->calls)
+        replica_abort_calls(r);
+}
+
+static void on_conn_reply(void *arg, uint32_t id, const uint8_t *body, size_t len)
+{
+    struct up_replica *r = arg;
+    struct up_call *c = r->calls;
+    while (c && c->id != id)
+        c = c->next;
+    if (!c) {
+        LOG_DEBUG("replica %s answered request %u after it ended; dropped", r->url, id);
+        return;
+    }
+    replica_unlink(c);
+    c->reply = body;
+    c->reply_len = len;
+    complete(c, UP_OK);
 }
 
 static void on_health_done(struct up_replica *r, struct up_call *c)
@@ -382,14 +391,13 @@ static void on_health_done(struct up_replica *r, struct up_call *c)
         return;
     }
     if (c->rv) {
-        snprintf(why, sizeof why, "health check failed: %s", nng_reason(c->rv));
+        snprintf(why, sizeof why, "health check failed: %s", up_reason(c->rv));
         replica_set_not_ready(r, why, 1);
         return;
     }
     Corral__Response *resp = NULL;
     struct cerr e = {0};
-    size_t len = nng_msg_len(c->reply);
-    if (wire_decode_response(nng_msg_body(c->reply), len, &resp, &e) != 0) {
+    if (wire_decode_response(c->reply, c->reply_len, &resp, &e) != 0) {
         snprintf(why, sizeof why, "invalid health answer: %.200s", e.msg);
         replica_set_not_ready(r, why, 1);
         return;
@@ -438,7 +446,7 @@ static void on_metadata_done(struct up_replica *r, struct up_call *c)
         return;
     Corral__Response *resp = NULL;
     struct cerr e = {0};
-    if (wire_decode_response(nng_msg_body(c->reply), nng_msg_len(c->reply), &resp, &e) != 0) {
+    if (wire_decode_response(c->reply, c->reply_len, &resp, &e) != 0) {
         LOG_WARN("replica %s sent invalid metadata: %s", r->url, e.msg);
         return;
     }
@@ -520,7 +528,7 @@ static void note_failure(struct up_replica *r, const char *what)
     r->fail_streak++;
     if (!r->ejected && r->fail_streak >= u->cfg.eject_after) {
         r->ejected = 1;
-        snprintf(r->why, sizeof r->why, "ejected after %u failed requests in a row (last: %s); "
+        snprintf(r->why, sizeof r->why, "ejected after %u failed requests in a row (last: %.150s); "
                  "re-admitted when a health probe succeeds", r->fail_streak, what);
         LOG_WARN("replica %s of model '%s' %s", r->url, r->model->name, r->why);
         emit(u, UPSTREAM_EV_EJECT, r->model->name);
@@ -552,17 +560,14 @@ static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued
         cerr_set(&e, CORRAL_EUNAVAIL, "the router is shutting down");
         goto fail;
     }
-    if (c->rv == NNG_ETIMEDOUT) {
-        if (c->fail_stage == ST_SEND)
-            note_failure(r, "could not deliver in time");
+    if (c->rv == UP_ETIMEDOUT) {
         cerr_set(&e, CORRAL_ETIMEDOUT, "model '%s' did not answer within the %u ms deadline "
-                 "(replica %s%s)", r->model->name, c->timeout_ms, r->url,
-                 c->fail_stage == ST_SEND ? " could not be reached" : "");
+                 "(replica %s)", r->model->name, c->timeout_ms, r->url);
         goto fail;
     }
     if (c->rv) {
         /* The replica never answered, so the request may not have run: one retry is safe. */
-        const char *why = c->replica_failed ? "declared unhealthy" : nng_reason(c->rv);
+        const char *why = c->replica_failed ? "declared unhealthy" : up_reason(c->rv);
         if (!c->replica_failed) {
             char w[200];
             snprintf(w, sizeof w, "request failed: %s", why);
@@ -570,16 +575,13 @@ static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued
         }
         int capped = 0;
         struct up_replica *alt = c->attempts < 2 ? pick(u, r->model, c->version, r, &capped) : NULL;
-        if (alt && nng_clock() < c->deadline) {
-            nng_msg *m = NULL;
-            if (nng_msg_dup(&m, c->orig) == 0) {
-                LOG_WARN("retrying a request for model '%s' on %s after %s failed: %s",
-                         r->model->name, alt->url, r->url, why);
-                emit(u, UPSTREAM_EV_RETRY, r->model->name);
-                if (call_launch(c, alt, m) == 0) {
-                    *requeued = 1;
-                    return;
-                }
+        if (alt && uv_now(u->loop) < c->deadline) {
+            LOG_WARN("retrying a request for model '%s' on %s after %s failed: %s",
+                     r->model->name, alt->url, r->url, why);
+            emit(u, UPSTREAM_EV_RETRY, r->model->name);
+            if (call_launch(c, alt) == UP_OK) {
+                *requeued = 1;
+                return;
             }
         }
         cerr_set(&e, CORRAL_EUNAVAIL, "replica %s of model '%s' failed (%s) and no other ready "
@@ -589,12 +591,12 @@ static void on_infer_done(struct up_replica *r, struct up_call *c, int *requeued
     r->fail_streak = 0;
     if (c->raw) {
         d.rc = CORRAL_OK;
-        d.raw = nng_msg_body(c->reply);
-        d.raw_len = nng_msg_len(c->reply);
+        d.raw = c->reply;
+        d.raw_len = c->reply_len;
         finish(c, &d);
         return;
     }
-    if (wire_decode_response(nng_msg_body(c->reply), nng_msg_len(c->reply), &resp, &e) != 0) {
+    if (wire_decode_response(c->reply, c->reply_len, &resp, &e) != 0) {
         cerr_prefix(&e, "replica %s sent an invalid answer", r->url);
         e.code = CORRAL_EIO;
         goto fail;
@@ -646,8 +648,8 @@ static void on_stats_done(struct up_replica *r, struct up_call *c)
     Corral__Response *resp = NULL;
     struct cerr e = {0};
     if (c->rv) {
-        snprintf(g->errs[i], sizeof g->errs[i], "stats request failed: %s", nng_reason(c->rv));
-    } else if (wire_decode_response(nng_msg_body(c->reply), nng_msg_len(c->reply), &resp, &e)) {
+        snprintf(g->errs[i], sizeof g->errs[i], "stats request failed: %s", up_reason(c->rv));
+    } else if (wire_decode_response(c->reply, c->reply_len, &resp, &e)) {
         snprintf(g->errs[i], sizeof g->errs[i], "invalid stats answer: %.150s", e.msg);
     } else if (resp->kind_case != CORRAL__RESPONSE__KIND_STATS) {
         snprintf(g->errs[i], sizeof g->errs[i], "stats request answered with %s",
@@ -663,67 +665,6 @@ static void on_stats_done(struct up_replica *r, struct up_call *c)
         g->items[i].error = g->errs[i];
     if (--g->pending == 0)
         gather_finish(g);
-}
-
-static void handle_pipe_events(struct upstream *u)
-{
-    for (size_t i = 0; i < u->n_replicas; i++) {
-        struct up_replica *r = u->replicas[i];
-        int ev = atomic_exchange(&r->pipe_events, 0);
-        if (!ev)
-            continue;
-        if (ev & PIPE_LOST) {
-            replica_set_not_ready(r, "connection lost", 0);
-            /* Calls waiting on the dead connection would only time out (or be resent by
-             * NNG, running twice); end them now and let the retry logic decide. */
-            if (r->calls)
-                replica_abort_calls(r);
-        }
-        if ((ev & PIPE_ADDED) && !r->health_inflight && !u->closing) {
-            LOG_DEBUG("connected to replica %s", r->url);
-            probe(r, CALL_HEALTH);
-        }
-    }
-}
-
-static void drain_completions(struct upstream *u)
-{
-    for (;;) {
-        pthread_mutex_lock(&u->mu);
-        struct up_call *c = u->qhead;
-        u->qhead = u->qtail = NULL;
-        pthread_mutex_unlock(&u->mu);
-        if (!c)
-            return;
-        while (c) {
-            struct up_call *next = c->qnext;
-            struct up_replica *r = c->r;
-            replica_unlink(c);
-            u->inflight--;
-            if (c->kind == CALL_INFER)
-                r->outstanding--;
-            int requeued = 0;
-            if (c->kind == CALL_HEALTH)
-                on_health_done(r, c);
-            else if (c->kind == CALL_METADATA)
-                on_metadata_done(r, c);
-            else if (c->kind == CALL_STATS)
-                on_stats_done(r, c);
-            else
-                on_infer_done(r, c, &requeued);
-            /* A requeued call belongs to NNG again and may already be completing: hands off. */
-            if (!requeued)
-                call_free(c);
-            c = next;
-        }
-    }
-}
-
-static void on_async(uv_async_t *a)
-{
-    struct upstream *u = a->data;
-    handle_pipe_events(u);
-    drain_completions(u);
 }
 
 static void on_health_tick(uv_timer_t *t)
@@ -759,28 +700,16 @@ int upstream_new(struct upstream **out, uv_loop_t *loop, const struct upstream_c
     if (u->cfg.eject_after == 0)
         u->cfg.eject_after = 2;
     u->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)u) | 1;
-    pthread_mutex_init(&u->mu, NULL);
-    pthread_cond_init(&u->cv, NULL);
     *out = u;
     return CORRAL_OK;
 }
 
 int upstream_add_replica(struct upstream *u, const char *model, const char *url, struct cerr *e)
 {
-    nng_url *parsed = NULL;
-    int rv = nng_url_parse(&parsed, url);
-    if (rv)
-        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is not a valid NNG URL (%s); expected "
-                        "e.g. tcp://127.0.0.1:9101", url, nng_strerror(rv));
-    static const char *schemes[] = {"tcp", "tcp4", "tcp6", "ipc", "inproc", "abstract", "ws",
-                                    "wss", "tls+tcp"};
-    int known = 0;
-    for (size_t i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
-        known |= strcmp(parsed->u_scheme, schemes[i]) == 0;
-    nng_url_free(parsed);
-    if (!known)
-        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has an unknown transport (expected "
-                        "tcp://HOST:PORT, ipc://PATH or inproc://NAME)", url);
+    if (strncmp(url, "tcp://", 6) != 0 && strncmp(url, "tcp4://", 7) != 0 &&
+        strncmp(url, "tcp6://", 7) != 0)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is not supported: expected "
+                        "tcp://HOST:PORT, e.g. tcp://127.0.0.1:9101", url);
     for (size_t i = 0; i < u->n_replicas; i++)
         if (strcmp(u->replicas[i]->url, url) == 0)
             return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is given more than once", url);
@@ -814,9 +743,6 @@ int upstream_add_replica(struct upstream *u, const char *model, const char *url,
     }
     r->u = u;
     r->model = m;
-    atomic_init(&r->pipe_events, 0);
-    atomic_init(&r->pipes_added, 0);
-    atomic_init(&r->pipes_removed, 0);
     snprintf(r->why, sizeof r->why, "no health answer yet");
     u->replicas[u->n_replicas++] = r;
     m->replicas[m->n++] = r;
@@ -825,34 +751,23 @@ int upstream_add_replica(struct upstream *u, const char *model, const char *url,
 
 int upstream_start(struct upstream *u, struct cerr *e)
 {
-    int rv;
-    uv_async_init(u->loop, &u->async, on_async);
-    u->async.data = u;
+    static const struct sp_req_events events = {
+        .up = on_conn_up, .down = on_conn_down, .reply = on_conn_reply};
+    int rc;
     uv_timer_init(u->loop, &u->timer);
     u->timer.data = u;
+    uv_timer_init(u->loop, &u->defer);
+    u->defer.data = u;
     u->handles_open = 2;
     u->started = 1;
     for (size_t i = 0; i < u->n_replicas; i++) {
         struct up_replica *r = u->replicas[i];
-        if ((rv = nng_req0_open(&r->sock)) != 0)
-            return cerr_set(e, CORRAL_EIO, "cannot open an NNG socket: %s", nng_strerror(rv));
-        r->sock_open = 1;
-        /* Inference answers can be large; the NNG default would drop anything over 1 MiB. */
-        nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, WIRE_MAX_MESSAGE);
-        /* Never resend on our own: a resent inference would run twice. */
-        nng_socket_set_ms(r->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
-        nng_socket_set_ms(r->sock, NNG_OPT_RECONNMINT, 50);
-        nng_socket_set_ms(r->sock, NNG_OPT_RECONNMAXT, 1000);
-        nng_pipe_notify(r->sock, NNG_PIPE_EV_ADD_POST, on_pipe_event, r);
-        nng_pipe_notify(r->sock, NNG_PIPE_EV_REM_POST, on_pipe_event, r);
-        rv = nng_dial(r->sock, r->url, NULL, NNG_FLAG_NONBLOCK);
-        if (rv)
-            return cerr_set(e, CORRAL_EINVAL, "cannot dial replica '%s': %s", r->url,
-                            nng_strerror(rv));
+        if ((rc = sp_req_open(&r->conn, u->loop, r->url, WIRE_MAX_MESSAGE, &events, r, e)))
+            return rc;
+        u->handles_open++;
         LOG_DEBUG("replica %s for model '%s' configured", r->url, r->model->name);
     }
-    for (size_t i = 0; i < u->n_replicas; i++)
-        probe(u->replicas[i], CALL_HEALTH);
+    /* The first health probe goes out as each connection comes up. */
     uv_timer_start(&u->timer, on_health_tick, u->cfg.health_interval_ms,
                    u->cfg.health_interval_ms);
     return CORRAL_OK;
@@ -872,16 +787,24 @@ static void upstream_free(struct upstream *u)
     }
     free(u->models);
     free(u->replicas);
-    pthread_mutex_destroy(&u->mu);
-    pthread_cond_destroy(&u->cv);
     free(u);
+}
+
+static void release_one(struct upstream *u)
+{
+    if (--u->handles_open == 0)
+        upstream_free(u);
 }
 
 static void on_handle_closed(uv_handle_t *h)
 {
-    struct upstream *u = h->data;
-    if (--u->handles_open == 0)
-        upstream_free(u);
+    release_one(h->data);
+}
+
+static void on_conn_closed(void *arg)
+{
+    struct up_replica *r = arg;
+    release_one(r->u);
 }
 
 void upstream_close(struct upstream *u)
@@ -892,30 +815,35 @@ void upstream_close(struct upstream *u)
         return;
     }
     uv_timer_stop(&u->timer);
-    pthread_mutex_lock(&u->mu);
-    for (size_t i = 0; i < u->n_replicas; i++)
-        for (struct up_call *c = u->replicas[i]->calls; c; c = c->next)
-            c->cancel = 1;
-    pthread_mutex_unlock(&u->mu);
-    for (size_t i = 0; i < u->n_replicas; i++)
-        for (struct up_call *c = u->replicas[i]->calls; c; c = c->next)
-            nng_aio_cancel(c->aio);
-    /* Every call reaches the queue exactly once; wait for the stragglers, then answer them. */
-    pthread_mutex_lock(&u->mu);
-    while (u->pending > 0)
-        pthread_cond_wait(&u->cv, &u->mu);
-    pthread_mutex_unlock(&u->mu);
-    drain_completions(u);
-    for (size_t i = 0; i < u->n_replicas; i++)
-        if (u->replicas[i]->sock_open) {
-            nng_close(u->replicas[i]->sock);
-            u->replicas[i]->sock_open = 0;
+    uv_timer_stop(&u->defer);
+    /* Every call still in flight is answered now, before the connections go. */
+    on_defer(&u->defer);
+    for (size_t i = 0; i < u->n_replicas; i++) {
+        struct up_replica *r = u->replicas[i];
+        struct up_call *c = r->calls;
+        r->calls = r->calls_tail = NULL;
+        while (c) {
+            struct up_call *next = c->next;
+            c->prev = c->next = NULL;
+            complete(c, UP_ECLOSED);
+            c = next;
         }
-    pthread_mutex_lock(&u->mu);
-    u->async_closed = 1;
-    pthread_mutex_unlock(&u->mu);
-    uv_close((uv_handle_t *)&u->async, on_handle_closed);
+    }
+    /* Sockets that failed to open (upstream_start returned early) have no connection. */
+    unsigned conns = 0;
+    for (size_t i = 0; i < u->n_replicas; i++)
+        if (u->replicas[i]->conn)
+            conns++;
+    u->handles_open = 2 + (int)conns;
+    for (size_t i = 0; i < u->n_replicas; i++) {
+        struct up_replica *r = u->replicas[i];
+        if (r->conn) {
+            sp_req_close(r->conn, on_conn_closed);
+            r->conn = NULL;
+        }
+    }
     uv_close((uv_handle_t *)&u->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&u->defer, on_handle_closed);
 }
 
 size_t upstream_model_count(const struct upstream *u) { return u->n_models; }
@@ -1004,13 +932,13 @@ static int no_replica(struct upstream *u, struct up_model *m, const char *versio
                     m->name, m->n, m->replicas[0]->url, m->replicas[0]->why);
 }
 
-static int start_infer(struct upstream *u, const char *model, const char *version, nng_msg *msg,
-                       int raw, unsigned timeout_ms, upstream_cb cb, void *arg,
+/* Takes ownership of `msg` (a packed Request of `len` bytes, malloc'd), also on error. */
+static int start_infer(struct upstream *u, const char *model, const char *version, uint8_t *msg,
+                       size_t len, int raw, unsigned timeout_ms, upstream_cb cb, void *arg,
                        struct up_call **handle, struct cerr *e)
 {
     struct up_model *m = find_model(u, model);
     struct up_call *c = NULL;
-    nng_msg *dup = NULL;
     int capped = 0, rc;
     if (!m) {
         rc = cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", model);
@@ -1022,27 +950,28 @@ static int start_infer(struct upstream *u, const char *model, const char *versio
         goto fail;
     }
     c = call_new(u, CALL_INFER, timeout_ms);
-    if (!c || nng_msg_dup(&dup, msg) != 0) {
+    if (!c) {
         rc = cerr_set(e, CORRAL_ENOMEM, "out of memory starting the request");
         goto fail;
     }
     c->orig = msg;
+    c->orig_len = len;
     msg = NULL;
     c->raw = raw;
     snprintf(c->version, sizeof c->version, "%s", version ? version : "");
     c->cb = cb;
     c->arg = arg;
-    int rv = call_launch(c, r, dup);
+    int rv = call_launch(c, r);
     if (rv) {
-        rc = cerr_set(e, CORRAL_EIO, "cannot start a request to %s: %s", r->url, nng_strerror(rv));
+        rc = cerr_set(e, CORRAL_EUNAVAIL, "cannot send the request to replica %s: %s", r->url,
+                      up_reason(rv));
         goto fail;
     }
     if (handle)
         *handle = c;
     return CORRAL_OK;
 fail:
-    if (msg)
-        nng_msg_free(msg);
+    free(msg);
     call_free(c);
     return rc;
 }
@@ -1053,27 +982,33 @@ int upstream_infer(struct upstream *u, const Corral__Request *req, unsigned time
     const Corral__InferRequest *ir = req->infer;
     if (!find_model(u, ir->model_name))
         return cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", ir->model_name);
-    nng_msg *m = pack_request(req);
+    size_t n = corral__request__get_packed_size(req);
+    uint8_t *m = malloc(n ? n : 1);
     if (!m)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory packing the request");
-    return start_infer(u, ir->model_name, ir->model_version, m, 0, timeout_ms, cb, arg, handle,
-                       e);
+    n = corral__request__pack(req, m);
+    return start_infer(u, ir->model_name, ir->model_version, m, n, 0, timeout_ms, cb, arg,
+                       handle, e);
 }
 
-int upstream_infer_packed(struct upstream *u, const char *model, const char *version, void *msg,
-                          unsigned timeout_ms, upstream_cb cb, void *arg,
-                          struct up_call **handle, struct cerr *e)
+int upstream_infer_packed(struct upstream *u, const char *model, const char *version,
+                          const void *msg, size_t len, unsigned timeout_ms, upstream_cb cb,
+                          void *arg, struct up_call **handle, struct cerr *e)
 {
-    return start_infer(u, model, version, msg, 1, timeout_ms, cb, arg, handle, e);
+    uint8_t *m = malloc(len ? len : 1);
+    if (!m)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory starting the request");
+    memcpy(m, msg, len);
+    return start_infer(u, model, version, m, len, 1, timeout_ms, cb, arg, handle, e);
 }
 
 void upstream_cancel(struct upstream *u, struct up_call *c)
 {
+    (void)u;
+    if (c->aborted)
+        return;
     c->aborted = 1;
-    pthread_mutex_lock(&u->mu);
-    c->cancel = 1;
-    pthread_mutex_unlock(&u->mu);
-    nng_aio_cancel(c->aio);
+    complete_later(c, UP_ECANCELED);
 }
 
 unsigned upstream_inflight(const struct upstream *u) { return u->inflight; }
@@ -1127,11 +1062,8 @@ int upstream_stats(struct upstream *u, const char *model, const char *version,
             continue;
         }
         struct up_call *c = call_new(u, CALL_STATS, timeout_ms);
-        nng_msg *m = pack_request(&req);
-        if (!c || !m) {
+        if (!c || pack_request(c, &req) != 0) {
             call_free(c);
-            if (m)
-                nng_msg_free(m);
             snprintf(g->errs[k], sizeof g->errs[k], "out of memory asking for statistics");
             it->error = g->errs[k];
             k++;
@@ -1140,7 +1072,7 @@ int upstream_stats(struct upstream *u, const char *model, const char *version,
         c->g = g;
         c->g_idx = k;
         g->pending++;
-        if (call_launch(c, r, m) != 0) {
+        if (call_launch(c, r) != UP_OK) {
             g->pending--;
             call_free(c);
             snprintf(g->errs[k], sizeof g->errs[k], "could not start a stats request");

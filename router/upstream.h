@@ -1,5 +1,5 @@
 /*
- * Upstream: the router's NNG clients to replicas, their health, and the choice
+ * Upstream: the router's connections to replicas, their health, and the choice
  * of replica per request.
  *
  * Usage: upstream_new(loop, &cfg), upstream_add_replica(model, url) for every
@@ -10,11 +10,14 @@
  * CORRAL_EUNAVAIL) before it returns, and the loop must then run once more so
  * the libuv handles close.
  *
+ * Transport: one SP REQ connection per replica (router/sp_req.h), the wire
+ * protocol of the replica's REP socket, driven by the libuv loop itself:
+ * a request is written to the socket by the thread that routes it and answers
+ * are read by the same loop, so no request crosses a thread.
+ *
  * Threads: every function here, and every callback it makes, runs on the libuv
- * loop thread. NNG completes its aios on its own threads; those completions are
- * queued under a mutex and handed to the loop with a uv_async_t, so no libuv
- * or router state is ever touched from an NNG thread. A router with several
- * threads gives each its own upstream (own sockets, own health loop).
+ * loop thread. A router with several threads gives each its own upstream (own
+ * connections, own health loop).
  *
  * Health: every health_interval_ms each replica gets a HealthRequest (and a
  * MetadataRequest until one has been answered). A replica takes traffic only
@@ -30,8 +33,8 @@
  * max_inflight) are drawn at random and the one with fewer calls in flight
  * wins. A call that fails before the replica answered (unreachable, connection
  * lost, declared unhealthy) is sent once more to another replica if the
- * deadline allows; a late answer from the first is dropped with its NNG
- * context. An error the replica answered is never retried.
+ * deadline allows; a late answer from the first is dropped (each request
+ * carries its own id). An error the replica answered is never retried.
  */
 #ifndef CORRAL_ROUTER_UPSTREAM_H
 #define CORRAL_ROUTER_UPSTREAM_H
@@ -116,13 +119,14 @@ int upstream_model_versions(const struct upstream *u, const char *model, const c
  */
 int upstream_infer(struct upstream *u, const Corral__Request *req, unsigned timeout_ms,
                    upstream_cb cb, void *arg, struct up_call **handle, struct cerr *e);
-/* Same, for a Request already packed in `msg` (taken over, also on error). */
-int upstream_infer_packed(struct upstream *u, const char *model, const char *version, void *msg,
-                          unsigned timeout_ms, upstream_cb cb, void *arg,
-                          struct up_call **handle, struct cerr *e);
+/* Same, for a Request already packed in the `len` bytes at `msg` (copied). */
+int upstream_infer_packed(struct upstream *u, const char *model, const char *version,
+                          const void *msg, size_t len, unsigned timeout_ms, upstream_cb cb,
+                          void *arg, struct up_call **handle, struct cerr *e);
 /*
- * Gives up on a call (its client went away): the NNG side is aborted, no retry
- * follows, and the callback runs later with CORRAL_EUNAVAIL.
+ * Gives up on a call (its client went away): a late answer from the replica
+ * is dropped, no retry follows, and the callback runs later (on the next loop
+ * turn, never inside this function) with CORRAL_EUNAVAIL.
  */
 void upstream_cancel(struct upstream *u, struct up_call *c);
 

@@ -79,7 +79,7 @@ static void test_bad_args(void **state)
         {{"corral-router", "--listen", "nocolon", "--replica", "m=tcp://127.0.0.1:1", NULL}, "is not HOST:PORT"},
         {{"corral-router", "--listen", "127.0.0.1:99999", "--replica", "m=tcp://127.0.0.1:1", NULL}, "is not HOST:PORT"},
         {{"corral-router", "--listen", "127.0.0.1:0", "--replica", "tcp://127.0.0.1:1", NULL}, "is not NAME=URL"},
-        {{"corral-router", "--listen", "127.0.0.1:0", "--replica", "m=bogus://x", NULL}, "unknown transport"},
+        {{"corral-router", "--listen", "127.0.0.1:0", "--replica", "m=bogus://x", NULL}, "is not supported: expected tcp://HOST:PORT"},
         {{"corral-router", "--listen", "127.0.0.1:0", "--frobnicate", NULL}, "unknown or incomplete option '--frobnicate'"},
         {{"corral-router", "--listen", "127.0.0.1:0", "--timeout-ms", "abc", NULL}, "--timeout-ms 'abc'"},
         {{"corral-router", "--log-level", "loud", NULL}, "--log-level 'loud'"},

@@ -1,0 +1,436 @@
+/*
+ * sp_req: SP REQ over TCP on a libuv loop. See sp_req.h.
+ */
+#include "sp_req.h"
+
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+
+enum { SP_IDLE, SP_CONNECTING, SP_HANDSHAKE, SP_UP };
+
+#define SP_PROTO_REQ 0x30
+#define SP_PROTO_REP 0x31
+#define SP_RETRY_MIN_MS 50
+#define SP_RETRY_MAX_MS 1000
+#define SP_READ_CHUNK (64 * 1024)
+
+struct sp_req {
+    uv_loop_t *loop;
+    char url[256];
+    struct sockaddr_storage addr;
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_timer_t retry;
+    int tcp_open, tcp_closing; /* the tcp handle is initialised / being closed */
+    int state, was_up;
+    unsigned backoff_ms;
+    size_t max_frame;
+    uint8_t *rbuf;
+    size_t rlen, rcap;
+    struct sp_req_events ev;
+    void *arg;
+    int stopping, pending_closes;
+    void (*closed)(void *arg);
+    char why[256];
+};
+
+struct sp_write {
+    uv_write_t req;
+    struct sp_req *s;
+    size_t len;
+    uint8_t data[];
+};
+
+static const uint8_t sp_header[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REQ, 0, 0};
+
+static void start_connect(struct sp_req *s);
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void release_step(struct sp_req *s)
+{
+    if (--s->pending_closes > 0)
+        return;
+    void (*closed)(void *) = s->closed;
+    void *arg = s->arg;
+    free(s->rbuf);
+    free(s);
+    if (closed)
+        closed(arg);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    start_connect(t->data);
+}
+
+static void on_tcp_closed(uv_handle_t *h)
+{
+    struct sp_req *s = h->data;
+    int was_up = s->was_up;
+    s->tcp_open = s->tcp_closing = 0;
+    s->state = SP_IDLE;
+    s->was_up = 0;
+    s->rlen = 0;
+    if (s->rcap > 4 * SP_READ_CHUNK) {
+        /* A large reply grew the buffer; do not keep it for the next connection. */
+        free(s->rbuf);
+        s->rbuf = NULL;
+        s->rcap = 0;
+    }
+    if (s->stopping) {
+        release_step(s);
+        return;
+    }
+    if (was_up && s->ev.down)
+        s->ev.down(s->arg, s->why);
+    if (!s->stopping) {
+        uv_timer_start(&s->retry, on_retry, s->backoff_ms, 0);
+        s->backoff_ms = s->backoff_ms * 2 > SP_RETRY_MAX_MS ? SP_RETRY_MAX_MS : s->backoff_ms * 2;
+    }
+}
+
+/* Ends the current connection; `down` and the next attempt follow from the close callback. */
+static void drop(struct sp_req *s, const char *why)
+{
+    if (!s->tcp_open || s->tcp_closing)
+        return;
+    s->was_up = s->state == SP_UP;
+    if (s->was_up || s->state == SP_HANDSHAKE)
+        LOG_DEBUG("connection to %s ended: %s", s->url, why);
+    snprintf(s->why, sizeof s->why, "%s", why);
+    s->tcp_closing = 1;
+    uv_close((uv_handle_t *)&s->tcp, on_tcp_closed);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct sp_write *w = (struct sp_write *)req;
+    struct sp_req *s = w->s;
+    free(w);
+    if (status < 0 && status != UV_ECANCELED) {
+        char why[128];
+        snprintf(why, sizeof why, "sending failed: %s", uv_strerror(status));
+        drop(s, why);
+    }
+}
+
+/* Writes what the kernel takes now and queues the rest (copied). */
+static int write_bufs(struct sp_req *s, uv_buf_t *b, unsigned nb)
+{
+    size_t total = 0, done = 0;
+    for (unsigned i = 0; i < nb; i++)
+        total += b[i].len;
+    uv_stream_t *st = (uv_stream_t *)&s->tcp;
+    if (uv_stream_get_write_queue_size(st) == 0) {
+        int r = uv_try_write(st, b, nb);
+        if (r == (int)total)
+            return 0;
+        if (r < 0 && r != UV_EAGAIN) {
+            char why[128];
+            snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
+            drop(s, why);
+            return 0;
+        }
+        done = r > 0 ? (size_t)r : 0;
+    }
+    struct sp_write *w = malloc(sizeof *w + (total - done));
+    if (!w) {
+        drop(s, "out of memory queueing a request");
+        return 0;
+    }
+    w->s = s;
+    w->len = total - done;
+    size_t at = 0, skip = done;
+    for (unsigned i = 0; i < nb; i++) {
+        size_t l = b[i].len;
+        if (skip >= l) {
+            skip -= l;
+            continue;
+        }
+        memcpy(w->data + at, b[i].base + skip, l - skip);
+        at += l - skip;
+        skip = 0;
+    }
+    uv_buf_t rest = uv_buf_init((char *)w->data, (unsigned)w->len);
+    int r = uv_write(&w->req, st, &rest, 1, on_write);
+    if (r < 0) {
+        free(w);
+        drop(s, "cannot queue a write");
+    }
+    return 0;
+}
+
+int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
+{
+    if (s->state != SP_UP || s->tcp_closing || len > UINT32_MAX - 16)
+        return -1;
+    uint8_t hdr[12];
+    put_be64(hdr, (uint64_t)len + 4);
+    id |= 0x80000000u;
+    hdr[8] = (uint8_t)(id >> 24);
+    hdr[9] = (uint8_t)(id >> 16);
+    hdr[10] = (uint8_t)(id >> 8);
+    hdr[11] = (uint8_t)id;
+    uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr), uv_buf_init((char *)body, (unsigned)len)};
+    return write_bufs(s, b, len ? 2 : 1);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct sp_req *s = h->data;
+    if (s->rcap - s->rlen < SP_READ_CHUNK) {
+        size_t cap = s->rcap ? s->rcap : SP_READ_CHUNK;
+        while (cap - s->rlen < SP_READ_CHUNK)
+            cap *= 2;
+        uint8_t *p = realloc(s->rbuf, cap);
+        if (!p) {
+            *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
+            return;
+        }
+        s->rbuf = p;
+        s->rcap = cap;
+    }
+    *buf = uv_buf_init((char *)s->rbuf + s->rlen, (unsigned)(s->rcap - s->rlen));
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct sp_req *s = st->data;
+    char why[200];
+    if (nread < 0) {
+        if (nread == UV_EOF)
+            snprintf(why, sizeof why, "closed by the replica");
+        else
+            snprintf(why, sizeof why, "receiving failed: %s", uv_strerror((int)nread));
+        drop(s, why);
+        return;
+    }
+    if (s->tcp_closing)
+        return;
+    s->rlen += (size_t)nread;
+    size_t off = 0;
+    if (s->state == SP_HANDSHAKE) {
+        if (s->rlen < 8)
+            return;
+        const uint8_t *p = s->rbuf;
+        if (p[0] != 0 || p[1] != 'S' || p[2] != 'P' || p[3] != 0 || p[6] != 0 || p[7] != 0) {
+            drop(s, "the peer does not speak the SP protocol (is this a corral replica?)");
+            return;
+        }
+        unsigned proto = (unsigned)p[4] << 8 | p[5];
+        if (proto != SP_PROTO_REP) {
+            snprintf(why, sizeof why, "the peer speaks SP protocol %u, expected REP (%u)", proto,
+                     SP_PROTO_REP);
+            drop(s, why);
+            return;
+        }
+        off = 8;
+        s->state = SP_UP;
+        s->backoff_ms = SP_RETRY_MIN_MS;
+        if (s->ev.up)
+            s->ev.up(s->arg);
+        if (s->state != SP_UP || s->tcp_closing)
+            return;
+    }
+    while (s->rlen - off >= 8) {
+        uint64_t n = get_be64(s->rbuf + off);
+        if (n < 4 || n > s->max_frame) {
+            snprintf(why, sizeof why, "reply frame of %llu bytes (expected 4 to %zu)",
+                     (unsigned long long)n, s->max_frame);
+            drop(s, why);
+            return;
+        }
+        if (s->rlen - off - 8 < n)
+            break;
+        const uint8_t *f = s->rbuf + off + 8;
+        uint32_t id = (uint32_t)f[0] << 24 | (uint32_t)f[1] << 16 | (uint32_t)f[2] << 8 | f[3];
+        off += 8 + (size_t)n;
+        /* A reply without the request-id bit is not one of ours; NNG drops those too. */
+        if ((id & 0x80000000u) && s->ev.reply)
+            s->ev.reply(s->arg, id & 0x7fffffffu, f + 4, (size_t)n - 4);
+        if (s->state != SP_UP || s->tcp_closing)
+            return;
+    }
+    if (off) {
+        memmove(s->rbuf, s->rbuf + off, s->rlen - off);
+        s->rlen -= off;
+    }
+    if (s->rlen >= 8) {
+        /* Make room for the whole frame now so that large replies arrive in few reads. */
+        size_t need = 8 + (size_t)get_be64(s->rbuf) + SP_READ_CHUNK;
+        if (need > s->rcap) {
+            uint8_t *p = realloc(s->rbuf, need);
+            if (!p) {
+                drop(s, "out of memory receiving a reply");
+                return;
+            }
+            s->rbuf = p;
+            s->rcap = need;
+        }
+    }
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct sp_req *s = req->data;
+    if (status == UV_ECANCELED || s->tcp_closing || s->stopping)
+        return;
+    if (status < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "cannot connect: %s", uv_strerror(status));
+        drop(s, why);
+        return;
+    }
+    s->state = SP_HANDSHAKE;
+    uv_buf_t b = uv_buf_init((char *)sp_header, sizeof sp_header);
+    write_bufs(s, &b, 1);
+    if (!s->tcp_closing)
+        uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);
+}
+
+static void start_connect(struct sp_req *s)
+{
+    if (s->stopping || s->tcp_open)
+        return;
+    uv_tcp_init(s->loop, &s->tcp);
+    s->tcp.data = s;
+    s->tcp_open = 1;
+    s->state = SP_CONNECTING;
+    s->creq.data = s;
+    int r = uv_tcp_connect(&s->creq, &s->tcp, (const struct sockaddr *)&s->addr, on_connect);
+    if (r < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "cannot connect: %s", uv_strerror(r));
+        drop(s, why);
+        return;
+    }
+    uv_tcp_nodelay(&s->tcp, 1);
+}
+
+static int parse_url(const char *url, char *host, size_t hl, char *port, size_t pl,
+                     struct cerr *e)
+{
+    const char *p = NULL;
+    static const char *schemes[] = {"tcp://", "tcp4://", "tcp6://"};
+    for (size_t i = 0; i < 3 && !p; i++)
+        if (strncmp(url, schemes[i], strlen(schemes[i])) == 0)
+            p = url + strlen(schemes[i]);
+    if (!p)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is not supported: expected "
+                        "tcp://HOST:PORT", url);
+    const char *colon;
+    size_t n;
+    if (*p == '[') {
+        const char *close = strchr(p, ']');
+        if (!close || close[1] != ':')
+            return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has a malformed [IPv6] address; "
+                            "expected tcp://[ADDR]:PORT", url);
+        n = (size_t)(close - p - 1);
+        p++;
+        colon = close + 1;
+    } else {
+        colon = strrchr(p, ':');
+        if (!colon)
+            return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has no port; expected "
+                            "tcp://HOST:PORT", url);
+        n = (size_t)(colon - p);
+    }
+    if (n == 0 || n >= hl)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has no usable host; expected "
+                        "tcp://HOST:PORT", url);
+    memcpy(host, p, n);
+    host[n] = '\0';
+    const char *ps = colon + 1;
+    char *end = NULL;
+    long v = strtol(ps, &end, 10);
+    if (!*ps || *end || v < 1 || v > 65535 || strlen(ps) >= pl)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has port '%s'; expected 1 to 65535",
+                        url, ps);
+    snprintf(port, pl, "%ld", v);
+    if (strcmp(host, "*") == 0)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' names no host to connect to", url);
+    return CORRAL_OK;
+}
+
+int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t max_reply,
+                const struct sp_req_events *ev, void *arg, struct cerr *e)
+{
+    char host[200], port[8];
+    int rc;
+    *out = NULL;
+    if (strlen(url) >= sizeof((struct sp_req *)0)->url)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL is longer than 255 bytes");
+    if ((rc = parse_url(url, host, sizeof host, port, sizeof port, e)))
+        return rc;
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = strncmp(url, "tcp4", 4) == 0 ? AF_INET
+                      : strncmp(url, "tcp6", 4) == 0 ? AF_INET6 : AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int g = getaddrinfo(host, port, &hints, &ai);
+    if (g != 0 || !ai)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s': cannot resolve '%s': %s", url, host,
+                        gai_strerror(g));
+    struct sp_req *s = calloc(1, sizeof *s);
+    if (!s) {
+        freeaddrinfo(ai);
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory opening a replica connection");
+    }
+    memcpy(&s->addr, ai->ai_addr, ai->ai_addrlen);
+    freeaddrinfo(ai);
+    snprintf(s->url, sizeof s->url, "%s", url);
+    s->loop = loop;
+    s->ev = *ev;
+    s->arg = arg;
+    s->max_frame = max_reply + 4;
+    s->backoff_ms = SP_RETRY_MIN_MS;
+    uv_timer_init(loop, &s->retry);
+    s->retry.data = s;
+    start_connect(s);
+    *out = s;
+    return CORRAL_OK;
+}
+
+int sp_req_connected(const struct sp_req *s)
+{
+    return s->state == SP_UP && !s->tcp_closing;
+}
+
+static void on_retry_closed(uv_handle_t *h)
+{
+    release_step(h->data);
+}
+
+void sp_req_close(struct sp_req *s, void (*closed)(void *arg))
+{
+    s->stopping = 1;
+    s->closed = closed;
+    s->pending_closes = 1;
+    uv_timer_stop(&s->retry);
+    uv_close((uv_handle_t *)&s->retry, on_retry_closed);
+    if (s->tcp_open) {
+        s->pending_closes++;
+        if (!s->tcp_closing) {
+            s->tcp_closing = 1;
+            uv_close((uv_handle_t *)&s->tcp, on_tcp_closed);
+        }
+    }
+}
