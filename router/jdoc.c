@@ -52,7 +52,7 @@ static inline int64_t push(struct parser *ps, enum jtype type, uint32_t off, uin
     t->len = len;
     t->next = (uint32_t)d->n + 1;
     t->type = (uint8_t)type;
-    t->integer = 0;
+    t->flags = 0;
     return (int64_t)d->n++;
 }
 
@@ -232,56 +232,144 @@ static inline int is_digit(unsigned c)
     return c - '0' < 10u;
 }
 
-static int64_t parse_number(struct parser *ps)
+/* ---- number syntax and decoding ---- */
+
+/*
+ * A JSON number as w * 10^e10, w holding up to 19 significant digits.
+ * `exact` is 0 when nonzero digits had to be dropped.
+ */
+struct decimal {
+    uint64_t w;
+    int64_t e10;
+    int neg, exact, integer;
+};
+
+/* Eight ASCII digits at p as a number, or -1 when they are not all digits. */
+static inline int64_t eight_digits(const unsigned char *p)
 {
-    const unsigned char *s = ps->s;
-    size_t n = ps->n, p = ps->p, start = p;
-    int integer = 1;
-    if (s[p] == '-')
-        p++;
+    uint64_t v;
+    memcpy(&v, p, 8);
+    /* Every byte must be 0x30..0x39: high nibble 3, and still 3 after adding 6. */
+    if ((v & 0xf0f0f0f0f0f0f0f0ull) != 0x3030303030303030ull ||
+        ((v + 0x0606060606060606ull) & 0xf0f0f0f0f0f0f0f0ull) != 0x3030303030303030ull)
+        return -1;
+    v -= 0x3030303030303030ull;
+    /* Little-endian: the first digit is the low byte. Pair, then quad, then all eight. */
+    v = (v * 10) + (v >> 8);
+    v = (((v & 0x000000ff000000ffull) * (100 + (1000000ull << 32))) +
+         (((v >> 16) & 0x000000ff000000ffull) * (1 + (10000ull << 32)))) >> 32;
+    return (int64_t)v;
+}
+
+/* Digits fold into w while it stays below 10^18, so w keeps up to 19 of them. */
+#define W_ROOM 1000000000000000000ull
+
+/*
+ * Checks the JSON number grammar at s[p..n) and decodes it in the same pass.
+ * Returns the position after it, or 0 with *why set (p is where it failed).
+ */
+static size_t scan_number(const unsigned char *s, size_t n, size_t p, struct decimal *x,
+                          const char **why, size_t *at)
+{
+    uint64_t w = 0;
+    int64_t e10 = 0;
+    int exact = 1;
+    x->neg = s[p] == '-';
+    x->integer = 1;
+    p += (size_t)x->neg;
     if (p >= n || !is_digit(s[p])) {
-        ps->p = p;
-        return fail(ps, "invalid number (expected a digit)");
+        *why = "invalid number (expected a digit)";
+        *at = p;
+        return 0;
     }
     if (s[p] == '0') {
         p++;
         if (p < n && is_digit(s[p])) {
-            ps->p = p;
-            return fail(ps, "invalid number (leading zero)");
+            *why = "invalid number (leading zero)";
+            *at = p;
+            return 0;
         }
     } else {
-        while (p < n && is_digit(s[p]))
-            p++;
+        for (; p < n && is_digit(s[p]); p++) {
+            unsigned dg = s[p] - '0';
+            if (w < W_ROOM) {
+                w = w * 10 + dg;
+            } else {
+                e10++;
+                exact &= dg == 0;
+            }
+        }
     }
     if (p < n && s[p] == '.') {
-        integer = 0;
+        x->integer = 0;
         p++;
         if (p >= n || !is_digit(s[p])) {
-            ps->p = p;
-            return fail(ps, "invalid number (expected a digit after '.')");
+            *why = "invalid number (expected a digit after '.')";
+            *at = p;
+            return 0;
         }
-        while (p < n && is_digit(s[p]))
-            p++;
+        /* Fraction digits come in runs of eight while w has room for them. */
+        int64_t v;
+        while (n - p >= 8 && w < 10000000000ull && (v = eight_digits(s + p)) >= 0) {
+            w = w * 100000000ull + (uint64_t)v;
+            e10 -= 8;
+            p += 8;
+        }
+        for (; p < n && is_digit(s[p]); p++) {
+            unsigned dg = s[p] - '0';
+            if (w < W_ROOM) {
+                w = w * 10 + dg;
+                e10--;
+            } else {
+                exact &= dg == 0;
+            }
+        }
     }
     if (p < n && (s[p] == 'e' || s[p] == 'E')) {
-        integer = 0;
+        x->integer = 0;
         p++;
+        int eneg = 0;
         if (p < n && (s[p] == '+' || s[p] == '-'))
-            p++;
+            eneg = s[p++] == '-';
         if (p >= n || !is_digit(s[p])) {
-            ps->p = p;
-            return fail(ps, "invalid number (expected a digit in the exponent)");
+            *why = "invalid number (expected a digit in the exponent)";
+            *at = p;
+            return 0;
         }
-        while (p < n && is_digit(s[p]))
-            p++;
+        int64_t ex = 0;
+        for (; p < n && is_digit(s[p]); p++)
+            if (ex < 100000000)
+                ex = ex * 10 + (s[p] - '0');
+        e10 += eneg ? -ex : ex;
     }
-    ps->p = p;
-    int64_t t = push(ps, JT_NUMBER, (uint32_t)start, (uint32_t)(p - start));
-    if (t >= 0)
-        ps->d->tok[t].integer = (uint8_t)integer;
-    return t;
+    x->w = w;
+    x->e10 = e10;
+    x->exact = exact;
+    return p;
 }
 
+static int64_t parse_number(struct parser *ps)
+{
+    struct decimal x;
+    const char *why = NULL;
+    size_t at = 0, start = ps->p;
+    size_t end = scan_number(ps->s, ps->n, start, &x, &why, &at);
+    if (!end) {
+        ps->p = at;
+        return fail(ps, why);
+    }
+    ps->p = end;
+    int64_t t = push(ps, JT_NUMBER, (uint32_t)start, (uint32_t)(end - start));
+    if (t >= 0) {
+        struct jtok *k = &ps->d->tok[t];
+        int e_ok = x.e10 >= INT16_MIN && x.e10 <= INT16_MAX;
+        k->w = x.w;
+        k->e10 = e_ok ? (int16_t)x.e10 : 0;
+        k->flags = (uint8_t)((x.integer ? JF_INTEGER : 0) | (x.exact ? JF_EXACT : 0) |
+                             (x.neg ? JF_NEG : 0) | (e_ok ? JF_E10 : 0));
+    }
+    return t;
+}
 static int64_t parse_literal(struct parser *ps)
 {
     static const struct {
@@ -307,6 +395,37 @@ static inline void skip_ws(struct parser *ps)
         if (c != ' ' && c != '\n' && c != '\r' && c != '\t')
             break;
         ps->p++;
+    }
+}
+
+/*
+ * A number inside a container, and when the container is an array, the
+ * numbers that follow it ("1.5, 2, -3e2"): tensor data is nearly all such
+ * runs, so they skip the state machine. Stops before anything else (the
+ * caller's S_AFTER state takes it from there).
+ */
+static int64_t number_run(struct parser *ps, uint32_t top)
+{
+    int64_t t = parse_number(ps);
+    if (t < 0 || ps->d->tok[top].type != JT_ARRAY)
+        return t;
+    const unsigned char *s = ps->s;
+    size_t n = ps->n;
+    for (;;) {
+        size_t q = ps->p;
+        while (q < n && (s[q] == ' ' || s[q] == '\n' || s[q] == '\r' || s[q] == '\t'))
+            q++;
+        if (q >= n || s[q] != ',')
+            return t;
+        q++;
+        while (q < n && (s[q] == ' ' || s[q] == '\n' || s[q] == '\r' || s[q] == '\t'))
+            q++;
+        if (q >= n || (s[q] != '-' && !is_digit(s[q])))
+            return t; /* the state machine reports what follows the comma */
+        ps->p = q;
+        ps->d->tok[top].len++;
+        if ((t = parse_number(ps)) < 0)
+            return t;
     }
 }
 
@@ -348,6 +467,8 @@ static int run(struct parser *ps)
             }
             if (c == '"')
                 t = parse_string(ps);
+            else if ((c == '-' || is_digit(c)) && depth > 0)
+                t = number_run(ps, stack[depth - 1]);
             else if (c == '-' || is_digit(c))
                 t = parse_number(ps);
             else
@@ -494,61 +615,6 @@ const char *jdoc_type_name(const struct jdoc *d, uint32_t i)
 
 /* ---- numbers ---- */
 
-/*
- * A JSON number as w * 10^e10 with w holding up to 19 significant digits.
- * `exact` is 0 when nonzero digits had to be dropped.
- */
-struct decimal {
-    uint64_t w;
-    int64_t e10;
-    int neg, exact;
-};
-
-static void decimal_read(const char *s, size_t n, struct decimal *x)
-{
-    size_t p = 0;
-    int nd = 0;
-    x->w = 0;
-    x->e10 = 0;
-    x->exact = 1;
-    x->neg = n > 0 && s[0] == '-';
-    p += (size_t)x->neg;
-    for (; p < n && is_digit((unsigned char)s[p]); p++) {
-        unsigned dg = (unsigned)(s[p] - '0');
-        if (nd < 19) {
-            x->w = x->w * 10 + dg;
-            nd += x->w != 0;
-        } else {
-            x->e10++;
-            if (dg)
-                x->exact = 0;
-        }
-    }
-    if (p < n && s[p] == '.') {
-        for (p++; p < n && is_digit((unsigned char)s[p]); p++) {
-            unsigned dg = (unsigned)(s[p] - '0');
-            if (nd < 19) {
-                x->w = x->w * 10 + dg;
-                nd += x->w != 0;
-                x->e10--;
-            } else if (dg) {
-                x->exact = 0;
-            }
-        }
-    }
-    if (p < n && (s[p] == 'e' || s[p] == 'E')) {
-        p++;
-        int eneg = 0;
-        if (p < n && (s[p] == '+' || s[p] == '-'))
-            eneg = s[p++] == '-';
-        int64_t ex = 0;
-        for (; p < n && is_digit((unsigned char)s[p]); p++)
-            if (ex < 100000000)
-                ex = ex * 10 + (s[p] - '0');
-        x->e10 += eneg ? -ex : ex;
-    }
-}
-
 /* strtod/strtof on a NUL-terminated copy. */
 static double slow_double(const char *s, size_t n, float *f)
 {
@@ -575,9 +641,9 @@ static double slow_double(const char *s, size_t n, float *f)
 /*
  * x87 extended precision holds any w < 2^64 and 10^k for k <= 27 exactly, so
  * w * 10^e or w / 10^-e is one correctly rounded operation with a 64-bit
- * significand. Rounding that again to 53 or 24 bits gives the correctly
- * rounded result unless it landed exactly halfway between two targets, which
- * the low bits of the significand show; those rare cases take the slow path.
+ * significand. Rounding that again to 53 bits gives the correctly rounded
+ * double unless it landed exactly halfway between two doubles, which the low
+ * 11 bits of the significand show; those rare cases take the slow path.
  */
 #define FAST_EXP 27
 static const long double p10l[FAST_EXP + 1] = {
@@ -586,7 +652,7 @@ static const long double p10l[FAST_EXP + 1] = {
     1e20L, 1e21L, 1e22L, 1e23L, 1e24L, 1e25L, 1e26L, 1e27L};
 
 /* Returns 0 and the value, or -1 when the slow path must decide. */
-static int fast_value(const struct decimal *x, int bits, long double *out)
+static int fast_value(const struct decimal *x, long double *out)
 {
     if (!x->exact || x->e10 < -FAST_EXP || x->e10 > FAST_EXP)
         return -1;
@@ -594,8 +660,7 @@ static int fast_value(const struct decimal *x, int bits, long double *out)
     r = x->e10 >= 0 ? r * p10l[x->e10] : r / p10l[-x->e10];
     uint64_t sig;
     memcpy(&sig, &r, 8);
-    uint64_t mask = bits == 53 ? 0x7ffu : 0xffffffffffu;
-    if ((sig & mask) == (mask >> 1) + 1)
+    if ((sig & 0x7ffu) == 0x400u)
         return -1;
     *out = x->neg ? -r : r;
     return 0;
@@ -607,52 +672,102 @@ static const double p10d[FAST_EXP + 1] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e
                                           1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                           1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-static int fast_value(const struct decimal *x, int bits, double *out)
+static int fast_value(const struct decimal *x, double *out)
 {
     if (!x->exact || x->e10 < -FAST_EXP || x->e10 > FAST_EXP || x->w > (1ull << 53))
         return -1;
     double r = (double)x->w;
     r = x->e10 >= 0 ? r * p10d[x->e10] : r / p10d[-x->e10];
-    if (bits == 24) {
-        uint64_t b;
-        memcpy(&b, &r, 8);
-        if ((b & 0x1fffffffu) == 0x10000000u)
-            return -1;
-    }
     *out = x->neg ? -r : r;
     return 0;
 }
 #endif
 
+/* Decodes text already known to be a JSON number. */
+static void decimal_of_text(const char *s, size_t n, struct decimal *x)
+{
+    const char *why;
+    size_t at;
+    if (!scan_number((const unsigned char *)s, n, 0, x, &why, &at))
+        memset(x, 0, sizeof *x);
+}
+
+static double decimal_to_double(const struct decimal *x, const char *s, size_t n);
+static float decimal_to_float(const struct decimal *x, const char *s, size_t n);
+
 double jnum_double(const char *s, size_t n)
 {
     struct decimal x;
-    decimal_read(s, n, &x);
-    if (x.w == 0 && x.exact)
-        return x.neg ? -0.0 : 0.0;
-#if defined(__x86_64__) && LDBL_MANT_DIG == 64
-    long double r;
-#else
-    double r;
-#endif
-    if (fast_value(&x, 53, &r) == 0)
-        return (double)r;
-    return slow_double(s, n, NULL);
+    decimal_of_text(s, n, &x);
+    return decimal_to_double(&x, s, n);
 }
 
 float jnum_float(const char *s, size_t n)
 {
     struct decimal x;
-    decimal_read(s, n, &x);
-    if (x.w == 0 && x.exact)
-        return x.neg ? -0.0f : 0.0f;
+    decimal_of_text(s, n, &x);
+    return decimal_to_float(&x, s, n);
+}
+
+/* The decimal a number token holds (an exponent beyond 16 bits is sent to the slow path). */
+static void decimal_of_token(const struct jtok *t, struct decimal *x)
+{
+    x->w = t->w;
+    x->e10 = (t->flags & JF_E10) ? t->e10 : INT32_MAX;
+    x->neg = !!(t->flags & JF_NEG);
+    x->exact = !!(t->flags & JF_EXACT);
+    x->integer = !!(t->flags & JF_INTEGER);
+}
+
+static double decimal_to_double(const struct decimal *x, const char *s, size_t n)
+{
+    if (x->w == 0 && x->exact)
+        return x->neg ? -0.0 : 0.0;
 #if defined(__x86_64__) && LDBL_MANT_DIG == 64
     long double r;
 #else
     double r;
 #endif
-    if (fast_value(&x, 24, &r) == 0)
-        return (float)r;
+    if (fast_value(x, &r) == 0)
+        return (double)r;
+    return slow_double(s, n, NULL);
+}
+
+/*
+ * Powers of ten as correctly rounded doubles, 10^-45 .. 10^38: with them a
+ * float needs one multiplication. w (rounded to a double), the power and the
+ * product each add at most half a double ulp of error (digits beyond the
+ * nineteenth add under 10^-18 relative), so the product lies within 3 double
+ * ulps of the exact value. Rounding it to a float is then correct unless it
+ * sits within that distance of a point halfway between two floats, which the
+ * low 29 bits of its significand show; those go to strtof.
+ */
+#define F_EXP_MIN (-45)
+#define F_EXP_MAX 38
+static const double p10f[F_EXP_MAX - F_EXP_MIN + 1] = {
+    1e-45, 1e-44, 1e-43, 1e-42, 1e-41, 1e-40, 1e-39, 1e-38, 1e-37, 1e-36, 1e-35, 1e-34,
+    1e-33, 1e-32, 1e-31, 1e-30, 1e-29, 1e-28, 1e-27, 1e-26, 1e-25, 1e-24, 1e-23, 1e-22,
+    1e-21, 1e-20, 1e-19, 1e-18, 1e-17, 1e-16, 1e-15, 1e-14, 1e-13, 1e-12, 1e-11, 1e-10,
+    1e-9,  1e-8,  1e-7,  1e-6,  1e-5,  1e-4,  1e-3,  1e-2,  1e-1,  1e0,   1e1,   1e2,
+    1e3,   1e4,   1e5,   1e6,   1e7,   1e8,   1e9,   1e10,  1e11,  1e12,  1e13,  1e14,
+    1e15,  1e16,  1e17,  1e18,  1e19,  1e20,  1e21,  1e22,  1e23,  1e24,  1e25,  1e26,
+    1e27,  1e28,  1e29,  1e30,  1e31,  1e32,  1e33,  1e34,  1e35,  1e36,  1e37,  1e38};
+
+static float decimal_to_float(const struct decimal *x, const char *s, size_t n)
+{
+    if (x->w == 0 && x->exact)
+        return x->neg ? -0.0f : 0.0f;
+    if (x->e10 >= F_EXP_MIN && x->e10 <= F_EXP_MAX) {
+        double d = (double)x->w * p10f[x->e10 - F_EXP_MIN];
+        uint64_t b;
+        memcpy(&b, &d, 8);
+        int64_t low = (int64_t)(b & 0x1fffffffu) - 0x10000000;
+        /* Normal floats only: below FLT_MIN a float has fewer bits than assumed above. */
+        if ((low > 8 || low < -8) && d >= FLT_MIN) {
+            float f = (float)d;
+            return x->neg ? -f : f;
+        }
+    }
     float f = 0;
     slow_double(s, n, &f);
     return f;
@@ -663,7 +778,9 @@ int jdoc_double(const struct jdoc *d, uint32_t i, double *out)
     const struct jtok *t = &d->tok[i];
     if (t->type != JT_NUMBER)
         return JNUM_NOT_NUMBER;
-    double v = jnum_double(d->text + t->off, t->len);
+    struct decimal x;
+    decimal_of_token(t, &x);
+    double v = decimal_to_double(&x, d->text + t->off, t->len);
     if (isinf(v))
         return JNUM_RANGE;
     *out = v;
@@ -675,7 +792,9 @@ int jdoc_float(const struct jdoc *d, uint32_t i, float *out)
     const struct jtok *t = &d->tok[i];
     if (t->type != JT_NUMBER)
         return JNUM_NOT_NUMBER;
-    float v = jnum_float(d->text + t->off, t->len);
+    struct decimal x;
+    decimal_of_token(t, &x);
+    float v = decimal_to_float(&x, d->text + t->off, t->len);
     if (isinf(v))
         return JNUM_RANGE;
     *out = v;
@@ -701,7 +820,7 @@ int jdoc_int64(const struct jdoc *d, uint32_t i, int64_t *out)
     const struct jtok *t = &d->tok[i];
     if (t->type != JT_NUMBER)
         return JNUM_NOT_NUMBER;
-    if (!t->integer)
+    if (!(t->flags & JF_INTEGER))
         return JNUM_NOT_INTEGER;
     const char *s = d->text + t->off;
     int neg = s[0] == '-';
@@ -725,7 +844,7 @@ int jdoc_uint64(const struct jdoc *d, uint32_t i, uint64_t *out)
     const struct jtok *t = &d->tok[i];
     if (t->type != JT_NUMBER)
         return JNUM_NOT_NUMBER;
-    if (!t->integer)
+    if (!(t->flags & JF_INTEGER))
         return JNUM_NOT_INTEGER;
     const char *s = d->text + t->off;
     uint64_t m;

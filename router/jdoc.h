@@ -6,9 +6,10 @@
  * ends), so reading a body costs one allocation that grows geometrically,
  * not one per value. Strings are unescaped and UTF-8 checked into a side
  * store, NUL-terminated. Numbers are checked against the JSON grammar and
- * kept as text: they are converted only when read, straight into the type
- * the tensor needs, correctly rounded (a fast exact path for the common
- * case, the C library's strtod/strtof otherwise).
+ * decoded to decimal mantissa and exponent in the same pass; they become
+ * binary only when read, straight into the type the tensor needs, correctly
+ * rounded (a fast path for the common case, the C library's strtod/strtof
+ * otherwise).
  *
  * Limits: nesting depth JDOC_MAX_DEPTH, documents under 4 GiB.
  */
@@ -25,12 +26,20 @@ enum jtype { JT_NULL, JT_FALSE, JT_TRUE, JT_NUMBER, JT_STRING, JT_ARRAY, JT_OBJE
 #define JDOC_NONE UINT32_MAX
 #define JDOC_MAX_DEPTH 256
 
+/* Number token flags. */
+enum { JF_INTEGER = 1, JF_EXACT = 2, JF_NEG = 4, JF_E10 = 8 };
+
 struct jtok {
     uint32_t off;  /* number: offset of its text; string: offset in the string store */
     uint32_t len;  /* number, string: bytes; array: elements; object: members */
     uint32_t next; /* index of the first token after this value (and its elements) */
     uint8_t type;  /* enum jtype */
-    uint8_t integer; /* number written without fraction or exponent */
+    /* Numbers are decoded while they are checked, into w * 10^e10 (w: up to 19
+     * significant digits), so reading one later costs a multiplication. */
+    uint8_t flags; /* JF_INTEGER: no fraction or exponent; JF_EXACT: no digit dropped;
+                      JF_NEG; JF_E10: e10 fit in 16 bits (else the slow path decides) */
+    int16_t e10;
+    uint64_t w;
 };
 
 struct jdoc {
