@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Router overhead benchmark on the digits model (one CPU replica):
-#   1. p50 of a direct RPC to the replica (corralctl, closed loop, one at a time)
-#   2. p50 through the router's RPC endpoint (same client)
+#   1. p50 of a direct request to the replica with the router's own transport
+#      (corral-direct-rpc, closed loop, one at a time), and with libcorral (corralctl)
+#   2. p50 through the router's RPC endpoint (corralctl)
 #   3. p50 through the router over HTTP (wrk, 1 connection, keep-alive)
 #   4. max req/s over HTTP at concurrency 64 through ONE router thread (wrk)
 #   5. the router's own ceiling: req/s of GET /v2/health/live at concurrency 64
 #      (wrk, keep-alive), which the router answers without a replica
-# and prints overhead = HTTP p50 - direct p50. Targets: overhead <= 50 us,
+# and prints overhead = HTTP p50 - direct p50 (corral-direct-rpc). Targets: overhead <= 50 us,
 # >= 30000 req/s. Figures are reported, not asserted.
 #
 # Usage: bench/router_overhead.sh [DURATION_SECONDS]
@@ -29,9 +30,10 @@ ceiling_only="${CEILING_ONLY:-0}"
 router="$build/router/corral-router"
 replica="$build/replica/corral-replica"
 ctl="$build/client/corralctl"
+direct_bench="$build/bench/corral-direct-rpc"
 
 die() { echo "router_overhead: $*" >&2; exit 1; }
-for b in "$router" "$replica" "$ctl"; do [ -x "$b" ] || die "missing $b (build first, or set CORRAL_BUILD)"; done
+for b in "$router" "$replica" "$ctl" "$direct_bench"; do [ -x "$b" ] || die "missing $b (build first, or set CORRAL_BUILD)"; done
 command -v wrk >/dev/null || die "wrk is not installed (Debian package wrk)"
 [ -f models/digits/sample.json ] || die "models/digits/sample.json is missing"
 
@@ -101,9 +103,12 @@ if [ "$ceiling_only" = 1 ]; then
     exit 0
 fi
 
-out="$("$ctl" infer --rpc "$direct" --model digits --repeat "$requests" models/digits/sample.json 2>&1 >/dev/null)"
+out="$("$direct_bench" "$direct" digits models/digits/sample.json "$requests")" ||
+    die "corral-direct-rpc failed: $out"
 direct_p50="$(result "$out" p50_us)"
-echo "direct RPC to the replica:      p50 ${direct_p50} us  p99 $(result "$out" p99_us) us"
+echo "direct to the replica:          p50 ${direct_p50} us  p99 $(result "$out" p99_us) us  (router's transport)"
+out="$("$ctl" infer --rpc "$direct" --model digits --repeat "$requests" models/digits/sample.json 2>&1 >/dev/null)"
+echo "direct to the replica, libcorral: p50 $(result "$out" p50_us) us  p99 $(result "$out" p99_us) us"
 out="$("$ctl" infer --rpc "tcp://127.0.0.1:$rpc_port" --model digits --repeat "$requests" models/digits/sample.json 2>&1 >/dev/null)"
 rpc_p50="$(result "$out" p50_us)"
 echo "through the router, RPC:        p50 ${rpc_p50} us  p99 $(result "$out" p99_us) us"
