@@ -7,7 +7,8 @@
 #   4. max req/s over HTTP at concurrency 64 through ONE router thread (wrk)
 #   5. the router's own ceiling: req/s of GET /v2/health/live at concurrency 64
 #      (wrk, keep-alive), which the router answers without a replica
-# and prints overhead = HTTP p50 - direct p50 (corral-direct-rpc). Targets: overhead <= 50 us,
+# and prints overhead = HTTP p50 - direct p50 (corral-direct-rpc), and for the RPC
+# path the same with libcorral on both sides. Targets: overhead <= 50 us,
 # >= 30000 req/s. Figures are reported, not asserted.
 #
 # Usage: bench/router_overhead.sh [DURATION_SECONDS]
@@ -108,7 +109,8 @@ out="$("$direct_bench" "$direct" digits models/digits/sample.json "$requests")" 
 direct_p50="$(result "$out" p50_us)"
 echo "direct to the replica:          p50 ${direct_p50} us  p99 $(result "$out" p99_us) us  (router's transport)"
 out="$("$ctl" infer --rpc "$direct" --model digits --repeat "$requests" models/digits/sample.json 2>&1 >/dev/null)"
-echo "direct to the replica, libcorral: p50 $(result "$out" p50_us) us  p99 $(result "$out" p99_us) us"
+ctl_p50="$(result "$out" p50_us)"
+echo "direct to the replica, libcorral: p50 ${ctl_p50} us  p99 $(result "$out" p99_us) us"
 out="$("$ctl" infer --rpc "tcp://127.0.0.1:$rpc_port" --model digits --repeat "$requests" models/digits/sample.json 2>&1 >/dev/null)"
 rpc_p50="$(result "$out" p50_us)"
 echo "through the router, RPC:        p50 ${rpc_p50} us  p99 $(result "$out" p99_us) us"
@@ -123,4 +125,4 @@ errs=$(( $(result "$out" errors_status) + $(result "$out" errors_read) + $(resul
 rps="$(awk -v r="$reqs" -v u="$us" 'BEGIN { printf "%.0f", r / (u / 1e6) }')"
 echo "HTTP c=$conc, $router_threads router thread(s), $n_replicas replica(s): ${rps} req/s  p50 $(result "$out" p50_us) us  p99 $(result "$out" p99_us) us  errors $errs"
 ceiling
-echo "RESULT overhead_http_us=$(awk -v a="$http_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') overhead_rpc_us=$(awk -v a="$rpc_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') rps_c${conc}=${rps}"
+echo "RESULT overhead_http_us=$(awk -v a="$http_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') overhead_rpc_us=$(awk -v a="$rpc_p50" -v b="$ctl_p50" 'BEGIN { printf "%.1f", a - b }') rps_c${conc}=${rps}"
