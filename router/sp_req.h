@@ -5,9 +5,10 @@
  * The router keeps one per replica. Requests go out as
  *   64-bit big-endian length | 32-bit request id (top bit set) | body
  * after the 8-byte SP header that names REQv0; replies come back with the
- * same id in front. Everything happens on the loop thread: a request is
- * written straight to the socket when it can be, and one read may deliver
- * many replies, so a request costs no thread hand-off.
+ * same id in front. Everything happens on the loop thread, so a request costs
+ * no thread hand-off: the requests routed in one turn of the loop leave in one
+ * write right after that turn's I/O callbacks (requests over 64 KiB go at
+ * once), and one read may deliver many replies.
  *
  * The connection is made at sp_req_open() and made again after it drops,
  * waiting 50 ms at first and doubling up to 1 s. Events:
