@@ -415,8 +415,8 @@ static void pack_reply(struct batcher *b, struct breq *r)
  * under one lock for the whole list, count them and unlink every reply that may
  * leave now (with preserve_ordering, only an unbroken run of finished requests
  * from the oldest), and send those. Called on the batcher thread without mu held;
- * taking the lock once per batch rather than once per request keeps the NNG
- * threads that submit requests from queueing behind the batcher thread.
+ * taking the lock once per batch rather than once per request keeps the I/O
+ * thread that submits requests from queueing behind the batcher thread.
  */
 static void finish_list(struct batcher *b, struct breq *done)
 {

@@ -1,5 +1,5 @@
 /*
- * The replica's dynamic batcher: infer requests from many NNG contexts enter
+ * The replica's dynamic batcher: infer requests from the server's connections enter
  * one queue per priority level; a batcher thread groups compatible requests
  * (same padded sizes in every variable dimension, same requested outputs),
  * pads them into the smallest bucket that holds the batch, hands the batch to
@@ -12,7 +12,7 @@
  *     batcher_create(&b, eng, cfg, &opt, reply_fn, &e);
  *     batcher_warmup(b, &e);          // every bucket runs once; sets the stall limit
  *     batcher_start(b, &e);           // threads
- *     // on an NNG callback thread, for each decoded infer Request:
+ *     // on the server's I/O thread, for each decoded infer Request:
  *     if (batcher_submit(b, req, owner, &e))  // refused: caller answers e, frees req
  *     // otherwise reply_fn(owner, buf, len) is called exactly once, later, from a
  *     // batcher thread with no lock held, and the batcher frees req.

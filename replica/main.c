@@ -1,5 +1,6 @@
 /*
- * corral-replica: serves one version of one model over NNG.
+ * corral-replica: serves one version of one model over SP request/reply (what NNG
+ * REQ sockets and the router speak).
  *
  * Start-up order matters: the model is loaded, checked against its config and
  * its parity vectors replayed before the socket is opened, so a replica that
@@ -32,16 +33,19 @@ static void usage(FILE *f)
             "\n"
             "Loads models/NAME/<version>/model.onnx (the highest version when none is given),\n"
             "replays its parity vectors and, when they match, serves infer, metadata and health\n"
-            "requests on an NNG REP socket at URL (e.g. tcp://127.0.0.1:9101; port 0 picks one).\n"
+            "requests over SP request/reply (what NNG REQ sockets speak) at URL, tcp://HOST:PORT\n"
+            "(e.g. tcp://127.0.0.1:9101; port 0 picks one).\n"
             "\n"
             "  --model-repo DIR   model repository root (holds NAME/config.json)\n"
             "  --model NAME       model to serve\n"
             "  --version N        version directory to load (default: highest)\n"
-            "  --listen URL       NNG URL to serve on\n"
+            "  --listen URL       tcp://HOST:PORT to serve on (HOST an address, [IPv6], a name or *)\n"
             "  --device DEV       cpu (default); cuda:N needs a CUDA build and device\n"
             "  --threads N        compute threads for the CPU backend (default 1)\n"
-            "  --contexts N       requests accepted at once (default: enough for the batching\n"
-            "                     queue, max_queue_size + 2 * max_batch_size + 16, at least 64)\n"
+            "  --contexts N       requests accepted and not yet answered; at this many the replica\n"
+            "                     stops reading until replies free room (default: enough for\n"
+            "                     the batching queue, max_queue_size + 2 * max_batch_size + 16,\n"
+            "                     at least 64)\n"
             "  --verify           check the parity vectors, print the max abs difference per\n"
             "                     output and exit 0 (within tolerance) or 1\n"
             "  --log-level L      debug, info, warn or error (default info)\n"
@@ -271,8 +275,8 @@ int main(int argc, char **argv)
     if (bo.test_hooks)
         LOG_WARN("test hooks are enabled: requests may stall the executor on purpose");
     if (contexts == 0) {
-        /* A request only reaches the queue through a free context, so there must be more
-         * contexts than the queue holds for max_queue_size (and 429s) to mean anything. */
+        /* A request only reaches the queue through a free slot, so there must be more
+         * slots than the queue holds for max_queue_size (and 429s) to mean anything. */
         int64_t mb = cfg.batching.max_batch_size > 0 ? cfg.batching.max_batch_size : 1;
         int64_t want = cfg.batching.max_queue_size + 2 * mb + 16;
         contexts = want < 64 ? 64 : want > 4096 ? 4096 : (long)want;

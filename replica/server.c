@@ -1,91 +1,45 @@
 #include "server.h"
 
-#include <arpa/inet.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/rep.h>
-#include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "batcher.h"
 #include "log.h"
+#include "sp_rep.h"
 #include "wire.h"
 
-struct worker {
-    struct replica_server *srv;
-    nng_ctx ctx;
-    nng_aio *aio;
-    int sending;
-    /* A batcher reply waiting for the sender thread (guarded by the server's smu). */
-    uint8_t *rbuf;
-    size_t rlen;
-    struct worker *rnext;
-};
-
 struct replica_server {
-    nng_socket sock;
-    nng_listener listener;
-    char url[256];
+    struct sp_rep *rep;
     struct engine *eng;
     const struct model_config *cfg;
     struct replica_server_options opt;
-    struct worker *workers;
-    int n_workers;
     struct batcher *batcher; /* borrowed */
-
-    /* Replies the batcher hands over, sent by the sender thread: a TCP send runs its
-     * syscalls on the calling thread, and on the batcher thread they held up the next
-     * batch. The sender is woken once per burst, not once per reply. */
-    pthread_t sender;
-    pthread_mutex_t smu;
-    pthread_cond_t scv;
-    struct worker *rhead, *rtail;
-    int sender_started, sender_idle, sender_stop, sync_ready;
 };
 
-static void worker_recv(struct worker *w)
+/* Takes ownership of buf. A reply that could not be built releases the request unanswered:
+ * the REQ peer times out and resends it. */
+static void send_reply(struct sp_rep_req *rq, uint8_t *buf, size_t len)
 {
-    w->sending = 0;
-    nng_ctx_recv(w->ctx, w->aio);
+    if (!buf)
+        LOG_ERROR("cannot build a reply message (out of memory)");
+    sp_rep_reply(rq, buf, len);
 }
 
-/* Takes ownership of buf. A failed send frees the message and goes back to receiving. */
-static void worker_send(struct worker *w, uint8_t *buf, size_t len)
-{
-    nng_msg *msg = NULL;
-    if (!buf || nng_msg_alloc(&msg, 0) != 0 || nng_msg_append(msg, buf, len) != 0) {
-        LOG_ERROR("cannot build reply message (out of memory)");
-        if (msg)
-            nng_msg_free(msg);
-        free(buf);
-        /* Without a reply the REQ peer times out and retries; keep serving. */
-        worker_recv(w);
-        return;
-    }
-    free(buf);
-    w->sending = 1;
-    nng_aio_set_msg(w->aio, msg);
-    nng_ctx_send(w->ctx, w->aio);
-}
-
-static void worker_send_error(struct worker *w, int code, const char *message)
+static void send_error(struct sp_rep_req *rq, int code, const char *message)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     if (wire_pack_error(code, message, &buf, &len) != 0)
         buf = NULL;
-    worker_send(w, buf, len);
+    send_reply(rq, buf, len);
 }
 
-/* Packs and sends a reply; a reply that cannot be packed is dropped like a failed send. */
-static void send_response(struct worker *w, const Corral__Response *resp)
+static void send_response(struct sp_rep_req *rq, const Corral__Response *resp)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     if (wire_pack_response(resp, &buf, &len) != 0)
         buf = NULL;
-    worker_send(w, buf, len);
+    send_reply(rq, buf, len);
 }
 
 static void fill_meta(Corral__TensorMetadata *m, const struct model_io *io)
@@ -97,9 +51,9 @@ static void fill_meta(Corral__TensorMetadata *m, const struct model_io *io)
     m->shape = (int64_t *)io->dims;
 }
 
-static void answer_metadata(struct worker *w)
+static void answer_metadata(struct replica_server *srv, struct sp_rep_req *rq)
 {
-    const struct model_config *cfg = w->srv->cfg;
+    const struct model_config *cfg = srv->cfg;
     Corral__Response resp = CORRAL__RESPONSE__INIT;
     Corral__MetadataResponse md = CORRAL__METADATA_RESPONSE__INIT;
     Corral__TensorMetadata in[MODEL_MAX_IO], out[MODEL_MAX_IO];
@@ -126,7 +80,7 @@ static void answer_metadata(struct worker *w)
     labels.value_case = CORRAL__PARAMETER__VALUE_INT64_VALUE;
     labels.int64_value = (int64_t)cfg->n_labels;
     /* What the warm-up planned: operators size memory from these. */
-    const struct replica_server_options *o = &w->srv->opt;
+    const struct replica_server_options *o = &srv->opt;
     Corral__Parameter pc = CORRAL__PARAMETER__INIT, amax = CORRAL__PARAMETER__INIT,
                       plans = CORRAL__PARAMETER__INIT;
     pc.key = "plan_count";
@@ -145,12 +99,11 @@ static void answer_metadata(struct worker *w)
     md.parameters = params;
     resp.kind_case = CORRAL__RESPONSE__KIND_METADATA;
     resp.metadata = &md;
-    send_response(w, &resp);
+    send_response(rq, &resp);
 }
 
-static void answer_health(struct worker *w)
+static void answer_health(struct replica_server *srv, struct sp_rep_req *rq)
 {
-    struct replica_server *srv = w->srv;
     Corral__Response resp = CORRAL__RESPONSE__INIT;
     Corral__HealthResponse h = CORRAL__HEALTH_RESPONSE__INIT;
     int live, ready;
@@ -162,12 +115,11 @@ static void answer_health(struct worker *w)
     h.model_version = (char *)srv->cfg->version_str;
     resp.kind_case = CORRAL__RESPONSE__KIND_HEALTH;
     resp.health = &h;
-    send_response(w, &resp);
+    send_response(rq, &resp);
 }
 
-static void answer_stats(struct worker *w)
+static void answer_stats(struct replica_server *srv, struct sp_rep_req *rq)
 {
-    struct replica_server *srv = w->srv;
     struct batcher_stats *st = malloc(sizeof *st);
     Corral__Response resp = CORRAL__RESPONSE__INIT;
     Corral__StatsResponse sr = CORRAL__STATS_RESPONSE__INIT;
@@ -176,7 +128,7 @@ static void answer_stats(struct worker *w)
     uint8_t *buf = NULL;
     size_t len = 0;
     if (!st) {
-        worker_send_error(w, CORRAL_ENOMEM, "out of memory");
+        send_error(rq, CORRAL_ENOMEM, "out of memory");
         return;
     }
     batcher_get_stats(srv->batcher, st);
@@ -226,146 +178,57 @@ static void answer_stats(struct worker *w)
     if (wire_pack_response(&resp, &buf, &len) != 0)
         buf = NULL;
     free(st);
-    worker_send(w, buf, len);
+    send_reply(rq, buf, len);
 }
 
 void replica_server_reply(void *owner, uint8_t *buf, size_t len)
 {
-    struct worker *w = owner;
-    struct replica_server *srv = w->srv;
-    int wake = 0;
-    pthread_mutex_lock(&srv->smu);
-    if (!srv->sender_started) {
-        /* No sender thread (start-up failed, or it has stopped): send from here. */
-        pthread_mutex_unlock(&srv->smu);
-        worker_send(w, buf, len);
-        return;
-    }
-    w->rbuf = buf;
-    w->rlen = len;
-    w->rnext = NULL;
-    if (srv->rtail)
-        srv->rtail->rnext = w;
-    else
-        srv->rhead = w;
-    srv->rtail = w;
-    if (srv->sender_idle) {
-        srv->sender_idle = 0;
-        wake = 1;
-    }
-    pthread_mutex_unlock(&srv->smu);
-    if (wake)
-        pthread_cond_signal(&srv->scv);
+    send_reply(owner, buf, len);
 }
 
-static void *sender_main(void *arg)
-{
-    struct replica_server *srv = arg;
-    pthread_mutex_lock(&srv->smu);
-    for (;;) {
-        if (!srv->rhead) {
-            if (srv->sender_stop)
-                break;
-            srv->sender_idle = 1;
-            pthread_cond_wait(&srv->scv, &srv->smu);
-            continue;
-        }
-        struct worker *list = srv->rhead;
-        srv->rhead = srv->rtail = NULL;
-        pthread_mutex_unlock(&srv->smu);
-        while (list) {
-            struct worker *nx = list->rnext;
-            uint8_t *buf = list->rbuf;
-            list->rbuf = NULL;
-            list->rnext = NULL;
-            worker_send(list, buf, list->rlen);
-            list = nx;
-        }
-        pthread_mutex_lock(&srv->smu);
-    }
-    pthread_mutex_unlock(&srv->smu);
-    return NULL;
-}
-
-/* Sends what is still queued and ends the sender thread. */
-static void sender_stop(struct replica_server *srv)
-{
-    if (!srv->sync_ready)
-        return;
-    pthread_mutex_lock(&srv->smu);
-    int started = srv->sender_started;
-    srv->sender_stop = 1;
-    pthread_mutex_unlock(&srv->smu);
-    pthread_cond_signal(&srv->scv);
-    if (started)
-        pthread_join(srv->sender, NULL);
-    pthread_mutex_lock(&srv->smu);
-    srv->sender_started = 0;
-    pthread_mutex_unlock(&srv->smu);
-}
-
-static void submit_infer(struct worker *w, Corral__Request *req)
+static void submit_infer(struct replica_server *srv, struct sp_rep_req *rq, Corral__Request *req)
 {
     struct cerr e = {0};
-    int rc = batcher_submit(w->srv->batcher, req, w, &e);
+    int rc = batcher_submit(srv->batcher, req, rq, &e);
     if (rc) {
         if (rc != CORRAL_EQUEUEFULL)
             LOG_DEBUG("refused infer request: %s", e.msg);
         corral__request__free_unpacked(req, NULL);
-        worker_send_error(w, rc, e.msg);
+        send_error(rq, rc, e.msg);
     }
 }
 
-static void worker_cb(void *arg)
+/* Runs on the I/O thread for every request; body is only valid during the call. */
+static void on_request(void *arg, struct sp_rep_req *rq, const uint8_t *body, size_t len)
 {
-    struct worker *w = arg;
-    int rv = nng_aio_result(w->aio);
-    if (w->sending) {
-        if (rv != 0) {
-            nng_msg *m = nng_aio_get_msg(w->aio);
-            if (m)
-                nng_msg_free(m);
-            if (rv == NNG_ECLOSED)
-                return;
-        }
-        worker_recv(w);
-        return;
-    }
-    if (rv != 0) {
-        if (rv == NNG_ECLOSED)
-            return;
-        worker_recv(w);
-        return;
-    }
-    nng_msg *msg = nng_aio_get_msg(w->aio);
+    struct replica_server *srv = arg;
     struct cerr e = {0};
     Corral__Request *req = NULL;
-    int rc = wire_decode_request(nng_msg_body(msg), nng_msg_len(msg), &req, &e);
-    nng_msg_free(msg);
+    int rc = wire_decode_request(body, len, &req, &e);
     if (rc) {
         LOG_WARN("rejected request: %s", e.msg);
-        worker_send_error(w, rc, e.msg);
+        send_error(rq, rc, e.msg);
         return;
     }
     switch (req->kind_case) {
     case CORRAL__REQUEST__KIND_HEALTH:
         corral__request__free_unpacked(req, NULL);
-        answer_health(w);
+        answer_health(srv, rq);
         break;
     case CORRAL__REQUEST__KIND_METADATA:
         corral__request__free_unpacked(req, NULL);
-        answer_metadata(w);
+        answer_metadata(srv, rq);
         break;
     case CORRAL__REQUEST__KIND_INFER:
-        submit_infer(w, req);
+        submit_infer(srv, rq, req);
         break;
     case CORRAL__REQUEST__KIND_STATS:
         corral__request__free_unpacked(req, NULL);
-        answer_stats(w);
+        answer_stats(srv, rq);
         break;
     default:
         corral__request__free_unpacked(req, NULL);
-        worker_send_error(w, CORRAL_EINVAL, "unknown request kind");
+        send_error(rq, CORRAL_EINVAL, "unknown request kind");
     }
 }
 
@@ -373,96 +236,38 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
                          const struct model_config *cfg, const struct replica_server_options *opt,
                          struct cerr *e)
 {
-    int rv, rc = CORRAL_OK;
-    struct replica_server *srv = calloc(1, sizeof *srv);
+    int rc;
     *out = NULL;
+    if (!opt->batcher)
+        return cerr_set(e, CORRAL_EINVAL, "replica server started without a batcher");
+    struct replica_server *srv = calloc(1, sizeof *srv);
     if (!srv)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory");
-    if (!opt->batcher) {
-        free(srv);
-        return cerr_set(e, CORRAL_EINVAL, "replica server started without a batcher");
-    }
     srv->eng = eng;
     srv->cfg = cfg;
     srv->opt = *opt;
     srv->batcher = opt->batcher;
-    pthread_mutex_init(&srv->smu, NULL);
-    pthread_cond_init(&srv->scv, NULL);
-    srv->sync_ready = 1;
-    if ((rv = nng_rep0_open(&srv->sock)) != 0) {
-        rc = cerr_set(e, CORRAL_EINTERNAL, "cannot open NNG REP socket: %s", nng_strerror(rv));
-        goto fail;
+    struct sp_rep_options so = SP_REP_OPTIONS_DEFAULT;
+    so.max_pending = opt->contexts > 0 ? opt->contexts : 1;
+    so.max_message = WIRE_MAX_MESSAGE;
+    if ((rc = sp_rep_start(&srv->rep, url, &so, on_request, srv, e))) {
+        replica_server_stop(srv);
+        return rc;
     }
-    nng_socket_set_size(srv->sock, NNG_OPT_RECVMAXSZ, WIRE_MAX_MESSAGE);
-    if ((rv = nng_listener_create(&srv->listener, srv->sock, url)) != 0 ||
-        (rv = nng_listener_start(srv->listener, 0)) != 0) {
-        rc = cerr_set(e, rv == NNG_EADDRINUSE ? CORRAL_EUNAVAIL : CORRAL_EINVAL,
-                      "cannot listen on '%s': %s", url, nng_strerror(rv));
-        goto fail;
-    }
-    snprintf(srv->url, sizeof srv->url, "%s", url);
-    if (strncmp(url, "tcp://", 6) == 0) {
-        /* Report the port actually bound so that callers may ask for port 0. */
-        nng_sockaddr sa;
-        if (nng_listener_get_addr(srv->listener, NNG_OPT_LOCADDR, &sa) == 0 &&
-            sa.s_family == NNG_AF_INET) {
-            const uint8_t *a = (const uint8_t *)&sa.s_in.sa_addr;
-            snprintf(srv->url, sizeof srv->url, "tcp://%u.%u.%u.%u:%u", a[0], a[1], a[2], a[3],
-                     (unsigned)ntohs(sa.s_in.sa_port));
-        }
-    }
-    srv->n_workers = opt->contexts > 0 ? opt->contexts : 1;
-    srv->workers = calloc((size_t)srv->n_workers, sizeof *srv->workers);
-    if (!srv->workers) {
-        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory");
-        goto fail;
-    }
-    for (int i = 0; i < srv->n_workers; i++) {
-        struct worker *w = &srv->workers[i];
-        w->srv = srv;
-        if ((rv = nng_aio_alloc(&w->aio, worker_cb, w)) != 0 ||
-            (rv = nng_ctx_open(&w->ctx, srv->sock)) != 0) {
-            rc = cerr_set(e, CORRAL_EINTERNAL, "cannot open NNG context: %s", nng_strerror(rv));
-            goto fail;
-        }
-    }
-    if (pthread_create(&srv->sender, NULL, sender_main, srv) != 0) {
-        rc = cerr_set(e, CORRAL_EINTERNAL, "cannot start the reply sender thread");
-        goto fail;
-    }
-    srv->sender_started = 1;
-    for (int i = 0; i < srv->n_workers; i++)
-        worker_recv(&srv->workers[i]);
     *out = srv;
     return CORRAL_OK;
-fail:
-    replica_server_stop(srv);
-    return rc;
 }
 
-const char *replica_server_url(const struct replica_server *srv) { return srv->url; }
+const char *replica_server_url(const struct replica_server *srv) { return sp_rep_url(srv->rep); }
 
 void replica_server_stop(struct replica_server *srv)
 {
     if (!srv)
         return;
     /* The batcher finishes the batches it is running and answers everything still queued
-     * (EUNAVAIL) while the socket can still carry the replies. */
+     * (EUNAVAIL) while the connections can still carry the replies; requests that arrive
+     * meanwhile are refused by it and answered on the I/O thread. */
     batcher_stop(srv->batcher);
-    sender_stop(srv);
-    if (nng_socket_id(srv->sock) > 0)
-        nng_close(srv->sock);
-    for (int i = 0; srv->workers && i < srv->n_workers; i++)
-        if (srv->workers[i].aio)
-            nng_aio_stop(srv->workers[i].aio);
-    for (int i = 0; srv->workers && i < srv->n_workers; i++) {
-        if (srv->workers[i].aio)
-            nng_aio_free(srv->workers[i].aio);
-    }
-    free(srv->workers);
-    if (srv->sync_ready) {
-        pthread_mutex_destroy(&srv->smu);
-        pthread_cond_destroy(&srv->scv);
-    }
+    sp_rep_stop(srv->rep);
     free(srv);
 }

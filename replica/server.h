@@ -1,19 +1,23 @@
 /*
- * The replica's RPC server: an NNG REP socket served by many contexts, each
- * receiving one Request at a time and handing infer requests to the batcher.
+ * The replica's RPC server: the REP side of the SP request/reply protocol over
+ * TCP (replica/sp_rep.h), which NNG REQ sockets and the router dial. One I/O
+ * thread reads requests from every connection and decodes them.
  *
- * Health, metadata and stats requests are answered on the NNG callback thread
- * (they touch no engine state); infer requests are validated and queued by the
- * batcher (replica/batcher.h), which owns the engine while it runs. Every
+ * Health, metadata and stats requests are answered on the I/O thread (they
+ * touch no engine state); infer requests are validated and queued by the
+ * batcher (replica/batcher.h), which owns the engine while it runs and replies
+ * from its own threads, writing straight to the requester's socket. Every
  * received request gets exactly one reply: a Response carrying the result or
- * an Error with a corral code.
+ * an Error with a corral code. A reply whose connection has closed is dropped.
  *
  * Usage:
  *     struct replica_server *srv;
  *     replica_server_start(&srv, url, eng, cfg, &opts, &e);  // listening on return
  *     ... wait for a signal ...
- *     replica_server_stop(srv);  // closes the socket, joins the executor, frees
+ *     replica_server_stop(srv);  // stops the batcher, flushes and closes, frees
  *
+ * url is tcp://HOST:PORT (HOST an address, [IPv6], a name, or * for any; port
+ * 0 picks one, see replica_server_url). An address in use is CORRAL_EUNAVAIL.
  * The engine, config and batcher (opts.batcher, started) are borrowed and must
  * outlive the server; stopping the server stops the batcher.
  */
@@ -32,7 +36,9 @@ struct replica_server;
 struct batcher;
 
 struct replica_server_options {
-    int contexts;             /* concurrent NNG contexts (requests accepted at once) */
+    /* Requests accepted and not yet answered; at this many the server stops reading from
+     * its connections until replies free room (the requests wait, none is refused). */
+    int contexts;
     struct batcher *batcher;  /* queues and runs infer requests (required) */
     /* Plans built at warm-up, reported in metadata parameters (plan_count,
      * arena_bytes_max: the one arena the plans share, plans = "shape:bytes;...").
@@ -49,10 +55,10 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
 const char *replica_server_url(const struct replica_server *srv);
 void replica_server_stop(struct replica_server *srv);
 /*
- * The batcher's reply function (batcher_reply_fn): queues buf (owned) for the
- * server's sender thread, which sends it on the NNG context `owner` that
- * received the request; before the server has started (or after it stopped)
- * it sends at once. Pass it to batcher_create.
+ * The batcher's reply function (batcher_reply_fn): sends buf (owned, freed
+ * here) as the reply to the request `owner` (the handle the server passed to
+ * batcher_submit), from the calling thread when the connection's socket takes
+ * it at once. Pass it to batcher_create.
  */
 void replica_server_reply(void *owner, uint8_t *buf, size_t len);
 

@@ -10,11 +10,10 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "sp_frame.h"
 
 enum { SP_IDLE, SP_CONNECTING, SP_HANDSHAKE, SP_UP };
 
-#define SP_PROTO_REQ 0x30
-#define SP_PROTO_REP 0x31
 #define SP_RETRY_MIN_MS 50
 #define SP_RETRY_MAX_MS 1000
 #define SP_READ_CHUNK (64 * 1024)
@@ -52,23 +51,8 @@ struct sp_write {
     uint8_t data[];
 };
 
-static const uint8_t sp_header[8] = {0, 'S', 'P', 0, 0, SP_PROTO_REQ, 0, 0};
 
 static void start_connect(struct sp_req *s);
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
 
 static void release_step(struct sp_req *s)
 {
@@ -210,12 +194,8 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     if (s->state != SP_UP || s->tcp_closing || len > UINT32_MAX - 16)
         return -1;
     uint8_t hdr[12];
-    put_be64(hdr, (uint64_t)len + 4);
-    id |= 0x80000000u;
-    hdr[8] = (uint8_t)(id >> 24);
-    hdr[9] = (uint8_t)(id >> 16);
-    hdr[10] = (uint8_t)(id >> 8);
-    hdr[11] = (uint8_t)id;
+    sp_put_be64(hdr, (uint64_t)len + 4);
+    sp_put_be32(hdr + 8, id | SP_ID_BIT);
     if (len > SP_READ_CHUNK) {
         /* Large requests go out at once, after what is already waiting, uncopied. */
         if (s->olen)
@@ -283,14 +263,13 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (s->state == SP_HANDSHAKE) {
         if (s->rlen < 8)
             return;
-        const uint8_t *p = s->rbuf;
-        if (p[0] != 0 || p[1] != 'S' || p[2] != 'P' || p[3] != 0 || p[6] != 0 || p[7] != 0) {
+        int proto = sp_header_proto(s->rbuf);
+        if (proto < 0) {
             drop(s, "the peer does not speak the SP protocol (is this a corral replica?)");
             return;
         }
-        unsigned proto = (unsigned)p[4] << 8 | p[5];
         if (proto != SP_PROTO_REP) {
-            snprintf(why, sizeof why, "the peer speaks SP protocol %u, expected REP (%u)", proto,
+            snprintf(why, sizeof why, "the peer speaks SP protocol %d, expected REP (%d)", proto,
                      SP_PROTO_REP);
             drop(s, why);
             return;
@@ -304,7 +283,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             return;
     }
     while (s->rlen - off >= 8) {
-        uint64_t n = get_be64(s->rbuf + off);
+        uint64_t n = sp_get_be64(s->rbuf + off);
         if (n < 4 || n > s->max_frame) {
             snprintf(why, sizeof why, "reply frame of %llu bytes (expected 4 to %zu)",
                      (unsigned long long)n, s->max_frame);
@@ -314,11 +293,11 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         if (s->rlen - off - 8 < n)
             break;
         const uint8_t *f = s->rbuf + off + 8;
-        uint32_t id = (uint32_t)f[0] << 24 | (uint32_t)f[1] << 16 | (uint32_t)f[2] << 8 | f[3];
+        uint32_t id = sp_get_be32(f);
         off += 8 + (size_t)n;
         /* A reply without the request-id bit is not one of ours; NNG drops those too. */
-        if ((id & 0x80000000u) && s->ev.reply)
-            s->ev.reply(s->arg, id & 0x7fffffffu, f + 4, (size_t)n - 4);
+        if ((id & SP_ID_BIT) && s->ev.reply)
+            s->ev.reply(s->arg, id & ~SP_ID_BIT, f + 4, (size_t)n - 4);
         if (s->state != SP_UP || s->tcp_closing)
             return;
     }
@@ -328,7 +307,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     if (s->rlen >= 8) {
         /* Make room for the whole frame now so that large replies arrive in few reads. */
-        size_t need = 8 + (size_t)get_be64(s->rbuf) + SP_READ_CHUNK;
+        size_t need = 8 + (size_t)sp_get_be64(s->rbuf) + SP_READ_CHUNK;
         if (need > s->rcap) {
             uint8_t *p = realloc(s->rbuf, need);
             if (!p) {
@@ -353,7 +332,9 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     s->state = SP_HANDSHAKE;
-    uv_buf_t b = uv_buf_init((char *)sp_header, sizeof sp_header);
+    uint8_t hello[8];
+    sp_header(hello, SP_PROTO_REQ);
+    uv_buf_t b = uv_buf_init((char *)hello, sizeof hello);
     write_bufs(s, &b, 1);
     if (!s->tcp_closing)
         uv_read_start((uv_stream_t *)&s->tcp, on_alloc, on_read);

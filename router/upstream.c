@@ -489,7 +489,9 @@ static struct up_replica *pick(struct upstream *u, struct up_model *m, const cha
     *capped = 0;
     for (size_t i = 0; i < m->n; i++) {
         struct up_replica *r = m->replicas[i];
-        if (!r->ready || r->ejected || r == exclude || !version_matches(r, version))
+        /* A connection seen closing is skipped before its replica is marked not ready. */
+        if (!r->ready || r->ejected || r == exclude || !version_matches(r, version) ||
+            !connected(r))
             continue;
         if (cap && r->outstanding >= cap) {
             *capped = 1;
