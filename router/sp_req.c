@@ -32,10 +32,13 @@ struct sp_req {
     uint8_t *rbuf;
     size_t rlen, rcap;
     /* Requests routed in one turn of the loop leave in one write, after the turn's
-     * I/O callbacks (uv_check), instead of one system call each. */
+     * I/O callbacks (uv_check), instead of one system call each. A request queued
+     * outside the I/O phase (from a timer) also starts an idle handle, which keeps
+     * the loop from sleeping in poll with the request still unsent. */
     uint8_t *obuf;
     size_t olen, ocap;
     uv_check_t flush;
+    uv_idle_t kick;
     int flush_on;
     struct sp_req_events ev;
     void *arg;
@@ -170,10 +173,10 @@ static int write_bufs(struct sp_req *s, uv_buf_t *b, unsigned nb)
     return 0;
 }
 
-static void on_flush(uv_check_t *h)
+static void flush_now(struct sp_req *s)
 {
-    struct sp_req *s = h->data;
-    uv_check_stop(h);
+    uv_check_stop(&s->flush);
+    uv_idle_stop(&s->kick);
     s->flush_on = 0;
     if (!s->olen || s->state != SP_UP || s->tcp_closing) {
         s->olen = 0;
@@ -189,6 +192,16 @@ static void on_flush(uv_check_t *h)
     }
 }
 
+static void on_flush(uv_check_t *h)
+{
+    flush_now(h->data);
+}
+
+static void on_kick(uv_idle_t *h)
+{
+    flush_now(h->data);
+}
+
 int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
 {
     if (s->state != SP_UP || s->tcp_closing || len > UINT32_MAX - 16)
@@ -199,7 +212,7 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     if (len > SP_READ_CHUNK) {
         /* Large requests go out at once, after what is already waiting, uncopied. */
         if (s->olen)
-            on_flush(&s->flush);
+            flush_now(s);
         uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr),
                          uv_buf_init((char *)body, (unsigned)len)};
         return write_bufs(s, b, 2);
@@ -222,6 +235,7 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     if (!s->flush_on) {
         s->flush_on = 1;
         uv_check_start(&s->flush, on_flush);
+        uv_idle_start(&s->kick, on_kick);
     }
     return 0;
 }
@@ -440,6 +454,8 @@ int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t ma
     s->retry.data = s;
     uv_check_init(loop, &s->flush);
     s->flush.data = s;
+    uv_idle_init(loop, &s->kick);
+    s->kick.data = s;
     start_connect(s);
     *out = s;
     return CORRAL_OK;
@@ -459,10 +475,11 @@ void sp_req_close(struct sp_req *s, void (*closed)(void *arg))
 {
     s->stopping = 1;
     s->closed = closed;
-    s->pending_closes = 2;
+    s->pending_closes = 3;
     uv_timer_stop(&s->retry);
     uv_close((uv_handle_t *)&s->retry, on_handle_closed);
     uv_close((uv_handle_t *)&s->flush, on_handle_closed);
+    uv_close((uv_handle_t *)&s->kick, on_handle_closed);
     if (s->tcp_open) {
         s->pending_closes++;
         if (!s->tcp_closing) {

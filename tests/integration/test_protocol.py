@@ -482,5 +482,24 @@ class Failover(unittest.TestCase):
                 stop_and_check(c)
 
 
+class IdleHealth(unittest.TestCase):
+    """An idle router's health probes are its only traffic: each must be answered
+    within its interval, so an idle replica never flaps to not ready."""
+
+    def test_idle_replica_stays_ready(self):
+        with tempfile.TemporaryDirectory(prefix="corral-idle-") as tmp:
+            make_repo(tmp, ROOT)
+            # The default interval, where a probe's timeout equals the interval.
+            c = start_cluster(BUILD, tmp, [("digits", [])])
+            try:
+                time.sleep(3.0)  # about 6 probes with nothing else happening
+                st, table = c.http("GET", "/v2/corral/replicas")
+                self.assertEqual(st, 200)
+                self.assertEqual([r["state"] for r in table["replicas"]], ["ready"], table)
+                self.assertNotIn("is not ready", c.router_proc.output())
+            finally:
+                stop_and_check(c)
+
+
 if __name__ == "__main__":
     unittest.main(argv=sys.argv[:1], verbosity=2)
