@@ -210,7 +210,9 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     sp_put_be64(hdr, (uint64_t)len + 4);
     sp_put_be32(hdr + 8, id | SP_ID_BIT);
     if (len > SP_READ_CHUNK) {
-        /* Large requests go out at once, after what is already waiting, uncopied. */
+        /* Large requests go out at once, after what is already waiting, without the
+         * copy into the batch buffer (write_bufs still copies what the kernel does not
+         * take at once, so the caller's buffer is free on return either way). */
         if (s->olen)
             flush_now(s);
         uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr),
@@ -409,7 +411,10 @@ static int parse_url(const char *url, char *host, size_t hl, char *port, size_t 
     const char *ps = colon + 1;
     char *end = NULL;
     long v = strtol(ps, &end, 10);
-    if (!*ps || *end || v < 1 || v > 65535 || strlen(ps) >= pl)
+    int digits = *ps != '\0';
+    for (const char *q = ps; *q; q++)
+        digits &= *q >= '0' && *q <= '9';
+    if (!digits || *end || v < 1 || v > 65535 || strlen(ps) >= pl)
         return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has port '%s'; expected 1 to 65535",
                         url, ps);
     snprintf(port, pl, "%ld", v);

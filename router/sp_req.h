@@ -46,9 +46,11 @@ int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t ma
 /* Whether the connection is up (headers exchanged). */
 int sp_req_connected(const struct sp_req *s);
 /*
- * Queues one request. Returns 0 when it was written or queued on a connection
- * that is up (if that connection then fails, `down` follows), -1 when there
- * is no connection.
+ * Queues one request with id `id` (31 bits: the top bit is the protocol's
+ * marker). Returns 0 when it was written or queued on a connection that is up
+ * (if that connection then fails, `down` follows), -1 when there is no
+ * connection or the body is over 4 GiB. The body is copied: the caller's
+ * buffer is free on return.
  */
 int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len);
 /* Stops for good: no event runs afterwards; `closed(arg)` runs once all is released. */
