@@ -20,6 +20,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "jnum.h"
 
 enum jtype { JT_NULL, JT_FALSE, JT_TRUE, JT_NUMBER, JT_STRING, JT_ARRAY, JT_OBJECT };
 
@@ -114,8 +115,5 @@ int jdoc_float(const struct jdoc *d, uint32_t i, float *out);
 int jdoc_int64(const struct jdoc *d, uint32_t i, int64_t *out);
 int jdoc_uint64(const struct jdoc *d, uint32_t i, uint64_t *out);
 
-/* The same conversions on text alone (`s` holds one JSON number of `n` bytes). */
-double jnum_double(const char *s, size_t n);
-float jnum_float(const char *s, size_t n);
 
 #endif

@@ -108,10 +108,15 @@ static void put_float(struct buf *b, double v, int single)
         return;
     }
     char s[40];
+    if (single) {
+        jnum_format_float(s, (float)v);
+        buf_puts(b, s);
+        return;
+    }
     /* The shortest precision that reads back to the same value keeps answers compact. */
-    for (int prec = single ? 6 : 15; prec <= (single ? 9 : 17); prec++) {
+    for (int prec = 15; prec <= 17; prec++) {
         snprintf(s, sizeof s, "%.*g", prec, v);
-        if (single ? strtof(s, NULL) == (float)v : strtod(s, NULL) == v)
+        if (strtod(s, NULL) == v)
             break;
     }
     buf_puts(b, s);
