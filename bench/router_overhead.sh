@@ -3,7 +3,8 @@
 #   1. p50 of a direct request to the replica with the router's own transport
 #      (corral-direct-rpc, closed loop, one at a time), and with libcorral (corralctl)
 #   2. p50 through the router's RPC endpoint (corralctl)
-#   3. p50 through the router over HTTP (wrk, 1 connection, keep-alive)
+#   3. p50 through the router over HTTP (wrk, 1 connection, keep-alive), and with
+#      corral-http-rtt (a blocking client as lean as corral-direct-rpc)
 #   4. max req/s over HTTP at concurrency 64 through ONE router thread (wrk)
 #   5. the router's own ceiling: req/s of GET /v2/health/live at concurrency 64
 #      (wrk, keep-alive), which the router answers without a replica
@@ -32,9 +33,10 @@ router="$build/router/corral-router"
 replica="$build/replica/corral-replica"
 ctl="$build/client/corralctl"
 direct_bench="$build/bench/corral-direct-rpc"
+http_rtt="$build/bench/corral-http-rtt"
 
 die() { echo "router_overhead: $*" >&2; exit 1; }
-for b in "$router" "$replica" "$ctl" "$direct_bench"; do [ -x "$b" ] || die "missing $b (build first, or set CORRAL_BUILD)"; done
+for b in "$router" "$replica" "$ctl" "$direct_bench" "$http_rtt"; do [ -x "$b" ] || die "missing $b (build first, or set CORRAL_BUILD)"; done
 command -v wrk >/dev/null || die "wrk is not installed (Debian package wrk)"
 [ -f models/digits/sample.json ] || die "models/digits/sample.json is missing"
 
@@ -118,11 +120,15 @@ echo "through the router, RPC:        p50 ${rpc_p50} us  p99 $(result "$out" p99
 export BODY_FILE="$root/models/digits/sample.json"
 out="$(wrk -t1 -c1 -d"${duration}s" -s bench/wrk_post.lua "http://127.0.0.1:$http_port/v2/models/digits/infer" | grep RESULT)"
 http_p50="$(result "$out" p50_us)"
-echo "through the router, HTTP c=1:   p50 ${http_p50} us  p99 $(result "$out" p99_us) us  ($(result "$out" requests) requests)"
+echo "through the router, HTTP c=1:   p50 ${http_p50} us  p99 $(result "$out" p99_us) us  ($(result "$out" requests) requests, wrk)"
+out="$("$http_rtt" 127.0.0.1 "$http_port" /v2/models/digits/infer models/digits/sample.json "$requests")" ||
+    die "corral-http-rtt failed: $out"
+lean_p50="$(result "$out" p50_us)"
+echo "through the router, HTTP c=1:   p50 ${lean_p50} us  p99 $(result "$out" p99_us) us  (corral-http-rtt)"
 out="$(wrk -t"$t" -c"$conc" -d"${duration}s" -s bench/wrk_post.lua "http://127.0.0.1:$http_port/v2/models/digits/infer" | grep RESULT)"
 reqs="$(result "$out" requests)"; us="$(result "$out" duration_us)"
 errs=$(( $(result "$out" errors_status) + $(result "$out" errors_read) + $(result "$out" errors_timeout) ))
 rps="$(awk -v r="$reqs" -v u="$us" 'BEGIN { printf "%.0f", r / (u / 1e6) }')"
 echo "HTTP c=$conc, $router_threads router thread(s), $n_replicas replica(s): ${rps} req/s  p50 $(result "$out" p50_us) us  p99 $(result "$out" p99_us) us  errors $errs"
 ceiling
-echo "RESULT overhead_http_us=$(awk -v a="$http_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') overhead_rpc_us=$(awk -v a="$rpc_p50" -v b="$ctl_p50" 'BEGIN { printf "%.1f", a - b }') rps_c${conc}=${rps}"
+echo "RESULT overhead_http_us=$(awk -v a="$http_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') overhead_http_lean_us=$(awk -v a="$lean_p50" -v b="$direct_p50" 'BEGIN { printf "%.1f", a - b }') overhead_rpc_us=$(awk -v a="$rpc_p50" -v b="$ctl_p50" 'BEGIN { printf "%.1f", a - b }') rps_c${conc}=${rps}"
