@@ -111,6 +111,12 @@ static void test_integer_types(void **state)
               (int64_t[]){INT64_MIN, INT64_MAX}, 16);
     expect_ok("[0,9223372036854775807]", DT_UINT64, d2, 1, (uint64_t[]){0, INT64_MAX}, 16);
     expect_err("[-1,0]", DT_UINT64, d2, 1, "out of range for UINT64");
+    /* The whole UINT64 range is accepted as JSON, not only what fits int64. */
+    expect_ok("[18446744073709551615,9223372036854775808]", DT_UINT64, d2, 1,
+              (uint64_t[]){UINT64_MAX, (uint64_t)INT64_MAX + 1}, 16);
+    expect_err("[18446744073709551616,0]", DT_UINT64, d2, 1, "out of range for UINT64");
+    expect_err("[9223372036854775808,0]", DT_INT64, d2, 1, "out of range for INT64");
+    expect_ok("[-9223372036854775808,1e2]", DT_INT64, d2, 1, (int64_t[]){INT64_MIN, 100}, 16);
     expect_ok("[3.0,-2.0]", DT_INT32, d2, 1, (int32_t[]){3, -2}, 8);
     expect_err("[3.5,0]", DT_INT32, d2, 1, "value 3.5 at index 0 is not an integer");
     expect_err("[\"3\",0]", DT_INT32, d2, 1, "element 0 is a JSON string, expected an integer for datatype INT32");
