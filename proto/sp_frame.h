@@ -12,7 +12,11 @@
 #ifndef CORRAL_SP_FRAME_H
 #define CORRAL_SP_FRAME_H
 
+#include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+#include "error.h"
 
 #define SP_PROTO_REQ 0x30 /* REQv0 */
 #define SP_PROTO_REP 0x31 /* REPv0 */
@@ -65,5 +69,46 @@ static inline uint32_t sp_get_be32(const uint8_t *p)
 {
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
+
+/* Backtrace words searched for the request id (NNG's default hop limit). */
+#define SP_MAX_HOPS 8
+
+/* Bytes of backtrace at the head of a request frame of n bytes (up to and including
+ * the first word with the id bit), or 0 when there is none within SP_MAX_HOPS words. */
+static inline size_t sp_backtrace_len(const uint8_t *f, size_t n)
+{
+    for (size_t i = 0; i < SP_MAX_HOPS && 4 * (i + 1) <= n; i++)
+        if (f[4 * i] & 0x80)
+            return 4 * (i + 1);
+    return 0;
+}
+
+/*
+ * Makes room for `room` more bytes after the `used` ones of a buffer that grows
+ * by doubling from `chunk` bytes; 0, or -1 (buffer unchanged) when out of memory.
+ */
+static inline int sp_buf_room(uint8_t **buf, size_t *cap, size_t used, size_t room, size_t chunk)
+{
+    if (*cap - used >= room)
+        return 0;
+    size_t c = *cap ? *cap : chunk;
+    while (c - used < room)
+        c *= 2;
+    uint8_t *p = realloc(*buf, c);
+    if (!p)
+        return -1;
+    *buf = p;
+    *cap = c;
+    return 0;
+}
+
+/*
+ * Splits tcp://HOST:PORT (also tcp4:// and tcp6://; HOST a name, an address,
+ * [IPv6], or * or empty for any address, given back as "") into host and port
+ * (digits, 0 to 65535). *family is AF_UNSPEC, AF_INET or AF_INET6 from the
+ * scheme. `what` names the URL in messages ("replica URL").
+ */
+int sp_url_split(const char *url, const char *what, int *family, char *host, size_t hl,
+                 char *port, size_t pl, struct cerr *e);
 
 #endif

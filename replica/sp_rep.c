@@ -37,8 +37,6 @@
 #include "log.h"
 #include "sp_frame.h"
 
-/* Backtrace words searched for the request ID; NNG's default hop limit is the same. */
-#define SP_MAX_HOPS 8
 #define SP_READ_CHUNK (64 * 1024)
 /* Reads on one connection before the others get their turn. */
 #define SP_READS_PER_TURN 8
@@ -406,12 +404,7 @@ static void accept_all(struct sp_rep *s)
 /* Hands one request frame (backtrace and body) to the handler. */
 static void dispatch(struct sp_rep *s, struct sp_conn *c, const uint8_t *p, size_t n)
 {
-    size_t bt = 0;
-    for (size_t i = 0; i < SP_MAX_HOPS && 4 * (i + 1) <= n; i++)
-        if (p[4 * i] & 0x80) {
-            bt = 4 * (i + 1);
-            break;
-        }
+    size_t bt = sp_backtrace_len(p, n);
     if (!bt) {
         /* NNG drops such a message too; the peer's own REQ socket retries or times out. */
         LOG_DEBUG("dropped a %zu-byte request from %s: no request ID in its first %d words", n,
@@ -654,61 +647,12 @@ static void *io_main(void *arg)
     return NULL;
 }
 
-/* Splits tcp://HOST:PORT; host "" stands for every address. */
-static int parse_url(const char *url, int *family, char *host, size_t hl, char *port, size_t pl,
-                     struct cerr *e)
-{
-    static const struct {
-        const char *scheme;
-        int family;
-    } schemes[] = {{"tcp://", AF_UNSPEC}, {"tcp4://", AF_INET}, {"tcp6://", AF_INET6}};
-    const char *p = NULL;
-    for (size_t i = 0; i < sizeof schemes / sizeof schemes[0] && !p; i++)
-        if (strncmp(url, schemes[i].scheme, strlen(schemes[i].scheme)) == 0) {
-            p = url + strlen(schemes[i].scheme);
-            *family = schemes[i].family;
-        }
-    if (!p)
-        return cerr_set(e, CORRAL_EINVAL,
-                        "replica listen URL '%s' is not supported: expected tcp://HOST:PORT", url);
-    const char *colon;
-    size_t n;
-    if (*p == '[') {
-        const char *end = strchr(p, ']');
-        if (!end || end[1] != ':')
-            return cerr_set(e, CORRAL_EINVAL, "replica listen URL '%s' has a malformed [IPv6] "
-                            "address: expected tcp://[ADDR]:PORT", url);
-        p++;
-        n = (size_t)(end - p);
-        colon = end + 1;
-    } else {
-        colon = strrchr(p, ':');
-        if (!colon)
-            return cerr_set(e, CORRAL_EINVAL, "replica listen URL '%s' has no port: expected "
-                            "tcp://HOST:PORT", url);
-        n = (size_t)(colon - p);
-    }
-    if (n >= hl)
-        return cerr_set(e, CORRAL_EINVAL, "replica listen URL '%s' has a host name that is too "
-                        "long", url);
-    memcpy(host, p, n);
-    host[n] = '\0';
-    if (strcmp(host, "*") == 0)
-        host[0] = '\0';
-    const char *ps = colon + 1;
-    size_t digits = strspn(ps, "0123456789");
-    if (!*ps || ps[digits] || digits > 5 || atol(ps) > 65535 || digits >= pl)
-        return cerr_set(e, CORRAL_EINVAL, "replica listen URL '%s' has port '%s': expected 0 to "
-                        "65535 (0 picks a free one)", url, ps);
-    snprintf(port, pl, "%ld", atol(ps));
-    return CORRAL_OK;
-}
-
 static int open_listener(struct sp_rep *s, const char *url, struct cerr *e)
 {
     char host[256], port[8];
     int family = AF_UNSPEC, rc, err = 0;
-    if ((rc = parse_url(url, &family, host, sizeof host, port, sizeof port, e)))
+    if ((rc = sp_url_split(url, "replica listen URL", &family, host, sizeof host, port,
+                           sizeof port, e)))
         return rc;
     struct addrinfo hints, *ai = NULL;
     memset(&hints, 0, sizeof hints);

@@ -69,9 +69,10 @@ static void usage(FILE *f)
     fputs(synopsis, f);
     fprintf(f,
             "\n"
-            "Serves the Open Inference Protocol (KServe v2) over HTTP/1.1, an NNG RPC endpoint\n"
-            "for services (libcorral) and Prometheus metrics, and forwards inference to\n"
-            "corral-replica processes (SP request/reply over TCP, the protocol of NNG's REP).\n"
+            "Serves the Open Inference Protocol (KServe v2) over HTTP/1.1, an RPC endpoint for\n"
+            "services (libcorral, or any NNG REQ socket) and Prometheus metrics, and forwards\n"
+            "inference to corral-replica processes. RPC and replicas speak SP request/reply\n"
+            "over TCP, the protocol of NNG's REQ and REP sockets.\n"
             "\n"
             "  --listen HOST:PORT       address to serve HTTP on (port 0: any free port;\n"
             "                           IPv6 as [::1]:8000)\n"
@@ -79,7 +80,7 @@ static void usage(FILE *f)
             "                           digits=tcp://127.0.0.1:9101 (repeat for more)\n"
             "  --threads N              router threads, each with its own event loop and\n"
             "                           listener on the same port (default 1)\n"
-            "  --rpc-listen URL         NNG URL of the RPC endpoint (default " DEFAULT_RPC ";\n"
+            "  --rpc-listen URL         tcp://HOST:PORT of the RPC endpoint (default " DEFAULT_RPC ";\n"
             "                           port 0: any free port; off: none)\n"
             "  --rpc-contexts N         RPC requests handled at once (default 1024)\n"
             "  --timeout-ms N           deadline for one inference request (default 30000;\n"
@@ -350,8 +351,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             o->rpc_url = strcmp(optarg, "off") == 0 ? NULL : optarg;
             o->rpc_explicit = 1;
             if (o->rpc_url && !strstr(o->rpc_url, "://"))
-                return bad_args("--rpc-listen '%s' is not an NNG URL (e.g. tcp://0.0.0.0:8001) "
-                                "or off", optarg);
+                return bad_args("--rpc-listen '%s' is not a URL (expected tcp://HOST:PORT, e.g. "
+                                "tcp://0.0.0.0:8001, or off)", optarg);
             break;
         case O_RPC_CTX:
             if (parse_uint(optarg, 1, 65536, &o->rpc_contexts))

@@ -1,31 +1,26 @@
+/*
+ * The router's RPC endpoint: SP REP served on each router thread's loop. See rpc.h.
+ */
 #include "rpc.h"
 
-#include <arpa/inet.h>
-#include <nng/nng.h>
-#include <nng/protocol/reqrep0/rep.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "corral.pb-c.h"
 #include "log.h"
+#include "sp_serve.h"
 #include "wire.h"
 
-enum { RC_IDLE, RC_RECV, RC_WORK, RC_SEND, RC_DONE };
+/* Connections one router thread accepts at most. */
+#define RPC_MAX_CONNS 4096
 
-struct rpc_lane;
-
-struct rpc_ctx {
-    struct rpc *rpc;
+/* The router's own state of one request, kept in its sp_serve request. */
+struct rpc_req {
     struct rpc_lane *lane;
-    nng_ctx ctx;
-    int ctx_open;
-    nng_aio *aio;
-    int state;
-    nng_msg *msg; /* the request being handled */
-    struct rpc_ctx *qnext;
     uint64_t t0;
     char model[256];
     char version[64];
@@ -35,113 +30,34 @@ struct rpc_lane {
     struct rpc *rpc;
     unsigned idx;
     uv_loop_t *loop;
-    uv_async_t async;
-    int ready;
     struct upstream *up;
     struct metrics *m;
+    struct sp_serve *srv;
+    /* The main thread hands the lane its listening socket, and asks it to stop taking
+     * requests, through this handle. */
+    uv_async_t async;
+    int ready;       /* (mu) the lane's handles exist */
     pthread_mutex_t mu;
-    struct rpc_ctx *qhead, *qtail; /* (mu) */
-    int closed;                    /* (mu) */
+    int closed;      /* (mu) */
+    int pending_fd;  /* (mu) listening socket not yet taken over by the loop, or -1 */
 };
 
 struct rpc {
-    nng_socket sock;
-    int sock_open;
-    nng_listener listener;
     char url[256];
-    unsigned n_ctx;
-    struct rpc_ctx *ctxs;
     unsigned n_lanes;
     struct rpc_lane *lanes;
+    unsigned per_lane_inflight;
     unsigned timeout_ms;
     atomic_int quiesced;
 };
 
-static void arm_recv(struct rpc_ctx *c)
+/* Sends `len` bytes of `buf` back as the request's reply (copied). */
+static void reply(struct sp_serve_req *c, const void *buf, size_t len)
 {
-    c->state = RC_RECV;
-    nng_ctx_recv(c->ctx, c->aio);
+    sp_serve_reply(c, buf, len);
 }
 
-/* NNG thread: a receive or a send finished. */
-static void on_aio(void *arg)
-{
-    struct rpc_ctx *c = arg;
-    int rv = nng_aio_result(c->aio);
-    if (c->state == RC_RECV) {
-        if (rv == NNG_ECLOSED || rv == NNG_ECANCELED || atomic_load(&c->rpc->quiesced)) {
-            if (rv == 0) {
-                nng_msg *m = nng_aio_get_msg(c->aio);
-                nng_aio_set_msg(c->aio, NULL);
-                nng_msg_free(m);
-            }
-            c->state = RC_DONE;
-            return;
-        }
-        if (rv) {
-            arm_recv(c);
-            return;
-        }
-        c->msg = nng_aio_get_msg(c->aio);
-        nng_aio_set_msg(c->aio, NULL);
-        c->state = RC_WORK;
-        struct rpc_lane *l = c->lane;
-        pthread_mutex_lock(&l->mu);
-        if (l->closed) {
-            pthread_mutex_unlock(&l->mu);
-            nng_msg_free(c->msg);
-            c->msg = NULL;
-            c->state = RC_DONE;
-            return;
-        }
-        c->qnext = NULL;
-        if (l->qtail)
-            l->qtail->qnext = c;
-        else
-            l->qhead = c;
-        l->qtail = c;
-        uv_async_send(&l->async);
-        pthread_mutex_unlock(&l->mu);
-        return;
-    }
-    if (c->state == RC_SEND) {
-        if (rv) {
-            nng_msg *m = nng_aio_get_msg(c->aio);
-            nng_aio_set_msg(c->aio, NULL);
-            if (m)
-                nng_msg_free(m);
-        }
-        if (rv == NNG_ECLOSED || atomic_load(&c->rpc->quiesced)) {
-            c->state = RC_DONE;
-            return;
-        }
-        arm_recv(c);
-    }
-}
-
-/* Loop thread: sends `len` bytes of `buf` back on the context (copied). */
-static void reply(struct rpc_ctx *c, const void *buf, size_t len)
-{
-    nng_msg *m = NULL;
-    if (c->msg) {
-        nng_msg_free(c->msg);
-        c->msg = NULL;
-    }
-    if (nng_msg_alloc(&m, len) != 0) {
-        /* Without a message nothing can be said; the client's deadline ends its wait. */
-        LOG_ERROR("out of memory answering an RPC request");
-        c->state = RC_DONE;
-        if (!atomic_load(&c->rpc->quiesced))
-            arm_recv(c);
-        return;
-    }
-    memcpy(nng_msg_body(m), buf, len);
-    c->state = RC_SEND;
-    nng_aio_set_msg(c->aio, m);
-    nng_ctx_send(c->ctx, c->aio);
-}
-
-static void reply_error(struct rpc_ctx *c, int code, const char *msg)
+static void reply_error(struct sp_serve_req *c, int code, const char *msg)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -153,7 +69,7 @@ static void reply_error(struct rpc_ctx *c, int code, const char *msg)
     free(buf);
 }
 
-static void reply_response(struct rpc_ctx *c, const Corral__Response *resp)
+static void reply_response(struct sp_serve_req *c, const Corral__Response *resp)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -165,21 +81,23 @@ static void reply_response(struct rpc_ctx *c, const Corral__Response *resp)
     free(buf);
 }
 
-static void record(struct rpc_ctx *c, int code, uint64_t upstream_ns)
+static void record(struct sp_serve_req *c, int code, uint64_t upstream_ns)
 {
-    struct rpc_lane *l = c->lane;
+    struct rpc_req *q = sp_serve_req_data(c);
+    struct rpc_lane *l = q->lane;
     if (!l->m)
         return;
-    metrics_request(l->m, l->idx, c->model, c->version, "rpc", corral_err_http_status(code),
-                    uv_hrtime() - c->t0, upstream_ns, -1, -1);
+    metrics_request(l->m, l->idx, q->model, q->version, "rpc", corral_err_http_status(code),
+                    uv_hrtime() - q->t0, upstream_ns, -1, -1);
     metrics_inflight(l->m, l->idx, -1);
 }
 
 static void on_infer_done(void *arg, const struct upstream_done *d)
 {
-    struct rpc_ctx *c = arg;
-    if (c->model[0] && d->version && d->version[0])
-        snprintf(c->version, sizeof c->version, "%s", d->version);
+    struct sp_serve_req *c = arg;
+    struct rpc_req *q = sp_serve_req_data(c);
+    if (q->model[0] && d->version && d->version[0])
+        snprintf(q->version, sizeof q->version, "%s", d->version);
     if (d->rc) {
         record(c, d->rc, d->upstream_ns);
         reply_error(c, d->rc, d->msg ? d->msg : corral_strerror(d->rc));
@@ -211,15 +129,18 @@ static unsigned timeout_of(const Corral__InferRequest *ir, unsigned dflt)
     return dflt;
 }
 
-static void handle(struct rpc_ctx *c)
+/* Runs on the lane's loop for each request; `body` is valid during the call only. */
+static void handle(void *arg, struct sp_serve_req *c, const uint8_t *body, size_t len)
 {
-    struct rpc_lane *l = c->lane;
+    struct rpc_lane *l = arg;
     struct upstream *up = l->up;
+    struct rpc_req *q = sp_serve_req_data(c);
     Corral__Request *req = NULL;
     struct cerr e = {0};
-    c->t0 = uv_hrtime();
-    c->model[0] = c->version[0] = '\0';
-    if (wire_decode_request(nng_msg_body(c->msg), nng_msg_len(c->msg), &req, &e) != 0) {
+    q->lane = l;
+    q->t0 = uv_hrtime();
+    q->model[0] = q->version[0] = '\0';
+    if (wire_decode_request(body, len, &req, &e) != 0) {
         LOG_ERROR("rpc: rejected a request: %s", e.msg);
         reply_error(c, e.code ? e.code : CORRAL_EINVAL, e.msg);
         return;
@@ -228,10 +149,10 @@ static void handle(struct rpc_ctx *c)
         const Corral__InferRequest *ir = req->infer;
         const char *model = ir->model_name ? ir->model_name : "";
         const char *version = ir->model_version ? ir->model_version : "";
-        unsigned timeout = timeout_of(ir, c->rpc->timeout_ms);
+        unsigned timeout = timeout_of(ir, l->rpc->timeout_ms);
         if (upstream_model_known(up, model)) {
-            snprintf(c->model, sizeof c->model, "%s", model);
-            snprintf(c->version, sizeof c->version, "%s", version);
+            snprintf(q->model, sizeof q->model, "%s", model);
+            snprintf(q->version, sizeof q->version, "%s", version);
         }
         if (l->m)
             metrics_inflight(l->m, l->idx, 1);
@@ -239,11 +160,8 @@ static void handle(struct rpc_ctx *c)
         snprintf(mname, sizeof mname, "%s", model);
         snprintf(vname, sizeof vname, "%s", version);
         corral__request__free_unpacked(req, NULL);
-        nng_msg *m = c->msg;
-        c->msg = NULL;
-        int rc = upstream_infer_packed(up, mname, vname, nng_msg_body(m), nng_msg_len(m), timeout,
-                                       on_infer_done, c, NULL, &e);
-        nng_msg_free(m);
+        int rc = upstream_infer_packed(up, mname, vname, body, len, timeout, on_infer_done, c,
+                                       NULL, &e);
         if (rc) {
             LOG_ERROR("rpc: infer for model '%s' failed: %s", mname, e.msg);
             record(c, e.code, 0);
@@ -287,44 +205,43 @@ static void handle(struct rpc_ctx *c)
                 "/v2/models/{name}/stats for the rest");
 }
 
+/* Loop thread: takes over a listening socket, or stops taking requests. */
 static void on_async(uv_async_t *a)
 {
     struct rpc_lane *l = a->data;
     pthread_mutex_lock(&l->mu);
-    struct rpc_ctx *c = l->qhead;
-    l->qhead = l->qtail = NULL;
+    int fd = l->pending_fd;
+    l->pending_fd = -1;
     pthread_mutex_unlock(&l->mu);
-    while (c) {
-        struct rpc_ctx *next = c->qnext;
-        handle(c);
-        c = next;
+    if (fd >= 0) {
+        struct cerr e = {0};
+        if (sp_serve_listen_fd(l->srv, fd, &e))
+            LOG_ERROR("rpc: router thread %u takes no RPC connections: %s", l->idx, e.msg);
     }
+    if (atomic_load(&l->rpc->quiesced))
+        sp_serve_quiesce(l->srv);
 }
 
 int rpc_new(struct rpc **out, const char *url, unsigned contexts, unsigned n_lanes,
             unsigned timeout_ms, struct cerr *e)
 {
     struct rpc *r = calloc(1, sizeof *r);
-    if (r) {
-        r->ctxs = calloc(contexts ? contexts : 1, sizeof *r->ctxs);
+    if (r)
         r->lanes = calloc(n_lanes ? n_lanes : 1, sizeof *r->lanes);
-    }
-    if (!r || !r->ctxs || !r->lanes) {
-        if (r) {
-            free(r->ctxs);
-            free(r->lanes);
-        }
+    if (!r || !r->lanes) {
         free(r);
         return cerr_set(e, CORRAL_ENOMEM, "cannot allocate the RPC endpoint");
     }
     snprintf(r->url, sizeof r->url, "%s", url);
-    r->n_ctx = contexts ? contexts : 1;
     r->n_lanes = n_lanes ? n_lanes : 1;
+    contexts = contexts ? contexts : 1;
+    r->per_lane_inflight = (contexts + r->n_lanes - 1) / r->n_lanes;
     r->timeout_ms = timeout_ms;
     atomic_init(&r->quiesced, 0);
     for (unsigned i = 0; i < r->n_lanes; i++) {
         r->lanes[i].rpc = r;
         r->lanes[i].idx = i;
+        r->lanes[i].pending_fd = -1;
         pthread_mutex_init(&r->lanes[i].mu, NULL);
     }
     *out = r;
@@ -335,72 +252,127 @@ int rpc_lane_init(struct rpc *r, unsigned lane, uv_loop_t *loop, struct upstream
                   struct metrics *m, struct cerr *e)
 {
     struct rpc_lane *l = &r->lanes[lane];
+    struct sp_serve_options opt = {.max_conns = RPC_MAX_CONNS,
+                                   .max_inflight = r->per_lane_inflight,
+                                   .max_frame = WIRE_MAX_MESSAGE,
+                                   .req_size = sizeof(struct rpc_req)};
     l->loop = loop;
     l->up = up;
     l->m = m;
-    if (uv_async_init(loop, &l->async, on_async) != 0)
+    if (sp_serve_new(&l->srv, loop, &opt, handle, l, e))
+        return e->code;
+    if (uv_async_init(loop, &l->async, on_async) != 0) {
+        sp_serve_close(l->srv);
+        l->srv = NULL;
         return cerr_set(e, CORRAL_EIO, "cannot create the RPC wake-up handle");
+    }
     l->async.data = l;
+    pthread_mutex_lock(&l->mu);
     l->ready = 1;
+    pthread_mutex_unlock(&l->mu);
     return CORRAL_OK;
 }
 
 int rpc_start(struct rpc *r, char *bound, size_t bound_len, struct cerr *e)
 {
-    int rv;
-    if ((rv = nng_rep0_open(&r->sock)) != 0)
-        return cerr_set(e, CORRAL_EIO, "cannot open the RPC socket: %s", nng_strerror(rv));
-    r->sock_open = 1;
-    nng_socket_set_size(r->sock, NNG_OPT_RECVMAXSZ, WIRE_MAX_MESSAGE);
-    if ((rv = nng_listener_create(&r->listener, r->sock, r->url)) != 0 ||
-        (rv = nng_listener_start(r->listener, 0)) != 0)
-        return cerr_set(e, CORRAL_EINVAL, "cannot listen for RPC on '%s': %s (expected e.g. "
-                        "tcp://0.0.0.0:8001)", r->url, nng_strerror(rv));
-    snprintf(bound, bound_len, "%s", r->url);
-    if (strncmp(r->url, "tcp://", 6) == 0) {
-        /* Report the port actually bound so that callers may ask for port 0. */
-        nng_sockaddr sa;
-        if (nng_listener_get_addr(r->listener, NNG_OPT_LOCADDR, &sa) == 0 &&
-            sa.s_family == NNG_AF_INET) {
-            const uint8_t *a = (const uint8_t *)&sa.s_in.sa_addr;
-            snprintf(bound, bound_len, "tcp://%u.%u.%u.%u:%u", a[0], a[1], a[2], a[3],
-                     (unsigned)ntohs(sa.s_in.sa_port));
+    int rc = CORRAL_OK;
+    int *fds = malloc(r->n_lanes * sizeof *fds);
+    if (!fds)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory starting the RPC endpoint");
+    for (unsigned i = 0; i < r->n_lanes; i++)
+        fds[i] = -1;
+    unsigned n_ready = 0;
+    for (unsigned i = 0; i < r->n_lanes; i++) {
+        pthread_mutex_lock(&r->lanes[i].mu);
+        n_ready += r->lanes[i].ready && !r->lanes[i].closed;
+        pthread_mutex_unlock(&r->lanes[i].mu);
+    }
+    int reuse = n_ready > 1;
+    if (reuse) {
+        /* SO_REUSEPORT would also let this router share a port that another process of
+         * the same user already listens on, so first make sure the port is free. */
+        int probe = -1;
+        char tmp[300];
+        rc = sp_serve_bind(r->url, 0, -1, &probe, tmp, sizeof tmp, e);
+        if (probe >= 0)
+            close(probe);
+        if (rc)
+            goto fail;
+    }
+    /* Every lane listens on its own socket; the kernel spreads connections over them.
+     * The first may bind port 0, the others join the port it got. */
+    int port = -1;
+    for (unsigned i = 0; i < r->n_lanes; i++) {
+        struct rpc_lane *l = &r->lanes[i];
+        pthread_mutex_lock(&l->mu);
+        int ok = l->ready && !l->closed;
+        pthread_mutex_unlock(&l->mu);
+        if (!ok)
+            continue;
+        char got[300];
+        if ((rc = sp_serve_bind(r->url, reuse, port, &fds[i], got, sizeof got, e)))
+            goto fail;
+        if (port < 0) {
+            port = sp_serve_url_port(got);
+            snprintf(bound, bound_len, "%s", got);
         }
     }
-    for (unsigned i = 0; i < r->n_ctx; i++) {
-        struct rpc_ctx *c = &r->ctxs[i];
-        c->rpc = r;
-        c->lane = &r->lanes[i % r->n_lanes];
-        if ((rv = nng_aio_alloc(&c->aio, on_aio, c)) != 0 ||
-            (rv = nng_ctx_open(&c->ctx, r->sock)) != 0)
-            return cerr_set(e, CORRAL_EIO, "cannot open RPC context: %s", nng_strerror(rv));
-        c->ctx_open = 1;
+    if (port < 0) {
+        rc = cerr_set(e, CORRAL_EINVAL, "no router thread takes RPC connections");
+        goto fail;
     }
-    for (unsigned i = 0; i < r->n_ctx; i++)
-        arm_recv(&r->ctxs[i]);
-    return CORRAL_OK;
+    for (unsigned i = 0; i < r->n_lanes; i++) {
+        struct rpc_lane *l = &r->lanes[i];
+        if (fds[i] < 0)
+            continue;
+        pthread_mutex_lock(&l->mu);
+        if (l->ready && !l->closed) {
+            l->pending_fd = fds[i];
+            uv_async_send(&l->async);
+        } else {
+            close(fds[i]);
+        }
+        fds[i] = -1;
+        pthread_mutex_unlock(&l->mu);
+    }
+fail:
+    for (unsigned i = 0; i < r->n_lanes; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    free(fds);
+    return rc;
 }
 
-void rpc_quiesce(struct rpc *r) { atomic_store(&r->quiesced, 1); }
+void rpc_quiesce(struct rpc *r)
+{
+    atomic_store(&r->quiesced, 1);
+    for (unsigned i = 0; i < r->n_lanes; i++) {
+        struct rpc_lane *l = &r->lanes[i];
+        pthread_mutex_lock(&l->mu);
+        if (l->ready && !l->closed)
+            uv_async_send(&l->async);
+        pthread_mutex_unlock(&l->mu);
+    }
+}
 
 void rpc_lane_close(struct rpc *r, unsigned lane)
 {
     struct rpc_lane *l = &r->lanes[lane];
-    if (!l->ready)
-        return;
     pthread_mutex_lock(&l->mu);
+    int was_ready = l->ready;
     l->closed = 1;
-    struct rpc_ctx *c = l->qhead;
-    l->qhead = l->qtail = NULL;
-    pthread_mutex_unlock(&l->mu);
-    /* Requests queued but not yet handled get no answer; their clients' deadlines end them. */
-    for (; c; c = c->qnext) {
-        if (c->msg)
-            nng_msg_free(c->msg);
-        c->msg = NULL;
-        c->state = RC_DONE;
-    }
     l->ready = 0;
+    int fd = l->pending_fd;
+    l->pending_fd = -1;
+    pthread_mutex_unlock(&l->mu);
+    if (fd >= 0)
+        close(fd);
+    if (!was_ready)
+        return;
+    /* Requests still in flight were completed by upstream_close() before this; their
+     * replies, if not yet written, go with the connections. */
+    sp_serve_close(l->srv);
+    l->srv = NULL;
     uv_close((uv_handle_t *)&l->async, NULL);
 }
 
@@ -408,22 +380,11 @@ void rpc_free(struct rpc *r)
 {
     if (!r)
         return;
-    atomic_store(&r->quiesced, 1);
-    if (r->sock_open)
-        nng_close(r->sock);
-    for (unsigned i = 0; i < r->n_ctx; i++) {
-        struct rpc_ctx *c = &r->ctxs[i];
-        if (c->aio) {
-            /* Waits for a callback in progress; a failed send's message is freed there. */
-            nng_aio_stop(c->aio);
-            nng_aio_free(c->aio);
-        }
-        if (c->msg)
-            nng_msg_free(c->msg);
-    }
-    for (unsigned i = 0; i < r->n_lanes; i++)
+    for (unsigned i = 0; i < r->n_lanes; i++) {
+        if (r->lanes[i].pending_fd >= 0)
+            close(r->lanes[i].pending_fd);
         pthread_mutex_destroy(&r->lanes[i].mu);
-    free(r->ctxs);
+    }
     free(r->lanes);
     free(r);
 }

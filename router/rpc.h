@@ -1,8 +1,8 @@
 /*
- * The router's RPC endpoint for services: an NNG REP socket taking the wire
- * Request (proto/corral.proto) and answering one Response per request, the
- * same messages replicas speak. libcorral (include/corral/client.h) is its
- * client.
+ * The router's RPC endpoint for services: SP REP over TCP (the protocol of
+ * NNG's REP socket) taking the wire Request (proto/corral.proto) and answering
+ * one Response per request, the same messages replicas speak. libcorral
+ * (include/corral/client.h, an NNG REQ socket) is its client.
  *
  * Infer requests are forwarded as they came (no re-encoding) to a replica of
  * InferRequest.model_name chosen by the thread's upstream, with the same
@@ -14,18 +14,24 @@
  * the router serves exactly one model.
  *
  * Usage:
- *     rpc_new(&rpc, url, contexts, n_lanes, timeout_ms, &e);
+ *     rpc_new(&rpc, url, contexts, n_lanes, timeout_ms, &e);   // url: tcp://HOST:PORT
  *     // on each router thread i, before its loop runs:
  *     rpc_lane_init(rpc, i, loop, upstream, metrics, &e);
- *     rpc_start(rpc, &bound_url, &e);     // listening; contexts receive
+ *     rpc_start(rpc, &bound_url, &e);     // any thread: listening
  *     ...
  *     rpc_quiesce(rpc);                   // no new requests are taken
  *     // on each router thread, while closing its loop: rpc_lane_close(rpc, i)
  *     rpc_free(rpc);                      // after every thread has stopped
  *
- * Threads: NNG completes receives and sends on its own threads; a received
- * request is queued to its context's lane and handled on that lane's loop
- * thread (contexts are spread over the lanes), where the upstream lives.
+ * Threads: every lane (router thread) listens on its own socket bound to the
+ * same address with SO_REUSEPORT, so the kernel spreads connections over the
+ * lanes, and serves its connections on its own loop (router/sp_serve.h),
+ * where its upstream lives: a request crosses no thread. rpc_start() binds
+ * the sockets on the calling thread (so that a taken port is reported at
+ * once) and hands them to the loops; rpc_quiesce() closes the listeners and
+ * stops reading requests while those in flight are answered. At most
+ * `contexts` requests (split evenly over the lanes) are in flight at once;
+ * further ones wait in their connections.
  */
 #ifndef CORRAL_ROUTER_RPC_H
 #define CORRAL_ROUTER_RPC_H

@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "sp_frame.h"
+#include "uv_send.h"
 
 enum { SP_IDLE, SP_CONNECTING, SP_HANDSHAKE, SP_UP };
 
@@ -46,14 +47,6 @@ struct sp_req {
     void (*closed)(void *arg);
     char why[256];
 };
-
-struct sp_write {
-    uv_write_t req;
-    struct sp_req *s;
-    size_t len;
-    uint8_t data[];
-};
-
 
 static void start_connect(struct sp_req *s);
 
@@ -115,60 +108,23 @@ static void drop(struct sp_req *s, const char *why)
     uv_close((uv_handle_t *)&s->tcp, on_tcp_closed);
 }
 
-static void on_write(uv_write_t *req, int status)
+static void on_sent(void *arg, int status)
 {
-    struct sp_write *w = (struct sp_write *)req;
-    struct sp_req *s = w->s;
-    free(w);
     if (status < 0 && status != UV_ECANCELED) {
         char why[128];
         snprintf(why, sizeof why, "sending failed: %s", uv_strerror(status));
-        drop(s, why);
+        drop(arg, why);
     }
 }
 
 /* Writes what the kernel takes now and queues the rest (copied). */
 static int write_bufs(struct sp_req *s, uv_buf_t *b, unsigned nb)
 {
-    size_t total = 0, done = 0;
-    for (unsigned i = 0; i < nb; i++)
-        total += b[i].len;
-    uv_stream_t *st = (uv_stream_t *)&s->tcp;
-    if (uv_stream_get_write_queue_size(st) == 0) {
-        int r = uv_try_write(st, b, nb);
-        if (r == (int)total)
-            return 0;
-        if (r < 0 && r != UV_EAGAIN) {
-            char why[128];
-            snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
-            drop(s, why);
-            return 0;
-        }
-        done = r > 0 ? (size_t)r : 0;
-    }
-    struct sp_write *w = malloc(sizeof *w + (total - done));
-    if (!w) {
-        drop(s, "out of memory queueing a request");
-        return 0;
-    }
-    w->s = s;
-    w->len = total - done;
-    size_t at = 0, skip = done;
-    for (unsigned i = 0; i < nb; i++) {
-        size_t l = b[i].len;
-        if (skip >= l) {
-            skip -= l;
-            continue;
-        }
-        memcpy(w->data + at, b[i].base + skip, l - skip);
-        at += l - skip;
-        skip = 0;
-    }
-    uv_buf_t rest = uv_buf_init((char *)w->data, (unsigned)w->len);
-    int r = uv_write(&w->req, st, &rest, 1, on_write);
+    int r = uv_send((uv_stream_t *)&s->tcp, b, nb, on_sent, s, NULL);
     if (r < 0) {
-        free(w);
-        drop(s, "cannot queue a write");
+        char why[128];
+        snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
+        drop(s, why);
     }
     return 0;
 }
@@ -219,17 +175,9 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
                          uv_buf_init((char *)body, (unsigned)len)};
         return write_bufs(s, b, 2);
     }
-    if (s->ocap - s->olen < sizeof hdr + len) {
-        size_t cap = s->ocap ? s->ocap : SP_READ_CHUNK;
-        while (cap - s->olen < sizeof hdr + len)
-            cap *= 2;
-        uint8_t *p = realloc(s->obuf, cap);
-        if (!p) {
-            drop(s, "out of memory queueing a request");
-            return 0;
-        }
-        s->obuf = p;
-        s->ocap = cap;
+    if (sp_buf_room(&s->obuf, &s->ocap, s->olen, sizeof hdr + len, SP_READ_CHUNK)) {
+        drop(s, "out of memory queueing a request");
+        return 0;
     }
     memcpy(s->obuf + s->olen, hdr, sizeof hdr);
     memcpy(s->obuf + s->olen + sizeof hdr, body, len);
@@ -245,17 +193,9 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct sp_req *s = h->data;
-    if (s->rcap - s->rlen < SP_READ_CHUNK) {
-        size_t cap = s->rcap ? s->rcap : SP_READ_CHUNK;
-        while (cap - s->rlen < SP_READ_CHUNK)
-            cap *= 2;
-        uint8_t *p = realloc(s->rbuf, cap);
-        if (!p) {
-            *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
-            return;
-        }
-        s->rbuf = p;
-        s->rcap = cap;
+    if (sp_buf_room(&s->rbuf, &s->rcap, s->rlen, SP_READ_CHUNK, SP_READ_CHUNK)) {
+        *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
+        return;
     }
     *buf = uv_buf_init((char *)s->rbuf + s->rlen, (unsigned)(s->rcap - s->rlen));
 }
@@ -375,54 +315,6 @@ static void start_connect(struct sp_req *s)
     uv_tcp_nodelay(&s->tcp, 1);
 }
 
-static int parse_url(const char *url, char *host, size_t hl, char *port, size_t pl,
-                     struct cerr *e)
-{
-    const char *p = NULL;
-    static const char *schemes[] = {"tcp://", "tcp4://", "tcp6://"};
-    for (size_t i = 0; i < 3 && !p; i++)
-        if (strncmp(url, schemes[i], strlen(schemes[i])) == 0)
-            p = url + strlen(schemes[i]);
-    if (!p)
-        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' is not supported: expected "
-                        "tcp://HOST:PORT", url);
-    const char *colon;
-    size_t n;
-    if (*p == '[') {
-        const char *close = strchr(p, ']');
-        if (!close || close[1] != ':')
-            return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has a malformed [IPv6] address; "
-                            "expected tcp://[ADDR]:PORT", url);
-        n = (size_t)(close - p - 1);
-        p++;
-        colon = close + 1;
-    } else {
-        colon = strrchr(p, ':');
-        if (!colon)
-            return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has no port; expected "
-                            "tcp://HOST:PORT", url);
-        n = (size_t)(colon - p);
-    }
-    if (n == 0 || n >= hl)
-        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has no usable host; expected "
-                        "tcp://HOST:PORT", url);
-    memcpy(host, p, n);
-    host[n] = '\0';
-    const char *ps = colon + 1;
-    char *end = NULL;
-    long v = strtol(ps, &end, 10);
-    int digits = *ps != '\0';
-    for (const char *q = ps; *q; q++)
-        digits &= *q >= '0' && *q <= '9';
-    if (!digits || *end || v < 1 || v > 65535 || strlen(ps) >= pl)
-        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has port '%s'; expected 1 to 65535",
-                        url, ps);
-    snprintf(port, pl, "%ld", v);
-    if (strcmp(host, "*") == 0)
-        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' names no host to connect to", url);
-    return CORRAL_OK;
-}
-
 int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t max_reply,
                 const struct sp_req_events *ev, void *arg, struct cerr *e)
 {
@@ -431,12 +323,18 @@ int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t ma
     *out = NULL;
     if (strlen(url) >= sizeof((struct sp_req *)0)->url)
         return cerr_set(e, CORRAL_EINVAL, "replica URL is longer than 255 bytes");
-    if ((rc = parse_url(url, host, sizeof host, port, sizeof port, e)))
+    int family;
+    if ((rc = sp_url_split(url, "replica URL", &family, host, sizeof host, port, sizeof port, e)))
         return rc;
+    if (!host[0])
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' names no host to connect to; "
+                        "expected tcp://HOST:PORT", url);
+    if (atol(port) == 0)
+        return cerr_set(e, CORRAL_EINVAL, "replica URL '%s' has port '%s'; expected 1 to 65535",
+                        url, port);
     struct addrinfo hints, *ai = NULL;
     memset(&hints, 0, sizeof hints);
-    hints.ai_family = strncmp(url, "tcp4", 4) == 0 ? AF_INET
-                      : strncmp(url, "tcp6", 4) == 0 ? AF_INET6 : AF_UNSPEC;
+    hints.ai_family = family;
     hints.ai_socktype = SOCK_STREAM;
     int g = getaddrinfo(host, port, &hints, &ai);
     if (g != 0 || !ai)

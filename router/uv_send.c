@@ -1,0 +1,67 @@
+/*
+ * uv_send: write now, queue a copy of the rest. See uv_send.h.
+ */
+#include "uv_send.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct uv_send_req {
+    uv_write_t req;
+    void (*on_sent)(void *arg, int status);
+    void *arg;
+    uint8_t data[];
+};
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct uv_send_req *w = (struct uv_send_req *)req;
+    void (*on_sent)(void *, int) = w->on_sent;
+    void *arg = w->arg;
+    free(w);
+    if (on_sent)
+        on_sent(arg, status);
+}
+
+int uv_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(void *arg, int status),
+            void *arg, int *queued)
+{
+    size_t total = 0, done = 0;
+    if (queued)
+        *queued = 0;
+    for (unsigned i = 0; i < nb; i++)
+        total += b[i].len;
+    if (uv_stream_get_write_queue_size(st) == 0) {
+        int r = uv_try_write(st, b, nb);
+        if (r >= 0 && (size_t)r == total)
+            return 0;
+        if (r < 0 && r != UV_EAGAIN)
+            return r;
+        done = r > 0 ? (size_t)r : 0;
+    }
+    struct uv_send_req *w = malloc(sizeof *w + (total - done));
+    if (!w)
+        return UV_ENOMEM;
+    w->on_sent = on_sent;
+    w->arg = arg;
+    size_t at = 0, skip = done;
+    for (unsigned i = 0; i < nb; i++) {
+        size_t l = b[i].len;
+        if (skip >= l) {
+            skip -= l;
+            continue;
+        }
+        memcpy(w->data + at, b[i].base + skip, l - skip);
+        at += l - skip;
+        skip = 0;
+    }
+    uv_buf_t rest = uv_buf_init((char *)w->data, (unsigned)at);
+    int r = uv_write(&w->req, st, &rest, 1, on_write);
+    if (r < 0) {
+        free(w);
+        return r;
+    }
+    if (queued)
+        *queued = 1;
+    return 0;
+}
