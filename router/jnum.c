@@ -359,10 +359,13 @@ int jnum_format_float(char *out, float f)
             D /= 10;
             e10++;
         }
+        /* The candidate as text, which the reader consults only on its slow path. */
         char text[48];
         int tn = put_u64(text, D);
         text[tn++] = 'e';
-        tn += snprintf(text + tn, sizeof text - (size_t)tn, "%lld", (long long)e10);
+        if (e10 < 0)
+            text[tn++] = '-';
+        tn += put_u64(text + tn, (uint64_t)(e10 < 0 ? -e10 : e10));
         struct jnum_dec x = {.w = D, .e10 = e10, .neg = 0, .exact = 1, .integer = 0};
         if (jnum_dec_float(&x, text, (size_t)tn) != (float)v)
             continue;
