@@ -27,6 +27,7 @@
 #   CORRAL_PYTHON the virtualenv's python (default: deploy/setup.sh --python)
 #   WRK_THREADS   wrk threads, capped at the connection count (default 2)
 #   ROUTER_THREADS  corral-router --threads (default 1)
+#   REPLICA_ARGS  extra corral-replica options, e.g. "--overlap off" (default none)
 #
 # Output: one line per measurement,
 #   server=corral conc=16 rps=... p50_ms=... p99_ms=... errors=0
@@ -45,6 +46,7 @@ wrk_threads="${WRK_THREADS:-2}"
 model="${MODEL:-digits}"
 max_batch="${MAX_BATCH:-}"
 router_threads="${ROUTER_THREADS:-1}"
+read -r -a replica_args <<<"${REPLICA_ARGS:-}"
 
 die() { echo "serving_vs_fastapi: $*" >&2; exit 1; }
 
@@ -185,9 +187,9 @@ echo "# model $model${max_batch:+ (max_batch_size $max_batch)}; ${duration}s per
 
 if [[ " $servers " == *" corral "* ]]; then
     "$replica" --model-repo "$model_repo" --model "$model_name" --listen "tcp://127.0.0.1:$rep_a" --device cpu \
-        --threads 1 >"$work/replica_a.log" 2>&1 & pids+=($!)
+        --threads 1 "${replica_args[@]}" >"$work/replica_a.log" 2>&1 & pids+=($!)
     "$replica" --model-repo "$model_repo" --model "$model_name" --listen "tcp://127.0.0.1:$rep_b" --device cpu \
-        --threads 1 >"$work/replica_b.log" 2>&1 & pids+=($!)
+        --threads 1 "${replica_args[@]}" >"$work/replica_b.log" 2>&1 & pids+=($!)
     "$router" --listen "127.0.0.1:$router_port" --threads "$router_threads" --replica "$model_name=tcp://127.0.0.1:$rep_a" \
         --replica "$model_name=tcp://127.0.0.1:$rep_b" >"$work/router.log" 2>&1 & pids+=($!)
     wait_http "http://127.0.0.1:$router_port/v2/health/ready" corral-router "$work/router.log"

@@ -346,6 +346,8 @@ static int run(struct parser *ps)
                     return fail(ps, "nesting too deep (more than 256 levels)");
                 if ((t = push(ps, c == '{' ? JT_OBJECT : JT_ARRAY, (uint32_t)ps->p, 0)) < 0)
                     return -1;
+                if (depth > 0 && d->tok[stack[depth - 1]].type == JT_ARRAY)
+                    d->tok[stack[depth - 1]].flags |= JF_NESTED;
                 stack[depth++] = (uint32_t)t;
                 ps->p++;
                 state = c == '{' ? S_KEY_OR_END : S_VALUE_OR_END;

@@ -27,8 +27,8 @@ enum jtype { JT_NULL, JT_FALSE, JT_TRUE, JT_NUMBER, JT_STRING, JT_ARRAY, JT_OBJE
 #define JDOC_NONE UINT32_MAX
 #define JDOC_MAX_DEPTH 256
 
-/* Number token flags. */
-enum { JF_INTEGER = 1, JF_EXACT = 2, JF_NEG = 4, JF_E10 = 8 };
+/* Number token flags, and JF_NESTED on an array holding an array or object. */
+enum { JF_INTEGER = 1, JF_EXACT = 2, JF_NEG = 4, JF_E10 = 8, JF_NESTED = 16 };
 
 struct jtok {
     uint32_t off;  /* number: offset of its text; string: offset in the string store */
@@ -91,6 +91,11 @@ static inline size_t jdoc_strlen(const struct jdoc *d, uint32_t i)
 static inline int jdoc_is_array(const struct jdoc *d, uint32_t i)
 {
     return d->tok[i].type == JT_ARRAY;
+}
+/* An array whose elements are all scalars (no arrays or objects among them). */
+static inline int jdoc_is_flat_array(const struct jdoc *d, uint32_t i)
+{
+    return d->tok[i].type == JT_ARRAY && !(d->tok[i].flags & JF_NESTED);
 }
 
 /* The value of the last member named `key` of object `o`, or JDOC_NONE. */

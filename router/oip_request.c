@@ -189,6 +189,24 @@ static int put_value(struct fill *f, uint32_t v, struct cerr *e)
     }
 }
 
+/* The values of a flat array, in order: FP32 (most tensors) without the per-value switch. */
+static int fill_flat(struct fill *f, uint32_t arr, struct cerr *e)
+{
+    const struct jdoc *d = f->d;
+    for (uint32_t i = arr + 1; i < jdoc_end(d, arr); i = jdoc_skip(d, i), f->idx++) {
+        int rc;
+        if (f->dt == DT_FP32 && f->idx < f->n) {
+            float x;
+            if ((rc = jdoc_float(d, i, &x)))
+                return real_error(f, i, rc, FLT_MAX, e);
+            memcpy(f->dst + 4 * f->idx, &x, 4);
+        } else if ((rc = put_value(f, i, e))) {
+            return rc;
+        }
+    }
+    return CORRAL_OK;
+}
+
 static int fill_nested(struct fill *f, uint32_t node, int depth, const int64_t *dims, int ndim,
                        struct cerr *e)
 {
@@ -212,6 +230,8 @@ static int fill_nested(struct fill *f, uint32_t node, int depth, const int64_t *
         return cerr_set(e, CORRAL_EINVAL, "%s data has %zu values at nesting depth %d, shape %s "
                         "expects %lld there", f->what, n, depth,
                         tensor_shape_str(dims, ndim, sb, sizeof sb), (long long)dims[depth]);
+    if (depth == ndim - 1 && jdoc_is_flat_array(d, node))
+        return fill_flat(f, node, e);
     for (uint32_t i = node + 1; i < jdoc_end(d, node); i = jdoc_skip(d, i)) {
         int rc = fill_nested(f, i, depth + 1, dims, ndim, e);
         if (rc)
@@ -225,6 +245,8 @@ static size_t count_values(const struct jdoc *d, uint32_t node, int depth)
 {
     if (!jdoc_is_array(d, node))
         return 1;
+    if (jdoc_is_flat_array(d, node))
+        return jdoc_size(d, node);
     if (depth > TENSOR_MAX_DIMS)
         return 0;
     size_t n = 0;
@@ -233,9 +255,13 @@ static size_t count_values(const struct jdoc *d, uint32_t node, int depth)
     return n;
 }
 
-int oip_json_to_tensor(const char *what, const struct jdoc *d, const uint32_t *items,
-                       size_t n_items, enum dtype dt, const int64_t *dims, int ndim,
-                       uint8_t **out, size_t *out_len, struct cerr *e)
+/*
+ * The conversion, given the top-level elements either as a list (items) or, for
+ * a flat array, as the array itself (flat != JDOC_NONE, items unused).
+ */
+static int to_tensor(const char *what, const struct jdoc *d, uint32_t flat, const uint32_t *items,
+                     size_t n_items, enum dtype dt, const int64_t *dims, int ndim, uint8_t **out,
+                     size_t *out_len, struct cerr *e)
 {
     char sb[128];
     int64_t numel = 0;
@@ -251,8 +277,8 @@ int oip_json_to_tensor(const char *what, const struct jdoc *d, const uint32_t *i
         return cerr_prefix(e, "%s", what);
     /* Counting first means a shape that promises far more values than were sent is refused
      * before its buffer is allocated. */
-    size_t have = 0;
-    for (size_t i = 0; i < n_items; i++)
+    size_t have = flat != JDOC_NONE ? jdoc_size(d, flat) : 0;
+    for (size_t i = 0; flat == JDOC_NONE && i < n_items; i++)
         have += count_values(d, items[i], 1);
     if (have != (size_t)numel)
         return cerr_set(e, CORRAL_EINVAL, "%s has %zu values, shape %s expects %lld", what, have,
@@ -269,8 +295,11 @@ int oip_json_to_tensor(const char *what, const struct jdoc *d, const uint32_t *i
     }
     struct fill f = {.what = what, .d = d, .dt = dt, .dst = dst, .bytes = &bytes,
                      .n = (size_t)numel};
-    int nested = n_items > 0 && jdoc_is_array(d, items[0]);
-    if (nested && ndim > 1) {
+    int nested = flat == JDOC_NONE && n_items > 0 && jdoc_is_array(d, items[0]);
+    if (flat != JDOC_NONE) {
+        if ((rc = fill_flat(&f, flat, e)))
+            goto fail;
+    } else if (nested && ndim > 1) {
         if ((int64_t)n_items != dims[0]) {
             rc = cerr_set(e, CORRAL_EINVAL, "%s data has %zu values at nesting depth 0, shape %s "
                           "expects %lld there", what, n_items,
@@ -316,6 +345,13 @@ fail:
     return rc;
 }
 
+int oip_json_to_tensor(const char *what, const struct jdoc *d, const uint32_t *items,
+                       size_t n_items, enum dtype dt, const int64_t *dims, int ndim,
+                       uint8_t **out, size_t *out_len, struct cerr *e)
+{
+    return to_tensor(what, d, JDOC_NONE, items, n_items, dt, dims, ndim, out, out_len, e);
+}
+
 /* The elements of array `a` as a malloc'd index list (*n of them). */
 static uint32_t *array_items(const struct jdoc *d, uint32_t a, size_t *n)
 {
@@ -344,6 +380,8 @@ int oip_json_array_to_tensor(const char *what, const struct jdoc *d, uint32_t da
                         "nested as shape %s)", what, (long long)numel,
                         tensor_shape_str(dims, ndim, sb, sizeof sb));
     }
+    if (jdoc_is_flat_array(d, data))
+        return to_tensor(what, d, data, NULL, 0, dt, dims, ndim, out, out_len, e);
     size_t n;
     uint32_t *items = array_items(d, data, &n);
     if (!items)
