@@ -133,14 +133,11 @@ int main(int argc, char **argv)
         return 1;
     }
     struct run r = {.loop = uv_default_loop(), .total = total};
-    r.len = corral__request__get_packed_size(&in.req);
-    r.msg = malloc(r.len);
     r.lat = malloc(sizeof *r.lat * (size_t)total);
-    if (!r.msg || !r.lat) {
+    if (!r.lat || wire_pack_request(&in.req, &r.msg, &r.len) != 0) {
         fprintf(stderr, "corral-direct-rpc: out of memory\n");
         return 1;
     }
-    corral__request__pack(&in.req, r.msg);
     oip_infer_free(&in);
     static const struct sp_req_events ev = {.up = on_up, .down = on_down, .reply = on_reply};
     if (sp_req_open(&r.conn, r.loop, argv[1], WIRE_MAX_MESSAGE, &ev, &r, &e) != 0) {

@@ -539,7 +539,7 @@ int jdoc_float(const struct jdoc *d, uint32_t i, float *out)
     return JNUM_OK;
 }
 
-/* Magnitude of an integer token; -1 when it does not fit 64 bits. */
+/* Magnitude written in decimal digits; -1 when it does not fit 64 bits. */
 static int read_u64(const char *s, size_t n, uint64_t *out)
 {
     uint64_t v = 0;
@@ -553,46 +553,44 @@ static int read_u64(const char *s, size_t n, uint64_t *out)
     return 0;
 }
 
-int jdoc_int64(const struct jdoc *d, uint32_t i, int64_t *out)
+int jdoc_integer(const struct jdoc *d, uint32_t i, int *neg, uint64_t *mag)
 {
     const struct jtok *t = &d->tok[i];
     if (t->type != JT_NUMBER)
         return JNUM_NOT_NUMBER;
     if (!(t->flags & JF_INTEGER))
         return JNUM_NOT_INTEGER;
-    const char *s = d->text + t->off;
-    int neg = s[0] == '-';
-    uint64_t m;
-    if (read_u64(s + neg, t->len - (size_t)neg, &m))
-        return JNUM_RANGE;
-    if (neg) {
-        if (m > (uint64_t)INT64_MAX + 1)
-            return JNUM_RANGE;
-        *out = m == (uint64_t)INT64_MAX + 1 ? INT64_MIN : -(int64_t)m;
-    } else {
-        if (m > (uint64_t)INT64_MAX)
-            return JNUM_RANGE;
-        *out = (int64_t)m;
+    *neg = !!(t->flags & JF_NEG);
+    /* Up to 19 digits the decoded mantissa is the value; only longer ones are read again. */
+    if ((t->flags & JF_EXACT) && (t->flags & JF_E10) && t->e10 == 0) {
+        *mag = t->w;
+        return JNUM_OK;
     }
+    size_t skip = (size_t)*neg;
+    return read_u64(d->text + t->off + skip, t->len - skip, mag) ? JNUM_RANGE : JNUM_OK;
+}
+
+int jdoc_int64(const struct jdoc *d, uint32_t i, int64_t *out)
+{
+    int neg;
+    uint64_t m;
+    int rc = jdoc_integer(d, i, &neg, &m);
+    if (rc)
+        return rc;
+    if (m > (uint64_t)INT64_MAX + (neg ? 1 : 0))
+        return JNUM_RANGE;
+    *out = neg ? (int64_t)(0 - m) : (int64_t)m;
     return JNUM_OK;
 }
 
 int jdoc_uint64(const struct jdoc *d, uint32_t i, uint64_t *out)
 {
-    const struct jtok *t = &d->tok[i];
-    if (t->type != JT_NUMBER)
-        return JNUM_NOT_NUMBER;
-    if (!(t->flags & JF_INTEGER))
-        return JNUM_NOT_INTEGER;
-    const char *s = d->text + t->off;
+    int neg;
     uint64_t m;
-    if (s[0] == '-') {
-        if (read_u64(s + 1, t->len - 1, &m) || m != 0)
-            return JNUM_RANGE;
-        *out = 0;
-        return JNUM_OK;
-    }
-    if (read_u64(s, t->len, &m))
+    int rc = jdoc_integer(d, i, &neg, &m);
+    if (rc)
+        return rc;
+    if (neg && m != 0)
         return JNUM_RANGE;
     *out = m;
     return JNUM_OK;

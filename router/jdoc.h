@@ -117,6 +117,8 @@ int jdoc_double(const struct jdoc *d, uint32_t i, double *out);
 /* Correctly rounded; JNUM_RANGE when it rounds to an infinite float. */
 int jdoc_float(const struct jdoc *d, uint32_t i, float *out);
 /* Integers written as such (no fraction or exponent); JNUM_NOT_INTEGER otherwise. */
+/* Sign and magnitude, the whole 64-bit range of either sign ("-0" is neg with 0). */
+int jdoc_integer(const struct jdoc *d, uint32_t i, int *neg, uint64_t *mag);
 int jdoc_int64(const struct jdoc *d, uint32_t i, int64_t *out);
 int jdoc_uint64(const struct jdoc *d, uint32_t i, uint64_t *out);
 

@@ -64,18 +64,10 @@ static int get_integer(struct fill *f, uint32_t v, int64_t lo, uint64_t hi, uint
     if (jdoc_type(d, v) != JT_NUMBER)
         return cerr_set(e, CORRAL_EINVAL, "%s element %zu is a JSON %s, expected an integer "
                         "for datatype %s", f->what, f->idx, value_kind(f, v), dtype_name(f->dt));
-    int64_t x;
-    uint64_t u;
-    int rc = jdoc_int64(d, v, &x);
-    if (rc == JNUM_OK) {
-        *neg = x < 0;
-        *mag = x < 0 ? (uint64_t)0 - (uint64_t)x : (uint64_t)x;
-    } else if (rc == JNUM_RANGE) {
-        if (jdoc_uint64(d, v, &u) != JNUM_OK)
-            return range_error(f, v, lo, hi, e);
-        *neg = 0;
-        *mag = u;
-    } else {
+    int rc = jdoc_integer(d, v, neg, mag);
+    if (rc == JNUM_RANGE)
+        return range_error(f, v, lo, hi, e);
+    if (rc == JNUM_NOT_INTEGER) {
         double r = 0;
         if (jdoc_double(d, v, &r) != JNUM_OK || r <= -18446744073709551616.0 ||
             r >= 18446744073709551616.0)
@@ -87,11 +79,10 @@ static int get_integer(struct fill *f, uint32_t v, int64_t lo, uint64_t hi, uint
         *neg = r < 0;
         *mag = (uint64_t)fabs(r);
     }
-    if (*neg ? *mag > (uint64_t)0 - (uint64_t)lo || lo >= 0 : *mag > hi) {
-        if (*neg && *mag == 0)
-            return CORRAL_OK; /* -0 */
+    if (*mag == 0)
+        *neg = 0; /* -0 is 0 */
+    if (*neg ? lo >= 0 || *mag > (uint64_t)0 - (uint64_t)lo : *mag > hi)
         return range_error(f, v, lo, hi, e);
-    }
     return CORRAL_OK;
 }
 

@@ -32,15 +32,11 @@ struct sp_req {
     size_t max_frame;
     uint8_t *rbuf;
     size_t rlen, rcap;
-    /* Requests routed in one turn of the loop leave in one write, after the turn's
-     * I/O callbacks (uv_check), instead of one system call each. A request queued
-     * outside the I/O phase (from a timer) also starts an idle handle, which keeps
-     * the loop from sleeping in poll with the request still unsent. */
+    /* Requests routed in one turn of the loop leave in one write at its end
+     * (uv_send.h's uv_turn), instead of one system call each. */
     uint8_t *obuf;
     size_t olen, ocap;
-    uv_check_t flush;
-    uv_idle_t kick;
-    int flush_on;
+    struct uv_turn flush;
     struct sp_req_events ev;
     void *arg;
     int stopping, pending_closes;
@@ -129,11 +125,9 @@ static int write_bufs(struct sp_req *s, uv_buf_t *b, unsigned nb)
     return 0;
 }
 
-static void flush_now(struct sp_req *s)
+static void flush_now(void *arg)
 {
-    uv_check_stop(&s->flush);
-    uv_idle_stop(&s->kick);
-    s->flush_on = 0;
+    struct sp_req *s = arg;
     if (!s->olen || s->state != SP_UP || s->tcp_closing) {
         s->olen = 0;
         return;
@@ -146,16 +140,6 @@ static void flush_now(struct sp_req *s)
         s->obuf = NULL;
         s->ocap = 0;
     }
-}
-
-static void on_flush(uv_check_t *h)
-{
-    flush_now(h->data);
-}
-
-static void on_kick(uv_idle_t *h)
-{
-    flush_now(h->data);
 }
 
 int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
@@ -182,11 +166,7 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     memcpy(s->obuf + s->olen, hdr, sizeof hdr);
     memcpy(s->obuf + s->olen + sizeof hdr, body, len);
     s->olen += sizeof hdr + len;
-    if (!s->flush_on) {
-        s->flush_on = 1;
-        uv_check_start(&s->flush, on_flush);
-        uv_idle_start(&s->kick, on_kick);
-    }
+    uv_turn_arm(&s->flush);
     return 0;
 }
 
@@ -355,10 +335,7 @@ int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t ma
     s->backoff_ms = SP_RETRY_MIN_MS;
     uv_timer_init(loop, &s->retry);
     s->retry.data = s;
-    uv_check_init(loop, &s->flush);
-    s->flush.data = s;
-    uv_idle_init(loop, &s->kick);
-    s->kick.data = s;
+    uv_turn_init(loop, &s->flush, flush_now, s);
     start_connect(s);
     *out = s;
     return CORRAL_OK;
@@ -381,8 +358,7 @@ void sp_req_close(struct sp_req *s, void (*closed)(void *arg))
     s->pending_closes = 3;
     uv_timer_stop(&s->retry);
     uv_close((uv_handle_t *)&s->retry, on_handle_closed);
-    uv_close((uv_handle_t *)&s->flush, on_handle_closed);
-    uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+    uv_turn_close(&s->flush, on_handle_closed);
     if (s->tcp_open) {
         s->pending_closes++;
         if (!s->tcp_closing) {

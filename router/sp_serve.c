@@ -59,10 +59,9 @@ struct sp_serve {
     void *arg;
     uv_tcp_t listener;
     int listener_open;
-    uv_check_t flush;
-    uv_idle_t kick;
+    struct uv_turn turn; /* service() once at the end of a turn with work for it */
     uv_timer_t timer;
-    int service_on, quiesced, closing;
+    int quiesced, closing;
     unsigned refs, nconns, inflight;
     struct ss_conn *conns;
     struct ss_conn *dirty;
@@ -208,15 +207,13 @@ static void flush_conn(struct ss_conn *c)
 }
 
 /*
- * After the turn's I/O (uv_check), or before the next poll when the work came
- * from a timer (uv_idle): connections that waited for a request slot go on,
- * then every connection with replies queued writes them in one go.
+ * At the end of a turn of the loop (uv_turn): connections that waited for a
+ * request slot go on, then every connection with replies queued writes them in
+ * one go.
  */
-static void service(struct sp_serve *s)
+static void service(void *arg)
 {
-    uv_check_stop(&s->flush);
-    uv_idle_stop(&s->kick);
-    s->service_on = 0;
+    struct sp_serve *s = arg;
     while (s->wait_head && s->inflight < s->opt.max_inflight && !s->quiesced) {
         struct ss_conn *c = s->wait_head;
         s->wait_head = c->wnext;
@@ -242,17 +239,10 @@ static void service(struct sp_serve *s)
     }
 }
 
-static void on_flush(uv_check_t *h) { service(h->data); }
-
-static void on_kick(uv_idle_t *h) { service(h->data); }
-
 static void service_start(struct sp_serve *s)
 {
-    if (s->service_on || s->closing)
-        return;
-    s->service_on = 1;
-    uv_check_start(&s->flush, on_flush);
-    uv_idle_start(&s->kick, on_kick);
+    if (!s->closing)
+        uv_turn_arm(&s->turn);
 }
 
 void *sp_serve_req_data(struct sp_serve_req *req) { return req->data; }
@@ -502,10 +492,7 @@ int sp_serve_new(struct sp_serve **out, uv_loop_t *loop, const struct sp_serve_o
     s->handler = handler;
     s->arg = arg;
     s->refs = 1;
-    uv_check_init(loop, &s->flush);
-    s->flush.data = s;
-    uv_idle_init(loop, &s->kick);
-    s->kick.data = s;
+    uv_turn_init(loop, &s->turn, service, s);
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     unsigned tick = s->opt.handshake_ms < 1000 ? s->opt.handshake_ms : 1000;
@@ -577,8 +564,7 @@ void sp_serve_close(struct sp_serve *s)
     }
     uv_timer_stop(&s->timer);
     s->refs += 3;
-    uv_close((uv_handle_t *)&s->flush, on_handle_closed);
-    uv_close((uv_handle_t *)&s->kick, on_handle_closed);
+    uv_turn_close(&s->turn, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     srv_unref(s);
 }

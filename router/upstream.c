@@ -253,12 +253,7 @@ static struct up_call *call_new(struct upstream *u, enum call_kind kind, unsigne
 
 static int pack_request(struct up_call *c, const Corral__Request *req)
 {
-    size_t n = corral__request__get_packed_size(req);
-    c->orig = malloc(n ? n : 1);
-    if (!c->orig)
-        return -1;
-    c->orig_len = corral__request__pack(req, c->orig);
-    return 0;
+    return wire_pack_request(req, &c->orig, &c->orig_len);
 }
 
 /* Ends the calls in flight on r so they are retried elsewhere (or fail). */
@@ -831,12 +826,7 @@ void upstream_close(struct upstream *u)
             c = next;
         }
     }
-    /* Sockets that failed to open (upstream_start returned early) have no connection. */
-    unsigned conns = 0;
-    for (size_t i = 0; i < u->n_replicas; i++)
-        if (u->replicas[i]->conn)
-            conns++;
-    u->handles_open = 2 + (int)conns;
+    /* handles_open counts the two timers and every connection upstream_start opened. */
     for (size_t i = 0; i < u->n_replicas; i++) {
         struct up_replica *r = u->replicas[i];
         if (r->conn) {
@@ -984,11 +974,10 @@ int upstream_infer(struct upstream *u, const Corral__Request *req, unsigned time
     const Corral__InferRequest *ir = req->infer;
     if (!find_model(u, ir->model_name))
         return cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", ir->model_name);
-    size_t n = corral__request__get_packed_size(req);
-    uint8_t *m = malloc(n ? n : 1);
-    if (!m)
+    uint8_t *m = NULL;
+    size_t n = 0;
+    if (wire_pack_request(req, &m, &n) != 0)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory packing the request");
-    n = corral__request__pack(req, m);
     return start_infer(u, ir->model_name, ir->model_version, m, n, 0, timeout_ms, cb, arg,
                        handle, e);
 }

@@ -65,3 +65,53 @@ int uv_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(voi
         *queued = 1;
     return 0;
 }
+
+static void turn_run(struct uv_turn *t)
+{
+    uv_check_stop(&t->check);
+    uv_idle_stop(&t->idle);
+    t->armed = 0;
+    t->fn(t->arg);
+}
+
+static void on_turn_check(uv_check_t *h)
+{
+    turn_run(h->data);
+}
+
+static void on_turn_idle(uv_idle_t *h)
+{
+    turn_run(h->data);
+}
+
+void uv_turn_init(uv_loop_t *loop, struct uv_turn *t, void (*fn)(void *arg), void *arg)
+{
+    uv_check_init(loop, &t->check);
+    uv_idle_init(loop, &t->idle);
+    t->check.data = t;
+    t->idle.data = t;
+    t->armed = 0;
+    t->fn = fn;
+    t->arg = arg;
+}
+
+void uv_turn_arm(struct uv_turn *t)
+{
+    if (t->armed)
+        return;
+    t->armed = 1;
+    uv_check_start(&t->check, on_turn_check);
+    uv_idle_start(&t->idle, on_turn_idle);
+}
+
+void uv_turn_close(struct uv_turn *t, uv_close_cb closed)
+{
+    uv_check_stop(&t->check);
+    uv_idle_stop(&t->idle);
+    t->armed = 0;
+    /* The close callbacks see the owner's argument, not the turn. */
+    t->check.data = t->arg;
+    t->idle.data = t->arg;
+    uv_close((uv_handle_t *)&t->check, closed);
+    uv_close((uv_handle_t *)&t->idle, closed);
+}

@@ -19,4 +19,23 @@
 int uv_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(void *arg, int status),
             void *arg, int *queued);
 
+/*
+ * uv_turn: runs fn(arg) once, at the end of the current turn of the loop: after
+ * its I/O callbacks (a uv_check), or, when armed outside them (from a timer),
+ * before the loop would sleep in poll (a uv_idle keeps it from sleeping). Work
+ * gathered during a turn (writes to coalesce) is then done once per turn
+ * without ever waiting for the next wake-up.
+ */
+struct uv_turn {
+    uv_check_t check;
+    uv_idle_t idle;
+    int armed;
+    void (*fn)(void *arg);
+    void *arg;
+};
+void uv_turn_init(uv_loop_t *loop, struct uv_turn *t, void (*fn)(void *arg), void *arg);
+void uv_turn_arm(struct uv_turn *t);
+/* Closes both handles; `closed` runs twice, once per handle, with h->data == arg. */
+void uv_turn_close(struct uv_turn *t, uv_close_cb closed);
+
 #endif
