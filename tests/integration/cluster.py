@@ -149,6 +149,20 @@ class Cluster:
         raise ProcessFailed("router never became ready at %s" % path)
 
 
+def replica_counts(cluster, model):
+    """(requests received, queue depth) of MODEL's replicas, summed, from the router's
+    /metrics: what the replicas themselves counted, for tests that order requests."""
+    status, data, _ = cluster.http("GET", "/metrics", raw=True)
+    if status != 200:
+        raise ProcessFailed("GET /metrics answered %d" % status)
+    got = {}
+    for line in data.decode().splitlines():
+        for name in ("corral_model_requests_total", "corral_model_queue_depth"):
+            if line.startswith('%s{model="%s",' % (name, model)):
+                got[name] = got.get(name, 0) + int(float(line.split()[-1]))
+    return (got.get("corral_model_requests_total", 0), got.get("corral_model_queue_depth", 0))
+
+
 def replica_on(cluster, model, device, *extra):
     """Like Cluster.replica, but on `device` ("cpu", "cuda:0", ...)."""
     argv = [os.path.join(cluster.build, "replica", "corral-replica"), "--model-repo", cluster.repo,

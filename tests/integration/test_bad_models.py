@@ -15,6 +15,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testrun  # noqa: E402
+
 BUILD, ROOT = sys.argv[1], sys.argv[2]
 REPLICA = os.path.join(BUILD, "replica", "corral-replica")
 
@@ -28,9 +31,10 @@ class BadModels(unittest.TestCase):
     def tearDown(self):
         shutil.rmtree(self.tmp)
 
-    def run_replica(self, *mode):
+    def run_replica(self, *mode, env=None):
         args = [REPLICA, "--model-repo", self.tmp, "--model", "digits"] + list(mode)
-        p = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        p = subprocess.run(args, capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **(env or {})))
         return p.returncode, p.stderr.strip().splitlines(), p.stdout
 
     def expect_failure(self, *words):
@@ -95,11 +99,13 @@ class BadModels(unittest.TestCase):
         self.expect_failure("config.json", "pixels")
 
     def test_cuda_without_device(self):
-        rc, lines, _ = self.run_replica("--listen", "tcp://127.0.0.1:0", "--device", "cuda:0")
+        # Devices are hidden, so this holds on a machine with a GPU too.
+        rc, lines, _ = self.run_replica("--listen", "tcp://127.0.0.1:0", "--device", "cuda:0",
+                                        env={"CUDA_VISIBLE_DEVICES": ""})
         self.assertNotEqual(rc, 0)
         self.assertEqual(len(lines), 1, lines)
         self.assertIn("cuda:0", lines[0])
 
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1], verbosity=2)
+    testrun.main()

@@ -11,6 +11,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_protocol_util import stop_and_check, make_repo, start_cluster  # noqa: E402
+import testrun  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
 
@@ -71,4 +72,4 @@ class Client(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1], verbosity=2)
+    testrun.main()

@@ -10,6 +10,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import Cluster  # noqa: E402
+import testrun  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
 MODELS = os.path.join(ROOT, "models")
@@ -131,4 +132,4 @@ class DigitsOverHttp(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    unittest.main(argv=sys.argv[:1], verbosity=2)
+    testrun.main()

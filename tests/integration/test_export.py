@@ -27,6 +27,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import take_replica_arg  # noqa: E402
+import testrun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPORT = ROOT / "deploy" / "export" / "export.py"
@@ -344,14 +345,19 @@ class ExportTest(unittest.TestCase):
     def test_tolerance_is_enforced(self):
         # The same sound model passes at the default tolerance and is refused at
         # one below the error onnxruntime actually shows against PyTorch.
-        out, _ = self.export("--builder", "nets:mlp", "--builder-args", '{"n_in": 16, "hidden": 512}',
-                             "--seed", "4", "--input", "x:-1x16:FP32:-100:100", "--repo", self.repo,
-                             "--name", "tol", "--no-verify-replica")
-        diff = float(out.split("onnxruntime: max |onnx - pytorch| output=")[1].split()[0])
-        if diff == 0.0:
-            self.skipTest("onnxruntime matches PyTorch bit for bit here; no tolerance to undercut")
+        # The first seed whose weights give onnxruntime a float difference from PyTorch
+        # (a model they compute bit for bit has no tolerance to undercut).
+        for seed in ("4", "5", "6", "7"):
+            out, _ = self.export("--builder", "nets:mlp", "--builder-args",
+                                 '{"n_in": 16, "hidden": 512}', "--seed", seed, "--input",
+                                 "x:-1x16:FP32:-100:100", "--repo", self.repo, "--name", "tol",
+                                 "--no-verify-replica", "--version", "1", "--overwrite")
+            diff = float(out.split("onnxruntime: max |onnx - pytorch| output=")[1].split()[0])
+            if diff > 0.0:
+                break
+        self.assertGreater(diff, 0.0, "onnxruntime matched PyTorch bit for bit for every seed")
         _, err = self.export("--builder", "nets:mlp", "--builder-args", '{"n_in": 16, "hidden": 512}',
-                             "--seed", "4", "--input", "x:-1x16:FP32:-100:100", "--repo", self.repo,
+                             "--seed", seed, "--input", "x:-1x16:FP32:-100:100", "--repo", self.repo,
                              "--name", "tol", "--atol", "%g" % (diff / 4), "--no-verify-replica", expect=1)
         self.assertIn("within atol", err)
         self.assertEqual(sorted(p.name for p in (self.repo / "tol").iterdir() if p.name.isdigit()), ["1"])
@@ -448,7 +454,7 @@ def main():
         print("test_export.py: --replica %s is not an executable file" % REPLICA, file=sys.stderr)
         return 2
     prog = unittest.main(argv=argv, exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return testrun.verdict(prog.result)
 
 
 if __name__ == "__main__":

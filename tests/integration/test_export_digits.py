@@ -26,6 +26,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import take_replica_arg  # noqa: E402
+import testrun  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "digits"
@@ -121,7 +122,7 @@ def main():
     REPLICA, rest = take_replica_arg(sys.argv[1:])
     argv = [sys.argv[0]] + rest
     prog = unittest.main(argv=argv, exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return testrun.verdict(prog.result)
 
 
 if __name__ == "__main__":

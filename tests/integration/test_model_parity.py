@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Model parity through the real replica: the zoo's models served end to end match PyTorch.
 
-Usage: test_model_parity.py --build BUILD_DIR [--models a,b,...] [unittest options]
+Usage: test_model_parity.py --build BUILD_DIR [--device cpu|cuda:0] [--models a,b,...]
 
 Every model of bench/models/zoo.py (resnet18, mobilenet_v2, squeezenet1_1,
 mlp, transformer) is exported with deploy/export/export.py (random weights,
@@ -12,9 +12,10 @@ loopback, and batches of 1 and 8 are sent over HTTP (batch 1 as JSON, batch 8
 as binary tensor data) and compared with the logits PyTorch computes in this
 process from the same seed: every logit within 1e-3.
 
-The same requests run against replicas started with --device cuda:0 when
-nvidia-smi lists a device; otherwise (or when corral-replica was built without
-the CUDA backend) those tests are skipped with the reason.
+With --device cuda:0 the same requests run against replicas on the GPU: a
+ctest entry of its own, which exits 77 (skipped, with the reason) before any
+export when nvidia-smi lists no device, and skips its tests when
+corral-replica was built without the CUDA backend.
 A model whose export fails (an op the engine does not support, say) fails its
 tests with the export tool's own message.
 """
@@ -39,6 +40,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 from cluster import Cluster, ProcessFailed, cuda_devices, infer_binary, replica_on  # noqa: E402
 from bench.models import zoo  # noqa: E402
+import testrun  # noqa: E402
 
 EXPORT = ROOT / "deploy" / "export" / "export.py"
 SEED = 0
@@ -186,30 +188,15 @@ class ModelParity(unittest.TestCase):
         # A result that agreed only because every logit is tiny would prove nothing.
         self.assertGreater(float(np.abs(want).max()), 10 * ATOL)
 
-    def cuda_or_skip(self):
-        devs = cuda_devices()
-        if not devs:
-            self.skipTest("no CUDA device: nvidia-smi is missing or lists no GPU")
 
 
-def _add_tests():
-    for m in ALL_MODELS:
+def _add_tests(models, device):
+    """One test per model and batch size on `device`."""
+    for m in models:
         for b in BATCHES:
-            def cpu(self, m=m, b=b):
-                if m not in OPTS.models:
-                    self.skipTest("not selected with --models")
-                self.check(m, "cpu", b)
-
-            def cuda(self, m=m, b=b):
-                if m not in OPTS.models:
-                    self.skipTest("not selected with --models")
-                self.cuda_or_skip()
-                self.check(m, "cuda:0", b)
-            setattr(ModelParity, "test_%s_cpu_batch%d" % (m, b), cpu)
-            setattr(ModelParity, "test_%s_cuda_batch%d" % (m, b), cuda)
-
-
-_add_tests()
+            def test(self, m=m, b=b):
+                self.check(m, device, b)
+            setattr(ModelParity, "test_%s_%s_batch%d" % (m, device.split(":")[0], b), test)
 
 
 class TransformerIsTorchEncoder(unittest.TestCase):
@@ -230,14 +217,22 @@ def main():
     global OPTS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--build", required=True, help="CMake build directory holding replica/ and router/")
+    p.add_argument("--device", default="cpu", help="device of the replicas: cpu (default) or cuda:N")
     p.add_argument("--models", default=",".join(ALL_MODELS),
                    help="comma-separated zoo models to test (default: all)")
-    OPTS, rest = p.parse_known_args()
+    OPTS = p.parse_args()
     OPTS.models = [m for m in OPTS.models.split(",") if m]
     bad = [m for m in OPTS.models if m not in ALL_MODELS]
     if bad:
         p.error("unknown model(s) %s; expected some of %s" % (", ".join(bad), ", ".join(ALL_MODELS)))
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
+    if OPTS.device != "cpu" and not cuda_devices():
+        testrun.skip_all("no CUDA device for %s: nvidia-smi is missing or lists no GPU" % OPTS.device)
+    _add_tests(OPTS.models, OPTS.device)
+    loader = unittest.defaultTestLoader
+    suite = loader.loadTestsFromTestCase(ModelParity)
+    if OPTS.device == "cpu":
+        suite.addTests(loader.loadTestsFromTestCase(TransformerIsTorchEncoder))
+    testrun.main(suite)
 
 
 if __name__ == "__main__":
