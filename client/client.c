@@ -26,6 +26,7 @@ _Static_assert((int)CORRAL_STATUS_UNAVAILABLE == (int)CORRAL_EUNAVAIL, "status t
 _Static_assert((int)CORRAL_STATUS_TIMEOUT == (int)CORRAL_ETIMEDOUT, "status table");
 _Static_assert((int)CORRAL_STATUS_QUEUE_FULL == (int)CORRAL_EQUEUEFULL, "status table");
 _Static_assert((int)CORRAL_STATUS_METHOD == (int)CORRAL_EMETHOD, "status table");
+_Static_assert((int)CORRAL_STATUS_DRAINING == (int)CORRAL_EDRAINING, "status table");
 _Static_assert(CORRAL_TYPE_BF16 == (int)DT_BF16 && CORRAL_TYPE_BYTES == (int)DT_BYTES,
                "datatype table");
 
@@ -80,6 +81,7 @@ const char *corral_status_name(int status)
     case CORRAL_STATUS_MISMATCH: return "MISMATCH";
     case CORRAL_STATUS_TOO_LARGE: return "TOO_LARGE";
     case CORRAL_STATUS_METHOD: return "METHOD";
+    case CORRAL_STATUS_DRAINING: return "DRAINING";
     }
     return "UNKNOWN";
 }

@@ -33,7 +33,8 @@
     XX(EQUEUEFULL, -10,  429, "queue full")                                         \
     XX(EMISMATCH,  -11,  500, "result does not match the reference")                \
     XX(ETOOLARGE,  -12,  413, "too large")                                          \
-    XX(EMETHOD,    -13,  405, "method not allowed")
+    XX(EMETHOD,    -13,  405, "method not allowed")                                 \
+    XX(EDRAINING,  -14,  503, "draining")
 
 enum corral_err {
 #define CORRAL_ERR_ENUM(name, val, http, msg) CORRAL_##name = (val),

@@ -33,9 +33,12 @@ struct http_server {
     unsigned handles; /* libuv handles not yet closed (listener, connections, rejects) */
     uint64_t seq;
     int closing;
+    int draining;
     int reuseport;
     void (*done)(void *);
     void *done_arg;
+    void (*drained)(void *);
+    void *drained_arg;
     char readbuf[HTTP_READ_CHUNK];
 };
 
@@ -240,6 +243,16 @@ static void request_detach(struct http_request *r)
 
 unsigned http_server_connections(const struct http_server *s) { return s->n_conns; }
 
+/* A draining server reports, once, when its listener and last connection have closed. */
+static void maybe_drained(struct http_server *s)
+{
+    if (s->draining && s->drained && s->n_conns == 0 && !s->listener_open) {
+        void (*fn)(void *) = s->drained;
+        s->drained = NULL;
+        fn(s->drained_arg);
+    }
+}
+
 static void server_handle_closed(struct http_server *s)
 {
     if (--s->handles == 0 && s->closing) {
@@ -266,6 +279,8 @@ static void conn_handle_closed(uv_handle_t *h)
     s->n_conns--;
     free(c->stash);
     free(c);
+    if (s->n_conns == 0 && !s->closing)
+        maybe_drained(s);
     server_handle_closed(s);
 }
 
@@ -827,7 +842,7 @@ static int on_message_complete(http_parser *p)
     r->body[r->body_len] = '\0';
     free(r->hoff);
     r->hoff = NULL;
-    r->keep_alive = http_should_keep_alive(p) && !p->upgrade;
+    r->keep_alive = http_should_keep_alive(p) && !p->upgrade && !s->draining;
     r->seq = ++s->seq;
     r->start_ns = uv_hrtime();
     conn_enqueue(c, r);
@@ -1062,7 +1077,44 @@ int http_server_listen(struct http_server *s, const char *host, int port, int *b
 
 static void on_listener_closed(uv_handle_t *h)
 {
-    server_handle_closed(h->data);
+    struct http_server *s = h->data;
+    if (!s->closing)
+        maybe_drained(s);
+    server_handle_closed(s);
+}
+
+/*
+ * Drain: a connection with nothing pending closes now; one with requests in flight
+ * (or one arriving) reads nothing after them and answers the last with
+ * "Connection: close", so no accepted request is cut and no client is left
+ * waiting on a keep-alive connection that is about to go.
+ */
+void http_server_drain(struct http_server *s, void (*drained)(void *), void *arg)
+{
+    if (s->closing || s->draining)
+        return;
+    s->draining = 1;
+    s->drained = drained;
+    s->drained_arg = arg;
+    if (s->listener_open) {
+        s->listener_open = 0;
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+    }
+    for (struct http_conn *c = s->conns; c; c = c->next) {
+        if (c->closing || c->shutting_down)
+            continue;
+        if (!c->head && !c->msg_active) {
+            conn_close(c);
+            continue;
+        }
+        if (c->msg_active)
+            continue; /* on_message_complete marks it the last */
+        c->tail->keep_alive = 0;
+        c->stop_reading = 1;
+        if (c->reading)
+            uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = 0;
+    }
 }
 
 void http_server_close(struct http_server *s, void (*done)(void *), void *done_arg)

@@ -38,7 +38,8 @@
  * that has gone away would otherwise end the process.
  *
  * http_server_close() stops accepting, closes every connection and calls
- * `done` once all of the server's libuv handles are closed.
+ * `done` once all of the server's libuv handles are closed; http_server_drain()
+ * first lets the requests in flight be answered.
  */
 #ifndef CORRAL_ROUTER_HTTP_H
 #define CORRAL_ROUTER_HTTP_H
@@ -115,6 +116,14 @@ void http_server_set_reuseport(struct http_server *s, int on);
 /* Binds host:port (port 0: an ephemeral one) and listens; *bound_port gets the port. */
 int http_server_listen(struct http_server *s, const char *host, int port, int *bound_port,
                        struct cerr *e);
+/*
+ * Stops accepting and lets the open connections finish: idle ones close now,
+ * one with requests in flight answers them (the last with "Connection:
+ * close") and then closes. drained(arg) runs once, later, on the loop thread
+ * when no connection is left; the server is then closed with
+ * http_server_close(), which may also be called before that to cut the rest.
+ */
+void http_server_drain(struct http_server *s, void (*drained)(void *), void *arg);
 /* Stops and frees the server once every handle is closed; done(arg) then runs. */
 void http_server_close(struct http_server *s, void (*done)(void *), void *done_arg);
 /* Number of open client connections. */

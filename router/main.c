@@ -3,13 +3,17 @@
  * runs its own libuv loop with its own HTTP listener (SO_REUSEPORT spreads the
  * connections over them), its own upstream (sockets to every replica, health
  * loop) and one lane of the RPC endpoint; the metrics are shared. The main
- * thread only waits for SIGINT/SIGTERM and then stops the threads.
+ * thread waits for SIGINT/SIGTERM and then drains the threads: no new
+ * connections, every request in flight answered (the last on each connection
+ * with "Connection: close"), idle connections closed; after --drain-timeout-ms,
+ * or on a second signal, what is left is cut.
  */
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +35,7 @@ struct options {
     int port;
     const char **replicas;
     int n_replicas;
-    unsigned health_ms, timeout_ms, threads, max_inflight, eject_after, rpc_contexts;
+    unsigned health_ms, timeout_ms, threads, max_inflight, eject_after, rpc_contexts, drain_ms;
     const char *rpc_url; /* NULL: off */
     int rpc_explicit;
     struct http_limits lim;
@@ -43,7 +47,10 @@ struct worker {
     struct metrics *metrics;
     struct rpc *rpc;
     uv_loop_t loop;
-    uv_async_t stop;
+    uv_async_t stop, drain;
+    uv_timer_t drain_timer;
+    int draining, http_drained, stopped;
+    uint64_t drain_start;
     struct http_server *http;
     struct upstream *up;
     struct oip_ctx octx;
@@ -54,6 +61,9 @@ struct worker {
     pthread_cond_t *cv;
     int state; /* 0 starting, 1 running, -1 failed */
     struct cerr err;
+    /* Told when the thread's loop has ended (set before the thread starts). */
+    uv_async_t *finished;
+    atomic_uint *n_finished;
 };
 
 static const char synopsis[] =
@@ -61,7 +71,7 @@ static const char synopsis[] =
     "                     [--threads N] [--rpc-listen URL|off] [--timeout-ms N]\n"
     "                     [--max-inflight N] [--eject-after N] [--health-interval-ms N]\n"
     "                     [--max-body-bytes N] [--max-header-bytes N] [--max-connections N]\n"
-    "                     [--idle-timeout-ms N] [--request-timeout-ms N]\n"
+    "                     [--idle-timeout-ms N] [--request-timeout-ms N] [--drain-timeout-ms N]\n"
     "                     [--log-level debug|info|warn|error] [--help]\n";
 
 static void usage(FILE *f)
@@ -98,6 +108,9 @@ static void usage(FILE *f)
             "  --idle-timeout-ms N      close idle keep-alive connections (default 60000)\n"
             "  --request-timeout-ms N   a request must arrive whole within this (default\n"
             "                           30000; 408 otherwise)\n"
+            "  --drain-timeout-ms N     on SIGTERM/SIGINT, how long requests in flight may take\n"
+            "                           to be answered before they are cut (default 30000);\n"
+            "                           a second signal cuts them at once\n"
             "  --log-level LEVEL        debug (one line per request), info (default), warn,\n"
             "                           error\n"
             "  --help                   show this text\n");
@@ -184,11 +197,62 @@ static void worker_teardown(struct worker *w)
         rpc_lane_close(w->rpc, w->idx);
 }
 
-static void on_stop(uv_async_t *a)
+/* Ends the thread's work: its loop then runs out of handles and the thread exits. */
+static void worker_stop(struct worker *w)
 {
-    struct worker *w = a->data;
+    if (w->stopped)
+        return;
+    w->stopped = 1;
     worker_teardown(w);
     uv_close((uv_handle_t *)&w->stop, NULL);
+    uv_close((uv_handle_t *)&w->drain, NULL);
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+}
+
+static void on_stop(uv_async_t *a)
+{
+    worker_stop(a->data);
+}
+
+static void on_http_drained(void *arg)
+{
+    struct worker *w = arg;
+    w->http_drained = 1;
+}
+
+/* The drain ends when no client connection is left and no request is in flight upstream
+ * (RPC requests included), or at the drain deadline. */
+static void on_drain_tick(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    unsigned calls = w->up ? upstream_infer_calls(w->up) : 0;
+    if (w->http_drained && calls == 0) {
+        LOG_DEBUG("router thread %u drained", w->idx);
+        worker_stop(w);
+        return;
+    }
+    if (uv_now(&w->loop) - w->drain_start < w->opt->drain_ms)
+        return;
+    LOG_WARN("router thread %u: drain timeout (%u ms): cutting %u client connection%s and %u "
+             "request%s in flight", w->idx, w->opt->drain_ms,
+             w->http ? http_server_connections(w->http) : 0,
+             w->http && http_server_connections(w->http) == 1 ? "" : "s", calls,
+             calls == 1 ? "" : "s");
+    worker_stop(w);
+}
+
+static void on_drain(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    if (w->draining || w->stopped)
+        return;
+    w->draining = 1;
+    w->drain_start = uv_now(&w->loop);
+    if (w->http)
+        http_server_drain(w->http, on_http_drained, w);
+    else
+        w->http_drained = 1;
+    uv_timer_start(&w->drain_timer, on_drain_tick, 5, 5);
 }
 
 static void worker_report(struct worker *w, int state)
@@ -212,7 +276,9 @@ static int worker_setup(struct worker *w)
     if (uv_loop_init(&w->loop) != 0)
         return cerr_set(e, CORRAL_EIO, "cannot create an event loop");
     uv_async_init(&w->loop, &w->stop, on_stop);
-    w->stop.data = w;
+    uv_async_init(&w->loop, &w->drain, on_drain);
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->stop.data = w->drain.data = w->drain_timer.data = w;
     if (upstream_new(&w->up, &w->loop, &ucfg, e))
         return e->code;
     for (int i = 0; i < o->n_replicas; i++) {
@@ -256,6 +322,8 @@ static void *worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&w->loop) != 0)
         LOG_WARN("router thread %u: event loop closed with handles still open", w->idx);
+    atomic_fetch_add(w->n_finished, 1);
+    uv_async_send(w->finished);
     return NULL;
 }
 
@@ -275,32 +343,56 @@ static int worker_start(struct worker *w)
 struct main_state {
     uv_loop_t *loop;
     uv_signal_t sigint, sigterm;
+    uv_async_t finished; /* a worker thread's loop ended */
+    atomic_uint n_finished;
     struct worker *workers;
     unsigned n;
     struct rpc *rpc;
     int stopping;
 };
 
+/* Lets the main loop end. `finished` stays open (unreferenced) until the threads are
+ * joined, since a thread may still signal it after the loop has stopped. */
+static void main_close(struct main_state *ms)
+{
+    if (!uv_is_closing((uv_handle_t *)&ms->sigint)) {
+        uv_close((uv_handle_t *)&ms->sigint, NULL);
+        uv_close((uv_handle_t *)&ms->sigterm, NULL);
+    }
+    uv_unref((uv_handle_t *)&ms->finished);
+}
+
 static void on_signal(uv_signal_t *sig, int signum)
 {
     struct main_state *ms = sig->data;
-    if (ms->stopping)
+    const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
+    if (ms->stopping) {
+        LOG_INFO("received %s again: stopping without waiting", name);
+        for (unsigned i = 0; i < ms->n; i++)
+            uv_async_send(&ms->workers[i].stop);
         return;
+    }
     ms->stopping = 1;
-    LOG_INFO("received %s, shutting down", signum == SIGINT ? "SIGINT" : "SIGTERM");
+    LOG_INFO("received %s: draining (no new connections; answering what is in flight)", name);
     if (ms->rpc)
         rpc_quiesce(ms->rpc);
     for (unsigned i = 0; i < ms->n; i++)
-        uv_async_send(&ms->workers[i].stop);
-    uv_close((uv_handle_t *)&ms->sigint, NULL);
-    uv_close((uv_handle_t *)&ms->sigterm, NULL);
+        uv_async_send(&ms->workers[i].drain);
+}
+
+/* Every worker thread has finished: the main loop ends too. */
+static void on_finished(uv_async_t *a)
+{
+    struct main_state *ms = a->data;
+    if (atomic_load(&ms->n_finished) == ms->n)
+        main_close(ms);
 }
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
     enum {
         O_LISTEN = 1, O_REPLICA, O_LOG, O_HEALTH, O_TIMEOUT, O_THREADS, O_RPC, O_RPC_CTX,
-        O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_HELP
+        O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_DRAIN, O_HELP
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -318,6 +410,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"max-connections", required_argument, NULL, O_CONNS},
         {"idle-timeout-ms", required_argument, NULL, O_IDLE},
         {"request-timeout-ms", required_argument, NULL, O_REQTIME},
+        {"drain-timeout-ms", required_argument, NULL, O_DRAIN},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -395,6 +488,11 @@ static int parse_args(int argc, char **argv, struct options *o)
                 return bad_args("--request-timeout-ms '%s' is not a number of milliseconds from "
                                 "10 to 86400000", optarg);
             break;
+        case O_DRAIN:
+            if (parse_uint(optarg, 0, 3600000, &o->drain_ms))
+                return bad_args("--drain-timeout-ms '%s' is not a number of milliseconds from "
+                                "0 to 3600000", optarg);
+            break;
         case O_HELP:
             usage(stdout);
             return -1;
@@ -451,6 +549,7 @@ int main(int argc, char **argv)
     o.max_inflight = 1024;
     o.eject_after = 2;
     o.rpc_contexts = 1024;
+    o.drain_ms = 30000;
     o.rpc_url = DEFAULT_RPC;
     http_limits_default(&o.lim);
     struct metrics *metrics = NULL;
@@ -491,8 +590,17 @@ int main(int argc, char **argv)
         cerr_set(&e, CORRAL_ENOMEM, "out of memory");
         goto fail;
     }
+    /* The workers tell the main loop when they end, so it exists before they start. */
+    ms.loop = uv_default_loop();
+    uv_signal_init(ms.loop, &ms.sigint);
+    uv_signal_init(ms.loop, &ms.sigterm);
+    uv_async_init(ms.loop, &ms.finished, on_finished);
+    atomic_init(&ms.n_finished, 0);
+    ms.sigint.data = ms.sigterm.data = ms.finished.data = &ms;
     for (unsigned i = 0; i < o.threads; i++) {
         struct worker *w = &workers[i];
+        w->finished = &ms.finished;
+        w->n_finished = &ms.n_finished;
         w->idx = i;
         w->opt = &o;
         w->metrics = metrics;
@@ -521,20 +629,15 @@ int main(int argc, char **argv)
             LOG_INFO("corral-router RPC listening on %s", bound);
         }
     }
-    ms.loop = uv_default_loop();
     ms.workers = workers;
     ms.n = started;
     ms.rpc = rpc;
-    uv_signal_init(ms.loop, &ms.sigint);
-    uv_signal_init(ms.loop, &ms.sigterm);
-    ms.sigint.data = ms.sigterm.data = &ms;
     uv_signal_start(&ms.sigint, on_signal, SIGINT);
     uv_signal_start(&ms.sigterm, on_signal, SIGTERM);
     LOG_INFO("corral-router listening on http://%s%s%s:%d (%u thread%s)",
              strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "",
              workers[0].port, o.threads, o.threads == 1 ? "" : "s");
     uv_run(ms.loop, UV_RUN_DEFAULT);
-    uv_loop_close(ms.loop);
     rc = 0;
     goto join;
 
@@ -544,9 +647,13 @@ stop:
         rpc_quiesce(rpc);
     for (unsigned i = 0; i < started; i++)
         uv_async_send(&workers[i].stop);
+    main_close(&ms);
 join:
     for (unsigned i = 0; i < started; i++)
         pthread_join(workers[i].thread, NULL);
+    uv_close((uv_handle_t *)&ms.finished, NULL);
+    uv_run(ms.loop, UV_RUN_DEFAULT);
+    uv_loop_close(ms.loop);
     rpc_free(rpc);
     metrics_free(metrics);
     free(workers);

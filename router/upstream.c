@@ -93,6 +93,7 @@ struct upstream {
     int started;
     int closing;
     unsigned inflight;
+    unsigned infer_calls; /* accepted infer calls not yet finished, retries included once */
     uint32_t next_id;
     uint64_t rng;
 };
@@ -119,6 +120,8 @@ static void call_free(struct up_call *c)
         return;
     free(c->orig);
     c->orig = NULL;
+    if (c->kind == CALL_INFER)
+        c->u->infer_calls--;
     uv_close((uv_handle_t *)&c->timer, on_call_timer_closed);
 }
 
@@ -246,6 +249,8 @@ static struct up_call *call_new(struct upstream *u, enum call_kind kind, unsigne
     c->kind = kind;
     c->timeout_ms = timeout_ms;
     c->deadline = uv_now(u->loop) + timeout_ms;
+    if (kind == CALL_INFER)
+        u->infer_calls++;
     uv_timer_init(u->loop, &c->timer);
     c->timer.data = c;
     return c;
@@ -1003,6 +1008,8 @@ void upstream_cancel(struct upstream *u, struct up_call *c)
 }
 
 unsigned upstream_inflight(const struct upstream *u) { return u->inflight; }
+
+unsigned upstream_infer_calls(const struct upstream *u) { return u->infer_calls; }
 
 int upstream_stats(struct upstream *u, const char *model, const char *version,
                    unsigned timeout_ms, upstream_stats_cb cb, void *arg, struct cerr *e)

@@ -132,6 +132,8 @@ void upstream_cancel(struct upstream *u, struct up_call *c);
 
 /* Calls currently in flight (all kinds). */
 unsigned upstream_inflight(const struct upstream *u);
+/* Inference requests accepted and not yet answered (a drain waits for 0). */
+unsigned upstream_infer_calls(const struct upstream *u);
 
 /* ---- statistics ---- */
 

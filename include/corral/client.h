@@ -64,6 +64,7 @@ enum corral_status {
     CORRAL_STATUS_MISMATCH = -11,
     CORRAL_STATUS_TOO_LARGE = -12,   /* (413) */
     CORRAL_STATUS_METHOD = -13,
+    CORRAL_STATUS_DRAINING = -14,    /* the replica is shutting down: safe to send again (503) */
 };
 
 /* Open Inference Protocol datatypes, numbered as on the wire. */
