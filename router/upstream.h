@@ -86,6 +86,21 @@ typedef void (*upstream_cb)(void *arg, const struct upstream_done *d);
 int upstream_new(struct upstream **out, uv_loop_t *loop, const struct upstream_config *cfg,
                  struct cerr *e);
 int upstream_add_replica(struct upstream *u, const char *model, const char *url, struct cerr *e);
+
+/* One entry of the router's replica table (router/membership.h). */
+struct upstream_member {
+    const char *model;
+    const char *version; /* "" for whatever the replica serves */
+    const char *url;
+    int draining;        /* no new requests; those in flight are answered */
+};
+/*
+ * Makes the replicas match the table: new URLs are added (and dialled when the
+ * upstream runs), entries marked draining get no new requests, and replicas
+ * absent from the table get none either and are released once their requests
+ * in flight are answered. Loop thread only; safe to repeat with the same table.
+ */
+int upstream_sync(struct upstream *u, const struct upstream_member *t, size_t n, struct cerr *e);
 int upstream_start(struct upstream *u, struct cerr *e);
 void upstream_close(struct upstream *u);
 
@@ -161,8 +176,10 @@ struct upstream_replica_info {
     const char *model;
     const char *url;
     const char *version; /* "" until it answered */
-    const char *state;   /* "ready", "not_ready", "ejected" or "connecting" */
+    const char *state;   /* "ready", "not_ready", "ejected", "connecting", "draining"
+                            (the table says so) or "removed" (finishing its requests) */
     const char *why;     /* why it takes no traffic, "" when it does */
+    const char *table_version; /* the version the replica table names, "" for any */
     unsigned outstanding;
     unsigned fail_streak;
 };

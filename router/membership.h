@@ -1,0 +1,66 @@
+/*
+ * membership: the router's replica table, shared by its threads.
+ *
+ * Usage: membership_new(&m, threads). The control endpoint (any thread)
+ * changes the table with membership_add(), membership_set_draining() and
+ * membership_remove(); each change bumps the table's generation and returns
+ * it. Every router thread, told of a change, copies the table with
+ * membership_snapshot(), applies the copy to its own upstream
+ * (upstream_sync) and reports membership_applied(m, thread, generation).
+ * membership_acked() is the generation that every thread has applied: a
+ * change is in force, in the whole router, once the acknowledged generation
+ * reaches it (the rule that lets a scheduler stop a replica safely).
+ *
+ * Entries are unique by URL. A change that is refused (a URL given twice, an
+ * unknown URL, a malformed name) leaves the table and its generation as they
+ * were. All functions are thread-safe (one mutex, never held in a callback);
+ * a snapshot is the caller's copy, freed with membership_snapshot_free().
+ */
+#ifndef CORRAL_ROUTER_MEMBERSHIP_H
+#define CORRAL_ROUTER_MEMBERSHIP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define MEMBER_MODEL_MAX 256
+#define MEMBER_VERSION_MAX 64
+#define MEMBER_URL_MAX 256
+
+struct membership;
+
+struct membership_entry {
+    char model[MEMBER_MODEL_MAX];
+    char version[MEMBER_VERSION_MAX]; /* "" for whatever the replica serves */
+    char url[MEMBER_URL_MAX];
+    int draining;
+};
+
+struct membership_snapshot {
+    struct membership_entry *entries;
+    size_t n;
+    uint64_t generation;
+};
+
+int membership_new(struct membership **out, unsigned threads, struct cerr *e);
+void membership_free(struct membership *m);
+
+/* Each returns CORRAL_OK with *generation set to the table's new generation. */
+int membership_add(struct membership *m, const char *model, const char *version, const char *url,
+                   uint64_t *generation, struct cerr *e);
+int membership_set_draining(struct membership *m, const char *url, int draining,
+                            uint64_t *generation, struct cerr *e);
+int membership_remove(struct membership *m, const char *url, uint64_t *generation,
+                      struct cerr *e);
+
+int membership_snapshot(struct membership *m, struct membership_snapshot *out, struct cerr *e);
+void membership_snapshot_free(struct membership_snapshot *s);
+
+/* Router thread `thread` has applied the table up to `generation`. */
+void membership_applied(struct membership *m, unsigned thread, uint64_t generation);
+uint64_t membership_generation(struct membership *m);
+/* The generation every thread has applied. */
+uint64_t membership_acked(struct membership *m);
+
+#endif
