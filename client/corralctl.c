@@ -8,6 +8,11 @@
  *     corralctl health --rpc URL
  *     corralctl status --http HOST:PORT
  *         Prints the router's replica table (model, version, state, in flight).
+ *     corralctl replicas --control HOST:PORT [--token-file F]
+ *                        [add MODEL VERSION URL | drain URL | remove URL]
+ *         Lists the router's replica table (its control endpoint), or changes it;
+ *         a change returns once every router thread applied it. VERSION "-" or ""
+ *         means whatever the replica serves.
  *
  * Exit status: 0 success; 1 the request failed; 2 usage; 3 (status) some model
  * has no ready replica.
@@ -24,6 +29,7 @@
 #include <unistd.h>
 
 #include "buf.h"
+#include "control.h"
 #include "corral/client.h"
 #include "oip.h"
 
@@ -31,7 +37,9 @@ static const char synopsis[] =
     "usage: corralctl infer --rpc URL --model NAME [--version V] [--timeout-ms N] [--id ID]\n"
     "                       [--output NAME ...] [--repeat N] FILE|-\n"
     "       corralctl health --rpc URL\n"
-    "       corralctl status --http HOST:PORT\n";
+    "       corralctl status --http HOST:PORT\n"
+    "       corralctl replicas --control HOST:PORT [--token-file F]\n"
+    "                          [add MODEL VERSION URL | drain URL | remove URL]\n";
 
 static int usage_error(const char *msg, const char *arg)
 {
@@ -250,8 +258,13 @@ static int cmd_health(int argc, char **argv)
     return ready ? 0 : 3;
 }
 
-/* A blocking GET over a fresh connection; returns the body (malloc'd) and the status. */
-static char *http_get(const char *hostport, const char *path, int *status)
+/*
+ * One blocking request over a fresh connection (GET without a body, POST with a JSON
+ * one); returns the answer's body (malloc'd) and its status, or NULL when no answer
+ * came.
+ */
+static char *http_call(const char *hostport, const char *method, const char *path,
+                       const char *token, const char *body, int *status)
 {
     char host[256], port[16];
     const char *colon = strrchr(hostport, ':');
@@ -272,13 +285,24 @@ static char *http_get(const char *hostport, const char *path, int *status)
         return NULL;
     }
     freeaddrinfo(res);
-    char req[512];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n",
-                     path, hostport);
-    if (write(fd, req, (size_t)n) != n) {
+    struct buf rq = {0};
+    buf_printf(&rq, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", method, path,
+               hostport);
+    if (token)
+        buf_printf(&rq, "Authorization: Bearer %s\r\n", token);
+    if (body)
+        buf_printf(&rq, "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n%s",
+                   strlen(body), body);
+    else
+        buf_puts(&rq, "\r\n");
+    size_t rlen = 0;
+    char *req = buf_steal(&rq, &rlen);
+    if (!req || write(fd, req, rlen) != (ssize_t)rlen) {
+        free(req);
         close(fd);
         return NULL;
     }
+    free(req);
     struct buf b = {0};
     char chunk[65536];
     ssize_t got;
@@ -292,9 +316,108 @@ static char *http_get(const char *hostport, const char *path, int *status)
     *status = 0;
     sscanf(all, "HTTP/1.%*d %d", status);
     char *sep = strstr(all, "\r\n\r\n");
-    char *body = strdup(sep ? sep + 4 : "");
+    char *out = strdup(sep ? sep + 4 : "");
     free(all);
-    return body;
+    return out;
+}
+
+static char *http_get(const char *hostport, const char *path, int *status)
+{
+    return http_call(hostport, "GET", path, NULL, NULL, status);
+}
+
+/* The error text of a JSON answer {"error": ...}, or the body itself. */
+static void print_error(const char *what, int status, const char *body)
+{
+    json_t *root = body ? json_loads(body, 0, NULL) : NULL;
+    const char *msg = json_string_value(json_object_get(root, "error"));
+    fprintf(stderr, "corralctl: %s: %d %s\n", what, status, msg ? msg : body ? body : "no answer");
+    json_decref(root);
+}
+
+static int cmd_replicas(int argc, char **argv)
+{
+    static const struct option opts[] = {{"control", required_argument, NULL, 'c'},
+                                         {"token-file", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    const char *hp = NULL, *token_file = NULL;
+    int c, status = 0, rc = 1;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "+", opts, NULL)) != -1) {
+        if (c == 'c')
+            hp = optarg;
+        else if (c == 't')
+            token_file = optarg;
+        else
+            return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+    }
+    if (!hp)
+        return usage_error("%s", "replicas needs --control HOST:PORT (the router's control "
+                           "endpoint, 127.0.0.1:8003 by default)");
+    int nargs = argc - optind;
+    char **args = argv + optind;
+    const char *op = nargs ? args[0] : NULL;
+    json_t *req = NULL;
+    const char *path = "/v1/replicas";
+    if (!op) {
+        /* list */
+    } else if (strcmp(op, "add") == 0 && nargs == 4) {
+        const char *v = strcmp(args[2], "-") == 0 ? "" : args[2];
+        req = json_pack("{s:s, s:s, s:s}", "model", args[1], "version", v, "url", args[3]);
+    } else if ((strcmp(op, "drain") == 0 || strcmp(op, "remove") == 0) && nargs == 2) {
+        req = json_pack("{s:s}", "url", args[1]);
+        path = strcmp(op, "drain") == 0 ? "/v1/replicas/drain" : "/v1/replicas/remove";
+    } else {
+        return usage_error("replicas: '%s' is not add MODEL VERSION URL, drain URL or remove URL",
+                           op);
+    }
+    char *token = NULL, *body_text = NULL, *answer = NULL;
+    struct cerr e = {0};
+    if (token_file && control_read_token(token_file, &token, &e)) {
+        fprintf(stderr, "corralctl: %s\n", e.msg);
+        goto out;
+    }
+    if (req && !(body_text = json_dumps(req, JSON_COMPACT))) {
+        fprintf(stderr, "corralctl: out of memory\n");
+        goto out;
+    }
+    answer = http_call(hp, req ? "POST" : "GET", path, token, body_text, &status);
+    if (!answer || status != 200) {
+        print_error(req ? op : "cannot read the replica table", status, answer);
+        goto out;
+    }
+    json_t *root = json_loads(answer, 0, NULL);
+    if (!root) {
+        fprintf(stderr, "corralctl: the control endpoint's answer is not JSON\n");
+        goto out;
+    }
+    if (req) {
+        printf("%s: generation %lld (acknowledged by every router thread)\n", op,
+               json_integer_value(json_object_get(root, "generation")));
+    } else {
+        printf("generation %lld, acknowledged %lld\n",
+               json_integer_value(json_object_get(root, "generation")),
+               json_integer_value(json_object_get(root, "acked")));
+        printf("%-16s %-8s %-9s %s\n", "MODEL", "VERSION", "STATE", "REPLICA");
+        size_t i;
+        json_t *r;
+        json_array_foreach(json_object_get(root, "replicas"), i, r)
+        {
+            const char *v = json_string_value(json_object_get(r, "version"));
+            printf("%-16s %-8s %-9s %s\n", json_string_value(json_object_get(r, "model")),
+                   v && v[0] ? v : "-", json_string_value(json_object_get(r, "state")),
+                   json_string_value(json_object_get(r, "url")));
+        }
+    }
+    json_decref(root);
+    rc = 0;
+out:
+    json_decref(req);
+    free(body_text);
+    free(answer);
+    free(token);
+    return rc;
 }
 
 static int cmd_status(int argc, char **argv)
@@ -369,5 +492,8 @@ int main(int argc, char **argv)
         return cmd_health(argc - 1, argv + 1);
     if (strcmp(argv[1], "status") == 0)
         return cmd_status(argc - 1, argv + 1);
-    return usage_error("unknown command '%s' (expected infer, health or status)", argv[1]);
+    if (strcmp(argv[1], "replicas") == 0)
+        return cmd_replicas(argc - 1, argv + 1);
+    return usage_error("unknown command '%s' (expected infer, health, status or replicas)",
+                       argv[1]);
 }

@@ -20,14 +20,17 @@
 #include <sys/resource.h>
 #include <uv.h>
 
+#include "control.h"
 #include "http.h"
 #include "log.h"
+#include "membership.h"
 #include "metrics.h"
 #include "oip.h"
 #include "rpc.h"
 #include "upstream.h"
 
 #define DEFAULT_RPC "tcp://0.0.0.0:8001"
+#define DEFAULT_CONTROL "127.0.0.1:8003"
 
 struct options {
     const char *listen;
@@ -38,6 +41,12 @@ struct options {
     unsigned health_ms, timeout_ms, threads, max_inflight, eject_after, rpc_contexts, drain_ms;
     const char *rpc_url; /* NULL: off */
     int rpc_explicit;
+    const char *control;   /* HOST:PORT, NULL: off */
+    int control_explicit;
+    char control_host[256];
+    int control_port;
+    const char *control_token_file;
+    unsigned apply_delay_ms; /* tests only: threads but the first apply table changes late */
     struct http_limits lim;
 };
 
@@ -46,9 +55,10 @@ struct worker {
     const struct options *opt;
     struct metrics *metrics;
     struct rpc *rpc;
+    struct membership *table;
     uv_loop_t loop;
-    uv_async_t stop, drain;
-    uv_timer_t drain_timer;
+    uv_async_t stop, drain, table_changed;
+    uv_timer_t drain_timer, apply_timer;
     int draining, http_drained, stopped;
     uint64_t drain_start;
     struct http_server *http;
@@ -61,13 +71,16 @@ struct worker {
     pthread_cond_t *cv;
     int state; /* 0 starting, 1 running, -1 failed */
     struct cerr err;
-    /* Told when the thread's loop has ended (set before the thread starts). */
+    /* Told when the thread's loop has ended, and when it applied a replica table (both
+     * set before the thread starts). */
     uv_async_t *finished;
     atomic_uint *n_finished;
+    uv_async_t *applied;
 };
 
 static const char synopsis[] =
-    "usage: corral-router --listen HOST:PORT --replica NAME=URL [--replica NAME=URL ...]\n"
+    "usage: corral-router --listen HOST:PORT [--replica NAME=URL ...]\n"
+    "                     [--control-listen HOST:PORT|off] [--control-token-file FILE]\n"
     "                     [--threads N] [--rpc-listen URL|off] [--timeout-ms N]\n"
     "                     [--max-inflight N] [--eject-after N] [--health-interval-ms N]\n"
     "                     [--max-body-bytes N] [--max-header-bytes N] [--max-connections N]\n"
@@ -87,7 +100,14 @@ static void usage(FILE *f)
             "  --listen HOST:PORT       address to serve HTTP on (port 0: any free port;\n"
             "                           IPv6 as [::1]:8000)\n"
             "  --replica NAME=URL       a replica serving model NAME at tcp://HOST:PORT, e.g.\n"
-            "                           digits=tcp://127.0.0.1:9101 (repeat for more)\n"
+            "                           digits=tcp://127.0.0.1:9101 (repeat for more); seeds\n"
+            "                           the replica table, which the control endpoint changes\n"
+            "  --control-listen H:P     the control endpoint, where replicas are added, marked\n"
+            "                           draining and removed at run time (default " DEFAULT_CONTROL ";\n"
+            "                           port 0: any free port; off: none, and then at least one\n"
+            "                           --replica is required)\n"
+            "  --control-token-file F   require \"Authorization: Bearer TOKEN\" on the control\n"
+            "                           endpoint, TOKEN read from file F\n"
             "  --threads N              router threads, each with its own event loop and\n"
             "                           listener on the same port (default 1)\n"
             "  --rpc-listen URL         tcp://HOST:PORT of the RPC endpoint (default " DEFAULT_RPC ";\n"
@@ -113,6 +133,8 @@ static void usage(FILE *f)
             "                           a second signal cuts them at once\n"
             "  --log-level LEVEL        debug (one line per request), info (default), warn,\n"
             "                           error\n"
+            "  --test-apply-delay-ms N  FOR TESTS ONLY: every thread but the first applies a\n"
+            "                           replica table change N ms late\n"
             "  --help                   show this text\n");
 }
 
@@ -177,10 +199,10 @@ static int parse_listen(const char *s, char *host, size_t hlen, int *port)
     return 0;
 }
 
-static void on_event(void *arg, enum upstream_event ev, const char *model)
+static void on_event(void *arg, enum upstream_event ev, const char *model, const char *replica)
 {
     struct worker *w = arg;
-    metrics_event(w->metrics, w->idx, model, ev);
+    metrics_event(w->metrics, w->idx, model, replica, ev);
 }
 
 /* Closes what a worker's loop holds. Connections go first, so answers produced while
@@ -207,6 +229,63 @@ static void worker_stop(struct worker *w)
     uv_close((uv_handle_t *)&w->stop, NULL);
     uv_close((uv_handle_t *)&w->drain, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    uv_close((uv_handle_t *)&w->table_changed, NULL);
+    uv_close((uv_handle_t *)&w->apply_timer, NULL);
+}
+
+/* Brings this thread's upstream in line with the replica table, then says which
+ * generation it now serves. */
+static int worker_apply_table(struct worker *w, struct cerr *e)
+{
+    struct membership_snapshot snap;
+    int rc = membership_snapshot(w->table, &snap, e);
+    if (rc)
+        return rc;
+    struct upstream_member *t = calloc(snap.n ? snap.n : 1, sizeof *t);
+    if (!t) {
+        membership_snapshot_free(&snap);
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory applying the replica table");
+    }
+    for (size_t i = 0; i < snap.n; i++) {
+        t[i].model = snap.entries[i].model;
+        t[i].version = snap.entries[i].version;
+        t[i].url = snap.entries[i].url;
+        t[i].draining = snap.entries[i].draining;
+    }
+    rc = upstream_sync(w->up, t, snap.n, e);
+    if (rc == CORRAL_OK)
+        membership_applied(w->table, w->idx, snap.generation);
+    free(t);
+    membership_snapshot_free(&snap);
+    return rc;
+}
+
+static void apply_now(struct worker *w)
+{
+    struct cerr e = {0};
+    if (w->stopped || !w->up)
+        return;
+    if (worker_apply_table(w, &e))
+        LOG_ERROR("router thread %u could not apply the replica table: %s", w->idx, e.msg);
+    uv_async_send(w->applied);
+}
+
+static void on_apply_timer(uv_timer_t *t)
+{
+    apply_now(t->data);
+}
+
+static void on_table_changed(uv_async_t *a)
+{
+    struct worker *w = a->data;
+    /* The test hook holds back every thread but the first, so a test can see that a
+     * change is acknowledged only once the slowest thread has it. */
+    if (w->opt->apply_delay_ms && w->idx != 0 && !w->stopped) {
+        if (!uv_is_active((uv_handle_t *)&w->apply_timer))
+            uv_timer_start(&w->apply_timer, on_apply_timer, w->opt->apply_delay_ms, 0);
+        return;
+    }
+    apply_now(w);
 }
 
 static void on_stop(uv_async_t *a)
@@ -277,20 +356,15 @@ static int worker_setup(struct worker *w)
         return cerr_set(e, CORRAL_EIO, "cannot create an event loop");
     uv_async_init(&w->loop, &w->stop, on_stop);
     uv_async_init(&w->loop, &w->drain, on_drain);
+    uv_async_init(&w->loop, &w->table_changed, on_table_changed);
     uv_timer_init(&w->loop, &w->drain_timer);
-    w->stop.data = w->drain.data = w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->apply_timer);
+    w->stop.data = w->drain.data = w->drain_timer.data = w->table_changed.data = w;
+    w->apply_timer.data = w;
     if (upstream_new(&w->up, &w->loop, &ucfg, e))
         return e->code;
-    for (int i = 0; i < o->n_replicas; i++) {
-        const char *spec = o->replicas[i];
-        const char *eq = strchr(spec, '=');
-        char name[OIP_NAME_MAX];
-        size_t nl = (size_t)(eq - spec);
-        memcpy(name, spec, nl);
-        name[nl] = '\0';
-        if (upstream_add_replica(w->up, name, eq + 1, e))
-            return e->code;
-    }
+    if (worker_apply_table(w, e))
+        return e->code;
     w->octx.up = w->up;
     w->octx.metrics = w->metrics;
     w->octx.shard = w->idx;
@@ -345,6 +419,8 @@ struct main_state {
     uv_signal_t sigint, sigterm;
     uv_async_t finished; /* a worker thread's loop ended */
     atomic_uint n_finished;
+    uv_async_t applied;  /* a worker thread applied a replica table */
+    struct control *control;
     struct worker *workers;
     unsigned n;
     struct rpc *rpc;
@@ -360,6 +436,24 @@ static void main_close(struct main_state *ms)
         uv_close((uv_handle_t *)&ms->sigterm, NULL);
     }
     uv_unref((uv_handle_t *)&ms->finished);
+    uv_unref((uv_handle_t *)&ms->applied);
+    control_close(ms->control);
+    ms->control = NULL;
+}
+
+static void on_applied(uv_async_t *a)
+{
+    struct main_state *ms = a->data;
+    if (ms->control)
+        control_acked(ms->control);
+}
+
+/* The control endpoint changed the table: every thread applies it. */
+static void on_table_change(void *arg)
+{
+    struct main_state *ms = arg;
+    for (unsigned i = 0; i < ms->n; i++)
+        uv_async_send(&ms->workers[i].table_changed);
 }
 
 static void on_signal(uv_signal_t *sig, int signum)
@@ -374,6 +468,8 @@ static void on_signal(uv_signal_t *sig, int signum)
     }
     ms->stopping = 1;
     LOG_INFO("received %s: draining (no new connections; answering what is in flight)", name);
+    control_close(ms->control);
+    ms->control = NULL;
     if (ms->rpc)
         rpc_quiesce(ms->rpc);
     for (unsigned i = 0; i < ms->n; i++)
@@ -392,7 +488,8 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
     enum {
         O_LISTEN = 1, O_REPLICA, O_LOG, O_HEALTH, O_TIMEOUT, O_THREADS, O_RPC, O_RPC_CTX,
-        O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_DRAIN, O_HELP
+        O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_DRAIN, O_CONTROL,
+        O_CONTROL_TOKEN, O_APPLY_DELAY, O_HELP
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -411,6 +508,9 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"idle-timeout-ms", required_argument, NULL, O_IDLE},
         {"request-timeout-ms", required_argument, NULL, O_REQTIME},
         {"drain-timeout-ms", required_argument, NULL, O_DRAIN},
+        {"control-listen", required_argument, NULL, O_CONTROL},
+        {"control-token-file", required_argument, NULL, O_CONTROL_TOKEN},
+        {"test-apply-delay-ms", required_argument, NULL, O_APPLY_DELAY},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -448,6 +548,18 @@ static int parse_args(int argc, char **argv, struct options *o)
             if (o->rpc_url && !strstr(o->rpc_url, "://"))
                 return bad_args("--rpc-listen '%s' is not a URL (expected tcp://HOST:PORT, e.g. "
                                 "tcp://0.0.0.0:8001, or off)", optarg);
+            break;
+        case O_CONTROL:
+            o->control = strcmp(optarg, "off") == 0 ? NULL : optarg;
+            o->control_explicit = 1;
+            break;
+        case O_CONTROL_TOKEN:
+            o->control_token_file = optarg;
+            break;
+        case O_APPLY_DELAY:
+            if (parse_uint(optarg, 0, 60000, &o->apply_delay_ms))
+                return bad_args("--test-apply-delay-ms '%s' is not a number of milliseconds "
+                                "from 0 to 60000", optarg);
             break;
         case O_RPC_CTX:
             if (parse_uint(optarg, 1, 65536, &o->rpc_contexts))
@@ -507,8 +619,13 @@ static int parse_args(int argc, char **argv, struct options *o)
     if (parse_listen(o->listen, o->host, sizeof o->host, &o->port))
         return bad_args("--listen '%s' is not HOST:PORT (e.g. 127.0.0.1:8000, or [::1]:8000)",
                         o->listen);
-    if (o->n_replicas == 0)
-        return bad_args("%s", "at least one --replica NAME=URL is required");
+    if (o->control && parse_listen(o->control, o->control_host, sizeof o->control_host,
+                                   &o->control_port))
+        return bad_args("--control-listen '%s' is not HOST:PORT or off (e.g. 127.0.0.1:8003)",
+                        o->control);
+    if (o->n_replicas == 0 && !o->control)
+        return bad_args("%s", "at least one --replica NAME=URL is required when the control "
+                        "endpoint is off (replicas can otherwise be added there)");
     for (int i = 0; i < o->n_replicas; i++) {
         const char *spec = o->replicas[i];
         const char *eq = strchr(spec, '=');
@@ -551,8 +668,11 @@ int main(int argc, char **argv)
     o.rpc_contexts = 1024;
     o.drain_ms = 30000;
     o.rpc_url = DEFAULT_RPC;
+    o.control = DEFAULT_CONTROL;
     http_limits_default(&o.lim);
     struct metrics *metrics = NULL;
+    struct membership *table = NULL;
+    char *token = NULL;
     struct rpc *rpc = NULL;
     struct worker *workers = NULL;
     pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -585,6 +705,22 @@ int main(int argc, char **argv)
         goto fail;
     if (o.rpc_url && rpc_new(&rpc, o.rpc_url, o.rpc_contexts, o.threads, o.timeout_ms, &e))
         goto fail;
+    if (o.control_token_file && control_read_token(o.control_token_file, &token, &e))
+        goto fail;
+    if (membership_new(&table, o.threads, &e))
+        goto fail;
+    for (int i = 0; i < o.n_replicas; i++) {
+        const char *spec = o.replicas[i];
+        const char *eq = strchr(spec, '=');
+        char name[OIP_NAME_MAX];
+        uint64_t g;
+        memcpy(name, spec, (size_t)(eq - spec));
+        name[eq - spec] = '\0';
+        if (membership_add(table, name, "", eq + 1, &g, &e)) {
+            cerr_prefix(&e, "--replica '%s'", spec);
+            goto fail;
+        }
+    }
     workers = calloc(o.threads, sizeof *workers);
     if (!workers) {
         cerr_set(&e, CORRAL_ENOMEM, "out of memory");
@@ -595,12 +731,15 @@ int main(int argc, char **argv)
     uv_signal_init(ms.loop, &ms.sigint);
     uv_signal_init(ms.loop, &ms.sigterm);
     uv_async_init(ms.loop, &ms.finished, on_finished);
+    uv_async_init(ms.loop, &ms.applied, on_applied);
     atomic_init(&ms.n_finished, 0);
-    ms.sigint.data = ms.sigterm.data = ms.finished.data = &ms;
+    ms.sigint.data = ms.sigterm.data = ms.finished.data = ms.applied.data = &ms;
     for (unsigned i = 0; i < o.threads; i++) {
         struct worker *w = &workers[i];
         w->finished = &ms.finished;
         w->n_finished = &ms.n_finished;
+        w->applied = &ms.applied;
+        w->table = table;
         w->idx = i;
         w->opt = &o;
         w->metrics = metrics;
@@ -637,6 +776,26 @@ int main(int argc, char **argv)
     LOG_INFO("corral-router listening on http://%s%s%s:%d (%u thread%s)",
              strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "",
              workers[0].port, o.threads, o.threads == 1 ? "" : "s");
+    /* After the line above, which tools read for the HTTP port. */
+    if (o.control) {
+        int cport = 0;
+        if (control_new(&ms.control, ms.loop, table, token, on_table_change, &ms, &e))
+            goto stop;
+        if (control_listen(ms.control, o.control_host, o.control_port, &cport, &e)) {
+            control_close(ms.control);
+            ms.control = NULL;
+            if (o.control_explicit)
+                goto stop;
+            /* The default port may be taken (another router on this host); go on without. */
+            LOG_WARN("control endpoint off: %s (pass --control-listen HOST:PORT to choose "
+                     "another)", e.msg);
+        } else {
+            LOG_INFO("corral-router control listening on http://%s%s%s:%d%s",
+                     strchr(o.control_host, ':') ? "[" : "", o.control_host,
+                     strchr(o.control_host, ':') ? "]" : "", cport,
+                     token ? " (bearer token required)" : "");
+        }
+    }
     uv_run(ms.loop, UV_RUN_DEFAULT);
     rc = 0;
     goto join;
@@ -652,8 +811,11 @@ join:
     for (unsigned i = 0; i < started; i++)
         pthread_join(workers[i].thread, NULL);
     uv_close((uv_handle_t *)&ms.finished, NULL);
+    uv_close((uv_handle_t *)&ms.applied, NULL);
     uv_run(ms.loop, UV_RUN_DEFAULT);
     uv_loop_close(ms.loop);
+    membership_free(table);
+    free(token);
     rpc_free(rpc);
     metrics_free(metrics);
     free(workers);
@@ -663,6 +825,8 @@ join:
     return rc;
 fail:
     LOG_ERROR("%s", e.msg);
+    membership_free(table);
+    free(token);
     rpc_free(rpc);
     metrics_free(metrics);
     free(o.replicas);

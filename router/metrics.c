@@ -38,10 +38,19 @@ struct series {
     uint64_t last_ok_ms;
 };
 
+/* Requests sent to one replica (each attempt), kept after the replica leaves the table. */
+struct rsent {
+    char model[M_NAME];
+    char url[256];
+    uint64_t n;
+};
+
 struct shard {
     pthread_mutex_t mu;
     struct series *s;
     size_t n, cap;
+    struct rsent *r;
+    size_t rn, rcap;
     int64_t inflight;
 };
 
@@ -73,6 +82,7 @@ void metrics_free(struct metrics *m)
     for (unsigned i = 0; i < m->n_shards; i++) {
         pthread_mutex_destroy(&m->shards[i].mu);
         free(m->shards[i].s);
+        free(m->shards[i].r);
     }
     free(m->shards);
     free(m);
@@ -169,10 +179,39 @@ void metrics_inflight(struct metrics *m, unsigned shard, int delta)
     pthread_mutex_unlock(&sh->mu);
 }
 
-void metrics_event(struct metrics *m, unsigned shard, const char *model, enum upstream_event ev)
+/* Finds or adds the replica's counter; NULL when out of memory. Caller holds the lock. */
+static struct rsent *rsent_get(struct shard *sh, const char *model, const char *url)
+{
+    for (size_t i = 0; i < sh->rn; i++)
+        if (strcmp(sh->r[i].url, url) == 0 && strcmp(sh->r[i].model, model) == 0)
+            return &sh->r[i];
+    if (sh->rn == sh->rcap) {
+        size_t nc = sh->rcap ? sh->rcap * 2 : 8;
+        struct rsent *nr = realloc(sh->r, nc * sizeof *nr);
+        if (!nr)
+            return NULL;
+        sh->r = nr;
+        sh->rcap = nc;
+    }
+    struct rsent *x = &sh->r[sh->rn++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->model, sizeof x->model, "%s", model);
+    snprintf(x->url, sizeof x->url, "%s", url);
+    return x;
+}
+
+void metrics_event(struct metrics *m, unsigned shard, const char *model, const char *replica,
+                   enum upstream_event ev)
 {
     struct shard *sh = &m->shards[shard % m->n_shards];
     pthread_mutex_lock(&sh->mu);
+    if (ev == UPSTREAM_EV_SENT) {
+        struct rsent *x = rsent_get(sh, model, replica);
+        if (x)
+            x->n++;
+        pthread_mutex_unlock(&sh->mu);
+        return;
+    }
     /* Events are per model; they live in the model's version-less series. */
     struct series *s = series_get(sh, model, "");
     if (s) {
@@ -295,6 +334,35 @@ static struct series *merged(struct metrics *m, size_t *n_out, int64_t *inflight
     return acc.s;
 }
 
+/* Requests sent per replica, summed over the threads (a replica counted in several
+ * shards appears once). */
+static void render_sent(struct metrics *m, struct buf *b)
+{
+    struct shard acc = {0};
+    for (unsigned i = 0; i < m->n_shards; i++) {
+        struct shard *sh = &m->shards[i];
+        pthread_mutex_lock(&sh->mu);
+        for (size_t j = 0; j < sh->rn; j++) {
+            struct rsent *d = rsent_get(&acc, sh->r[j].model, sh->r[j].url);
+            if (d)
+                d->n += sh->r[j].n;
+            else
+                b->oom = 1;
+        }
+        pthread_mutex_unlock(&sh->mu);
+    }
+    family(b, "corral_router_replica_requests_total", "counter",
+           "Inference requests sent to each replica (a retry counts on the replica it went to).");
+    for (size_t i = 0; i < acc.rn; i++) {
+        buf_puts(b, "corral_router_replica_requests_total{model=");
+        metrics_label(b, acc.r[i].model);
+        buf_puts(b, ",replica=");
+        metrics_label(b, acc.r[i].url);
+        buf_printf(b, "} %llu\n", (unsigned long long)acc.r[i].n);
+    }
+    free(acc.r);
+}
+
 void metrics_render(struct metrics *m, struct buf *b)
 {
     size_t n = 0;
@@ -356,6 +424,7 @@ void metrics_render(struct metrics *m, struct buf *b)
             buf_printf(b, "} %llu\n", (unsigned long long)s[i].ejections);
         }
     free(s);
+    render_sent(m, b);
 }
 
 /* Per model and version, the sum of what its replicas reported. */

@@ -39,7 +39,8 @@ void metrics_request(struct metrics *m, unsigned shard, const char *model, const
                      const char *protocol, int status, uint64_t total_ns, uint64_t upstream_ns,
                      int64_t queue_us, int64_t compute_us);
 void metrics_inflight(struct metrics *m, unsigned shard, int delta);
-void metrics_event(struct metrics *m, unsigned shard, const char *model, enum upstream_event ev);
+void metrics_event(struct metrics *m, unsigned shard, const char *model, const char *replica,
+                   enum upstream_event ev);
 /* Milliseconds since the epoch of the last successful inference of model/version (0: none). */
 uint64_t metrics_last_inference_ms(struct metrics *m, const char *model, const char *version);
 

@@ -71,7 +71,7 @@ static int retry_elsewhere(struct up_replica *r, struct up_call *c, const char *
         return 0;
     LOG_WARN("retrying a request for model '%s' on %s after %s failed: %s", r->model->name,
              alt->url, r->url, why);
-    up_emit(u, UPSTREAM_EV_RETRY, r->model->name);
+    up_emit(u, UPSTREAM_EV_RETRY, r);
     return up_call_launch(c, alt) == UP_OK;
 }
 

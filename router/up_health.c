@@ -161,7 +161,7 @@ void up_note_failure(struct up_replica *r, const char *what)
         snprintf(r->why, sizeof r->why, "ejected after %u failed requests in a row (last: %.150s); "
                  "re-admitted when a health probe succeeds", r->fail_streak, what);
         LOG_WARN("replica %s of model '%s' %s", r->url, r->model->name, r->why);
-        up_emit(u, UPSTREAM_EV_EJECT, r->model->name);
+        up_emit(u, UPSTREAM_EV_EJECT, r);
     }
 }
 

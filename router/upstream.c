@@ -138,8 +138,10 @@ int up_call_launch(struct up_call *c, struct up_replica *r)
     c->attempts++;
     c->t_launch = uv_hrtime();
     replica_link(r, c);
-    if (c->kind == CALL_INFER)
+    if (c->kind == CALL_INFER) {
         r->outstanding++;
+        up_emit(u, UPSTREAM_EV_SENT, r);
+    }
     u->inflight++;
     uint64_t now = uv_now(u->loop);
     uv_timer_start(&c->timer, on_call_timeout, c->deadline > now ? c->deadline - now : 1, 0);
@@ -255,10 +257,10 @@ struct up_model *up_find_model(const struct upstream *u, const char *name)
     return NULL;
 }
 
-void up_emit(struct upstream *u, enum upstream_event ev, const char *model)
+void up_emit(struct upstream *u, enum upstream_event ev, const struct up_replica *r)
 {
     if (u->cfg.event)
-        u->cfg.event(u->cfg.event_arg, ev, model);
+        u->cfg.event(u->cfg.event_arg, ev, r->model->name, r->url);
 }
 
 static void gather_finish(struct gather *g)

@@ -49,15 +49,18 @@
 struct upstream;
 struct up_call;
 
-enum upstream_event { UPSTREAM_EV_RETRY, UPSTREAM_EV_EJECT };
+/* RETRY: a request sent again to another replica; EJECT: a replica taken out of rotation;
+ * SENT: an inference request written to a replica (each attempt). */
+enum upstream_event { UPSTREAM_EV_RETRY, UPSTREAM_EV_EJECT, UPSTREAM_EV_SENT };
 
 struct upstream_config {
     unsigned health_interval_ms;
     unsigned health_timeout_ms; /* 0: one interval, at least 250 */
     unsigned max_inflight;      /* per replica; 0: no cap */
     unsigned eject_after;       /* consecutive transport failures; 0: 2 */
-    /* Optional: told about retries and ejections (for metrics). */
-    void (*event)(void *arg, enum upstream_event ev, const char *model);
+    /* Optional: told about retries, ejections and requests sent (for metrics), with the
+     * model and the replica's URL. */
+    void (*event)(void *arg, enum upstream_event ev, const char *model, const char *replica);
     void *event_arg;
 };
 

@@ -129,7 +129,7 @@ int up_connected(const struct up_replica *r);
 int up_takes_traffic(const struct up_replica *r);
 int up_version_matches(const struct up_replica *r, const char *version);
 struct up_model *up_find_model(const struct upstream *u, const char *name);
-void up_emit(struct upstream *u, enum upstream_event ev, const char *model);
+void up_emit(struct upstream *u, enum upstream_event ev, const struct up_replica *r);
 void up_replica_info(const struct up_replica *r, struct upstream_replica_info *out);
 void up_on_conn_up(void *arg);
 void up_on_conn_down(void *arg, const char *why);

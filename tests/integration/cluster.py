@@ -108,9 +108,35 @@ class Cluster:
         if "--rpc-listen" not in extra:
             # An ephemeral RPC port, so that routers of parallel tests do not collide.
             argv += ["--rpc-listen", "tcp://127.0.0.1:0"]
-        self.router_proc = Proc(argv + list(extra), r"listening on http://127\.0\.0\.1:(\d+)")
+        if "--control-listen" not in extra:
+            argv += ["--control-listen", "127.0.0.1:0"]
+        self.router_proc = Proc(argv + list(extra), r"corral-router listening on http://127\.0\.0\.1:(\d+)")
         self.port = int(self.router_proc.match.group(1))
+        self.control_port = None
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            out = self.router_proc.output()
+            m = re.search(r"control listening on http://127\.0\.0\.1:(\d+)", out)
+            if m:
+                self.control_port = int(m.group(1))
+                break
+            if "control endpoint off" in out or "--control-listen off" in " ".join(argv + list(extra)):
+                break
+            time.sleep(0.01)
         return self.port
+
+    def control(self, method, path, body=None, token=None):
+        """One request to the router's control endpoint; (status, parsed JSON body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=30)
+        try:
+            headers = {"Authorization": "Bearer " + token} if token else {}
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, json.loads(data) if data else None
+        finally:
+            conn.close()
 
     def http(self, method, path, body=None, headers=None, raw=False):
         """One request on a kept-alive connection; reconnects when the server closed it."""
