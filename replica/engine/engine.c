@@ -401,8 +401,9 @@ static int load_graph(struct engine *eng, Onnx__ModelProto *m, struct cerr *e)
     eng->input_val = calloc(g->n_input + 1, sizeof *eng->input_val);
     eng->outputs = calloc(g->n_output + 1, sizeof *eng->outputs);
     eng->output_val = calloc(g->n_output + 1, sizeof *eng->output_val);
+    eng->keyed_by = calloc(g->n_input + 1, sizeof *eng->keyed_by);
     if (!eng->vals || !eng->map || !eng->nodes || !eng->inputs || !eng->input_val ||
-        !eng->outputs || !eng->output_val)
+        !eng->outputs || !eng->output_val || !eng->keyed_by)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory loading the model");
 
     for (size_t i = 0; i < g->n_initializer; i++) {
@@ -474,7 +475,7 @@ static int load_graph(struct engine *eng, Onnx__ModelProto *m, struct cerr *e)
         eng->output_val[i] = v;
         eng->n_outputs = i + 1;
     }
-    if ((rc = engine_graph_optimize(eng, e)))
+    if ((rc = engine_graph_optimize(eng, e)) || (rc = engine_mark_value_inputs(eng, e)))
         return rc;
     for (size_t i = 0; i < eng->n_nodes; i++) {
         const struct eng_node *nd = &eng->nodes[i];
@@ -614,6 +615,7 @@ void engine_free(struct engine *eng)
     free(eng->input_val);
     free(eng->outputs);
     free(eng->output_val);
+    free(eng->keyed_by);
     free(eng->run_in);
     free(eng->in_buf);
     free(eng->in_cap);
@@ -661,7 +663,9 @@ void engine_set_max_plans(struct engine *eng, size_t n)
 /*
  * Checks one caller tensor against the model's inputs and stores it in
  * run_in at its model position. With `shape_only`, data is not looked at
- * (engine_prepare passes shapes alone).
+ * (engine_prepare passes shapes alone), except for a value_keyed input: its
+ * values pick the plan, so when given they are checked and kept like a run's
+ * (engine_plan_get reports one that is missing).
  */
 static int bind_input(struct engine *eng, const struct tensor *t, int shape_only, struct cerr *e)
 {
@@ -691,6 +695,8 @@ static int bind_input(struct engine *eng, const struct tensor *t, int shape_only
                         io->ndim < 0 ? "any shape" : tensor_shape_str(io->dims, io->ndim, want,
                                                                       sizeof want));
     snprintf(what, sizeof what, "input '%s'", t->name);
+    if (shape_only && io->value_keyed && t->data)
+        shape_only = 0;
     if (!shape_only) {
         int rc = tensor_check_size(what, t->dtype, t->dims, t->ndim, t->data, t->nbytes, e);
         if (rc)

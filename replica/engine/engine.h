@@ -30,6 +30,17 @@
  * ahead of time (the batcher's buckets) and pins it; other plans live in a
  * bounded cache (engine_set_max_plans) and are evicted least recently used.
  *
+ * Inputs that set shapes: when a model input's values (not just its shape)
+ * decide shapes (Reshape's shape, Slice's starts/ends/axes/steps, Expand's
+ * shape, Tile's repeats, Pad's pads, Squeeze/Unsqueeze/Reduce axes, Split's
+ * sizes, ConstantOfShape's shape, Range's bounds, directly or through
+ * arithmetic), the loader marks it value_keyed. A plan is then built for one
+ * set of input shapes and those inputs' values: a new value is planned on
+ * first use and cached like a new shape. Such an input may hold at most
+ * ENGINE_MAX_VALUE_KEY elements (more fails with CORRAL_EUNSUPP); bad values
+ * (a negative dimension, a shape whose size does not match) fail that run
+ * with CORRAL_EINVAL and a message naming the node.
+ *
  * engine_run checks each input against the model's declared inputs (name,
  * datatype, rank, fixed dimensions), so callers may pass untrusted tensors. It
  * is not reentrant: one thread runs a given engine at a time. Outputs are owned
@@ -71,7 +82,11 @@ struct engine_io_info {
     enum dtype dtype;
     int ndim;
     int64_t dims[TENSOR_MAX_DIMS];
+    int value_keyed; /* inputs only: its values set shapes, so plans are keyed on them */
 };
+
+/* Elements a value_keyed input may hold: enough for any shape, pads or axes list. */
+#define ENGINE_MAX_VALUE_KEY 64
 
 int engine_load_file(const char *path, const struct engine_options *opt, struct engine **out,
                      struct cerr *e);
@@ -128,8 +143,10 @@ struct engine_plan_info {
 
 /*
  * Builds (or finds) the plan for these input shapes and pins it. Only each
- * tensor's name, dtype, ndim and dims are read; data may be NULL. `info`
- * (may be NULL) points into the engine and stays valid until engine_free.
+ * tensor's name, dtype, ndim and dims are read; data may be NULL, except for
+ * value_keyed inputs, whose values the plan is built for (their data and
+ * nbytes are required). `info` (may be NULL) points into the engine and stays
+ * valid until engine_free.
  */
 int engine_prepare(struct engine *eng, const struct tensor *shape_only_inputs, size_t n,
                    struct engine_plan_info *info, struct cerr *e);

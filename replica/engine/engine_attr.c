@@ -138,6 +138,20 @@ int eng_set_shape(struct plan_value *v, enum dtype dt, const int64_t *dims, int 
         if (dims[i] < 0)
             return cerr_set(e, CORRAL_EINVAL, "value '%s' would have a negative dimension",
                             v->name);
+    /*
+     * A zero-sized dimension makes any other legal for the byte count, but
+     * kernels multiply dimensions together (strides, row counts), and shapes
+     * may come from caller values: bound the non-zero dimensions' product too,
+     * as bind_input does for model inputs.
+     */
+    uint64_t span = 1;
+    for (int i = 0; i < ndim; i++) {
+        uint64_t d = dims[i] ? (uint64_t)dims[i] : 1;
+        if (d > TENSOR_MAX_BYTES / span)
+            return cerr_set(e, CORRAL_ETOOLARGE, "value '%s' would have dimensions that "
+                            "multiply past the engine's limit", v->name);
+        span *= d;
+    }
     size_t nb = 0;
     int rc = tensor_nbytes(dt, dims, ndim, &nb, e);
     if (rc)

@@ -67,6 +67,10 @@ struct engine {
     struct eng_plan **plans;
     size_t n_plans, max_plans;
     uint64_t clock;
+    /* Per model input: the node whose shape operand reads its values (inputs[k].value_keyed),
+     * for messages; NULL for ordinary inputs. Points at a node label. */
+    const char **keyed_by;
+    size_t n_keyed;         /* how many inputs are value_keyed */
     struct tensor *run_in;  /* engine_run scratch: inputs in model order */
     void **in_buf;          /* per model input: aligned copy for a misaligned caller buffer */
     size_t *in_cap;
@@ -114,6 +118,12 @@ struct eng_opdef {
     eng_setup_fn setup;
     eng_infer_fn infer;
     eng_kernel_fn kernel; /* NULL: no reference kernel (the backend must run it) */
+    /*
+     * Bit k set: shape inference reads input k's values, not just its shape
+     * (Reshape's shape, Slice's starts...), so within a plan it must be a
+     * constant; a model input that reaches it is keyed on (value_keyed).
+     */
+    unsigned value_in;
 };
 
 const struct eng_opdef *eng_opdef(enum eng_op op);
@@ -188,7 +198,17 @@ int engine_graph_optimize(struct engine *eng, struct cerr *e);
 
 /* ---- plans (engine_plan.c) ---- */
 
-/* Finds or builds the plan for these input shapes (in model input order). */
+/*
+ * Marks the model inputs whose values reach a shape operand (eng_opdef's
+ * value_in) of a live node, through any ops other than Shape and Size (whose
+ * outputs depend on shapes alone): plans are then keyed on their values. Fails
+ * with CORRAL_EUNSUPP when such an input can never be small enough to key on.
+ */
+int engine_mark_value_inputs(struct engine *eng, struct cerr *e);
+/*
+ * Finds or builds the plan for these input shapes (in model input order) and,
+ * for value_keyed inputs, these values.
+ */
 int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct eng_plan **out,
                     struct cerr *e);
 void engine_plan_free(struct engine *eng, struct eng_plan *p);

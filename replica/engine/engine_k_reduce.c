@@ -114,8 +114,10 @@ int eng_infer_reduce(struct eng_infer *c, struct cerr *e)
         if (st->n_in > 1 && c->in[1]) {
             const struct plan_value *A = c->in[1];
             if (A->kind != PV_CONST)
-                return cerr_set(e, CORRAL_EUNSUPP, "%s: axes are computed at run time; the "
-                                "engine needs them constant", st->label);
+                return cerr_set(e, CORRAL_EUNSUPP, "%s: axes are computed at run time by ops "
+                                "the planner cannot evaluate; the engine needs them constant, "
+                                "computed from shapes, or computed from small model inputs",
+                                st->label);
             int64_t cnt = eng_numel(A->dims, A->ndim);
             if (cnt > ENG_MAX_INTS)
                 return cerr_set(e, CORRAL_EUNSUPP, "%s: too many axes", st->label);

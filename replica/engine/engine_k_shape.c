@@ -9,7 +9,11 @@
  * Reshape and its relatives, Pad, Tile, Expand, Shape, Size, ConstantOfShape,
  * Range, Cast, Dropout/Identity. They move bytes, so most work for every
  * fixed-size datatype. Shape inputs (Reshape's shape, Slice's starts...) must
- * be constant within a plan: shape-only subgraphs are folded before these run.
+ * be constant within a plan: shape-only subgraphs are folded before these run,
+ * and model inputs that feed them are constants of their plan (value_keyed,
+ * see engine_mark_value_inputs). Those values come from callers, so shape
+ * inference checks them like any untrusted input: no arithmetic on them may
+ * overflow, and a bad value is an error naming the node, never a crash.
  */
 
 #define LEGACY_ATTRS legacy_2d /* Slice/Pad/Split given by attributes (old opsets) */
@@ -266,9 +270,10 @@ static int need_const(struct eng_infer *c, int k, struct cerr *e)
     const struct plan_value *v = c->in[k];
     if (v && v->kind == PV_CONST)
         return CORRAL_OK;
-    return cerr_set(e, CORRAL_EUNSUPP, "%s: input '%s' is computed from the data at run time; "
-                    "the engine needs it to be a constant (or computed from shapes only)",
-                    c->st->label, v ? v->name : "?");
+    return cerr_set(e, CORRAL_EUNSUPP, "%s: input '%s' is computed at run time by ops the "
+                    "planner cannot evaluate; the engine needs it to be a constant, computed "
+                    "from shapes, or computed from small model inputs", c->st->label,
+                    v ? v->name : "?");
 }
 
 static int infer_reshape(struct eng_infer *c, struct cerr *e)
@@ -434,6 +439,13 @@ static int infer_slice(struct eng_infer *c, struct cerr *e)
         int64_t dim = X->dims[x], s = st[i], t = en[i], step = sp[i];
         if (step == 0)
             return cerr_set(e, CORRAL_EINVAL, "%s: step 0", c->st->label);
+        /*
+         * A step longer than the axis selects one element at most; clamping it
+         * to the axis keeps the kernel's step * stride from overflowing on a
+         * huge caller-supplied step (INT64_MIN cannot even be negated).
+         */
+        if (step > dim || step < -dim)
+            step = step > 0 ? (dim > 0 ? dim : 1) : (dim > 0 ? -dim : -1);
         if (s < 0)
             s += dim;
         if (t < 0 && t > INT64_MIN)
@@ -441,13 +453,13 @@ static int infer_slice(struct eng_infer *c, struct cerr *e)
         if (step > 0) {
             s = s < 0 ? 0 : (s > dim ? dim : s);
             t = t < 0 ? 0 : (t > dim ? dim : t);
-            d[x] = t > s ? (t - s + step - 1) / step : 0;
+            d[x] = t > s ? 1 + (t - s - 1) / step : 0;
         } else {
             s = s < 0 ? -1 : (s > dim - 1 ? dim - 1 : s);
             t = t < -1 ? -1 : (t > dim - 1 ? dim - 1 : t);
             if (en[i] == INT64_MIN || (en[i] < 0 && en[i] + dim < 0))
                 t = -1;
-            d[x] = s > t ? (s - t + (-step) - 1) / (-step) : 0;
+            d[x] = s > t ? 1 + (s - t - 1) / -step : 0;
         }
         a->starts[x] = s;
         a->steps[x] = step;
@@ -495,6 +507,10 @@ static int infer_pad(struct eng_infer *c, struct cerr *e)
             return cerr_set(e, CORRAL_EINVAL, "%s: pads has %lld values, expected %d",
                             c->st->label, (long long)np, 2 * nax);
         const int64_t *p = c->in[1]->data;
+        for (int i = 0; i < 2 * nax; i++)
+            if (p[i] > (int64_t)TENSOR_MAX_BYTES || p[i] < -(int64_t)TENSOR_MAX_BYTES)
+                return cerr_set(e, CORRAL_EINVAL, "%s: pad %lld is out of range", c->st->label,
+                                (long long)p[i]);
         for (int i = 0; i < nax; i++) {
             b[ax[i]] = p[i];
             en[ax[i]] = p[nax + i];
@@ -586,6 +602,9 @@ int eng_infer_shape(struct eng_infer *c, struct cerr *e)
         for (int k = 0; k < no; k++) {
             if (sz[k] < 0)
                 return cerr_set(e, CORRAL_EINVAL, "%s: negative split", st->label);
+            if (sz[k] > dim) /* also keeps the sum from overflowing */
+                return cerr_set(e, CORRAL_EINVAL, "%s: split of %lld on an axis of %lld",
+                                st->label, (long long)sz[k], (long long)dim);
             tot += sz[k];
         }
         if (tot != dim)
@@ -711,6 +730,10 @@ int eng_infer_shape(struct eng_infer *c, struct cerr *e)
         if (v[2] == 0)
             return cerr_set(e, CORRAL_EINVAL, "%s: delta is 0", st->label);
         double n = ceil((v[1] - v[0]) / v[2]);
+        /* NaN or infinite bounds, or a length no tensor could hold, cannot be cast to int64. */
+        if (!(n <= (double)TENSOR_MAX_BYTES))
+            return cerr_set(e, CORRAL_EINVAL, "%s: start %g, limit %g and delta %g give no "
+                            "valid length", st->label, v[0], v[1], v[2]);
         d[0] = n > 0 ? (int64_t)n : 0;
         return eng_set_shape(c->out[0], X->dtype, d, 1, e);
     }
@@ -1005,8 +1028,10 @@ int eng_kernel_shape(const struct plan_step *st, const struct tensor *in, struct
         } else {
             int64_t s = eng_int_at(in[0].data, Y->dtype, 0), d = eng_int_at(in[2].data,
                                                                              Y->dtype, 0);
+            /* Wrapping arithmetic: caller-supplied bounds may overflow, which must not trap. */
             for (int64_t i = 0; i < n; i++)
-                store_num(Y->data, Y->dtype, i, 0, s + i * d, 1);
+                store_num(Y->data, Y->dtype, i, 0,
+                          (int64_t)((uint64_t)s + (uint64_t)i * (uint64_t)d), 1);
         }
         return CORRAL_OK;
     }

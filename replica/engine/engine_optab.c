@@ -80,6 +80,36 @@ static const struct {
     {EOP_COPY, 1, 1, 1, 1, F_SHAPE},
 };
 
+/*
+ * Inputs whose values shape inference reads (bit k = input k), by op. Slice
+ * before opset 10 and Pad before opset 11 take these as attributes and have
+ * no such inputs, so the bits name inputs they do not have.
+ */
+static const struct {
+    enum eng_op op;
+    unsigned mask;
+} value_ins[] = {
+    {EOP_SPLIT, 1u << 1},         /* split sizes */
+    {EOP_SLICE, 0xfu << 1},       /* starts, ends, axes, steps */
+    {EOP_RESHAPE, 1u << 1},       /* shape */
+    {EOP_SQUEEZE, 1u << 1},       /* axes */
+    {EOP_UNSQUEEZE, 1u << 1},     /* axes */
+    {EOP_PAD, 0x7u << 1},         /* pads, constant_value (resolved into the step), axes */
+    {EOP_TILE, 1u << 1},          /* repeats */
+    {EOP_EXPAND, 1u << 1},        /* shape */
+    {EOP_CONSTANTOFSHAPE, 1u},    /* shape */
+    {EOP_RANGE, 0x7u},            /* start, limit, delta: the length */
+    {EOP_REDUCEMEAN, 1u << 1},    /* axes */
+    {EOP_REDUCESUM, 1u << 1},
+    {EOP_REDUCEMAX, 1u << 1},
+    {EOP_REDUCEMIN, 1u << 1},
+    {EOP_REDUCEPROD, 1u << 1},
+    {EOP_REDUCESUMSQUARE, 1u << 1},
+    {EOP_REDUCEL1, 1u << 1},
+    {EOP_REDUCEL2, 1u << 1},
+    {EOP_REDUCELOGSUMEXP, 1u << 1},
+};
+
 static const char *const op_names[] = {
 #define ENG_OP_NAME(tag, name) name,
     ENG_OP_LIST(ENG_OP_NAME)
@@ -97,7 +127,7 @@ static void defs_init(void)
 {
     for (int i = 0; i < EOP_COUNT; i++) {
         defs[i] = (struct eng_opdef){op_names[i], 1, 1, 1, 1, eng_setup_elem, eng_infer_elem,
-                                     eng_kernel_elem};
+                                     eng_kernel_elem, 0};
     }
     for (size_t k = 0; k < sizeof arity / sizeof arity[0]; k++) {
         struct eng_opdef *d = &defs[arity[k].op];
@@ -119,6 +149,8 @@ static void defs_init(void)
             break;
         }
     }
+    for (size_t k = 0; k < sizeof value_ins / sizeof value_ins[0]; k++)
+        defs[value_ins[k].op].value_in = value_ins[k].mask;
 }
 
 const struct eng_opdef *eng_opdef(enum eng_op op)

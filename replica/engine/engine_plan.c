@@ -19,6 +19,15 @@
 int eng_eval_step(struct plan_step *st, const struct plan_value *const *in,
                   struct plan_value *const *out, int opset, struct tensor *res, struct cerr *e);
 
+/*
+ * Largest step output (bytes, all outputs together) folded into a plan when
+ * it is computed from a value_keyed input. Shapes, pads and axes are far
+ * smaller; larger values (a ConstantOfShape fill) run as steps instead, so a
+ * cache of plans for caller-chosen values does not hold caller-sized
+ * constants.
+ */
+#define PLAN_MAX_KEYED_FOLD ((size_t)64 << 10)
+
 struct eng_plan {
     struct plan_graph g;
     struct plan_value *vals;
@@ -31,6 +40,13 @@ struct eng_plan {
     struct tensor *folded; /* owned data of constants folded in this plan */
     int n_folded;
     struct engine_io_info *in_info, *out_info;
+    /*
+     * Per model input: for a value_keyed one, the values this plan was built
+     * for (owned; also the data of the constant that stands in for the input
+     * inside the plan); an empty tensor for the others.
+     */
+    struct tensor *keys;
+    int n_keys;
     void *compiled;
     size_t arena_bytes;
     uint64_t last_used;
@@ -45,6 +61,9 @@ void engine_plan_free(struct engine *eng, struct eng_plan *p)
         eng->be.ops->plan_free(&eng->be, p->compiled);
     for (int i = 0; i < p->n_folded; i++)
         tensor_release(&p->folded[i]);
+    for (int i = 0; i < p->n_keys; i++)
+        tensor_release(&p->keys[i]);
+    free(p->keys);
     for (int i = 0; i < p->n_steps; i++)
         free(p->idx ? p->idx[i] : NULL);
     free(p->idx);
@@ -273,8 +292,10 @@ static int build_plan(struct engine *eng, const struct tensor *in, struct eng_pl
     const struct plan_value **inp = calloc((size_t)maxio + 1, sizeof *inp);
     struct plan_value **outp = calloc((size_t)maxio + 1, sizeof *outp);
     struct tensor *res = calloc((size_t)maxio + 1, sizeof *res);
-    int *uses = NULL, *reader = NULL;
-    p->cap_vals = (int)(eng->n_vals + eng->n_outputs + 1);
+    int *uses = NULL, *reader = NULL, *alias = NULL;
+    unsigned char *from_key = NULL; /* per value: a constant computed from a value_keyed input */
+    /* Room for a copy step per output and a constant per value_keyed input. */
+    p->cap_vals = (int)(eng->n_vals + eng->n_outputs + eng->n_inputs + 1);
     p->vals = calloc((size_t)p->cap_vals, sizeof *p->vals);
     p->steps = calloc(eng->n_nodes + eng->n_outputs + 1, sizeof *p->steps);
     p->step_dead = calloc(eng->n_nodes + eng->n_outputs + 1, sizeof *p->step_dead);
@@ -284,11 +305,15 @@ static int build_plan(struct engine *eng, const struct tensor *in, struct eng_pl
     p->outputs = calloc(eng->n_outputs + 1, sizeof *p->outputs);
     p->in_info = calloc(eng->n_inputs + 1, sizeof *p->in_info);
     p->out_info = calloc(eng->n_outputs + 1, sizeof *p->out_info);
+    p->keys = calloc(eng->n_inputs + 1, sizeof *p->keys);
+    p->n_keys = p->keys ? (int)eng->n_inputs : 0;
     uses = calloc((size_t)p->cap_vals, sizeof *uses);
     reader = calloc((size_t)p->cap_vals, sizeof *reader);
+    alias = calloc((size_t)p->cap_vals, sizeof *alias);
+    from_key = calloc((size_t)p->cap_vals, sizeof *from_key);
     if (!inp || !outp || !res || !p->vals || !p->steps || !p->step_dead || !p->idx ||
-        !p->folded || !p->inputs || !p->outputs || !p->in_info || !p->out_info || !uses ||
-        !reader) {
+        !p->folded || !p->inputs || !p->outputs || !p->in_info || !p->out_info || !p->keys ||
+        !uses || !reader || !alias || !from_key) {
         rc = cerr_set(e, CORRAL_ENOMEM, "out of memory building a plan");
         goto done;
     }
@@ -319,6 +344,35 @@ static int build_plan(struct engine *eng, const struct tensor *in, struct eng_pl
         p->in_info[k].ndim = in[k].ndim;
         memcpy(p->in_info[k].dims, in[k].dims, sizeof p->in_info[k].dims);
     }
+    /*
+     * A value_keyed input is a constant within its plan: the plan keeps a copy
+     * of the values and every step reads that copy, so shape inference sees
+     * the values and shape-only chains fold as they do for initializers. The
+     * input itself stays a PV_INPUT that no step reads, so backends bind
+     * inputs by position as always.
+     */
+    for (size_t k = 0; k < eng->n_inputs; k++) {
+        if (!eng->inputs[k].value_keyed)
+            continue;
+        struct tensor *key = &p->keys[k];
+        if ((rc = tensor_alloc(key, eng->inputs[k].name, in[k].dtype, in[k].dims, in[k].ndim,
+                               e)))
+            goto done;
+        if (key->nbytes)
+            memcpy(key->data, in[k].data, key->nbytes);
+        int cv = add_value(p, e);
+        if (cv < 0) {
+            rc = CORRAL_EINTERNAL;
+            goto done;
+        }
+        struct plan_value *kv = &p->vals[cv];
+        *kv = p->vals[eng->input_val[k]];
+        kv->kind = PV_CONST;
+        kv->data = key->data;
+        kv->input_index = -1;
+        alias[eng->input_val[k]] = cv + 1;
+        from_key[cv] = 1;
+    }
 
     for (size_t i = 0; i < eng->n_nodes; i++) {
         const struct eng_node *nd = &eng->nodes[i];
@@ -330,29 +384,56 @@ static int build_plan(struct engine *eng, const struct tensor *in, struct eng_pl
         struct plan_step *st = &p->steps[s];
         int all_const = nd->n_in > 0;
         for (int k = 0; k < nd->n_in; k++) {
-            inp[k] = nd->in[k] >= 0 ? &p->vals[nd->in[k]] : NULL;
+            if (st->in[k] >= 0 && alias[st->in[k]])
+                p->idx[s][k] = alias[st->in[k]] - 1;
+            inp[k] = st->in[k] >= 0 ? &p->vals[st->in[k]] : NULL;
             if (inp[k] && inp[k]->kind != PV_CONST)
                 all_const = 0;
         }
         for (int k = 0; k < nd->n_out; k++)
             outp[k] = nd->out[k] >= 0 ? &p->vals[nd->out[k]] : NULL;
         int fold = (st->op == EOP_SHAPE || st->op == EOP_SIZE || all_const) && !no_fold(st->op);
+        struct eng_infer c = {.st = st, .in = inp, .out = outp, .opset = eng->opset};
+        int keyed = 0;
+        for (int k = 0; k < nd->n_in; k++)
+            keyed |= st->in[k] >= 0 && from_key[st->in[k]];
+        if (fold && keyed) {
+            /*
+             * Values computed from caller-chosen keys may be large
+             * (ConstantOfShape, Expand), and a folded constant lives as long as
+             * its cached plan: fold only small ones, run the rest as steps.
+             * Inference runs on a copy of the attributes, since folding infers
+             * again from the originals.
+             */
+            struct eng_attrs saved = st->a;
+            size_t bytes = 0;
+            if ((rc = eng_opdef(st->op)->infer(&c, e)))
+                goto done;
+            for (int k = 0; k < nd->n_out; k++)
+                bytes += outp[k] ? outp[k]->nbytes : 0;
+            if (bytes > PLAN_MAX_KEYED_FOLD)
+                continue;
+            st->a = saved;
+        }
         if (fold) {
             if ((rc = eng_eval_step(st, inp, outp, eng->opset, res, e)))
                 goto done;
             for (int k = 0; k < nd->n_out; k++)
-                if (outp[k])
+                if (outp[k]) {
                     keep_folded(p, &res[k], outp[k]);
+                    from_key[nd->out[k]] = (unsigned char)keyed;
+                }
             p->step_dead[s] = 1;
             continue;
         }
-        struct eng_infer c = {.st = st, .in = inp, .out = outp, .opset = eng->opset};
         if ((rc = eng_opdef(st->op)->infer(&c, e)))
             goto done;
     }
 
     for (size_t k = 0; k < eng->n_outputs; k++) {
         int v = eng->output_val[k];
+        if (alias[v])
+            v = alias[v] - 1;
         if (p->vals[v].kind == PV_TEMP && p->vals[v].output_index < 0) {
             p->vals[v].output_index = (int)k;
             p->outputs[k] = v;
@@ -477,6 +558,8 @@ done:
     free(res);
     free(uses);
     free(reader);
+    free(alias);
+    free(from_key);
     return rc;
 }
 
@@ -490,13 +573,170 @@ static int plan_matches(const struct engine *eng, const struct eng_plan *p,
         for (int i = 0; i < pi->ndim; i++)
             if (pi->dims[i] != in[k].dims[i])
                 return 0;
+        /* Same shape, so the same byte count: the values decide (check_value_keys ran). */
+        if (pi->value_keyed && p->keys[k].nbytes &&
+            memcmp(p->keys[k].data, in[k].data, p->keys[k].nbytes) != 0)
+            return 0;
     }
     return 1;
+}
+
+/*
+ * A value_keyed input picks the plan by its values, so they must be present
+ * and small; this runs before the cache lookup compares them.
+ */
+static int check_value_keys(const struct engine *eng, const struct tensor *in, struct cerr *e)
+{
+    char s1[160];
+    for (size_t k = 0; eng->n_keyed && k < eng->n_inputs; k++) {
+        if (!eng->inputs[k].value_keyed)
+            continue;
+        /* bind_input bounded the dimensions, so the product cannot overflow. */
+        int64_t n = eng_numel(in[k].dims, in[k].ndim);
+        if (n > ENGINE_MAX_VALUE_KEY)
+            return cerr_set(e, CORRAL_EUNSUPP, "input '%s' has shape %s, but %s reads its "
+                            "values to set shapes, and the engine plans for such values only "
+                            "up to %d elements", eng->inputs[k].name,
+                            tensor_shape_str(in[k].dims, in[k].ndim, s1, sizeof s1),
+                            eng->keyed_by[k], ENGINE_MAX_VALUE_KEY);
+        /* Unsupported rather than invalid: a shape-only plan (a batch bucket) cannot exist. */
+        if (n > 0 && !in[k].data)
+            return cerr_set(e, CORRAL_EUNSUPP, "input '%s' sets shapes inside the model (%s "
+                            "reads its values), so a plan needs its data, not only its shape",
+                            eng->inputs[k].name, eng->keyed_by[k]);
+    }
+    return CORRAL_OK;
+}
+
+/* Appends " = (v0,v1,...)" for a value_keyed input's values to a message buffer. */
+static size_t format_key(const struct tensor *t, char *buf, size_t len)
+{
+    size_t off = 0;
+    int64_t n = eng_numel(t->dims, t->ndim);
+    off += (size_t)snprintf(buf, len, " = (");
+    for (int64_t i = 0; i < n && i < 8 && off < len; i++) {
+        const char *sep = i ? "," : "";
+        if (t->dtype == DT_FP32)
+            off += (size_t)snprintf(buf + off, len - off, "%s%g", sep,
+                                    (double)((const float *)t->data)[i]);
+        else if (t->dtype == DT_INT64 || t->dtype == DT_INT32 || t->dtype == DT_UINT8 ||
+                 t->dtype == DT_BOOL)
+            off += (size_t)snprintf(buf + off, len - off, "%s%lld", sep,
+                                    (long long)eng_int_at(t->data, t->dtype, i));
+        else
+            off += (size_t)snprintf(buf + off, len - off, "%s?", sep);
+    }
+    if (off < len)
+        off += (size_t)snprintf(buf + off, len - off, "%s)", n > 8 ? ",..." : "");
+    return off < len ? off : len;
+}
+
+/* Describes the inputs a plan was asked for: "x [2,3], shape [2] = (3,2)". */
+static void format_plan_inputs(const struct engine *eng, const struct tensor *in, char *sh,
+                               size_t len)
+{
+    size_t off = 0;
+    sh[0] = '\0';
+    for (size_t k = 0; k < eng->n_inputs && off < len; k++) {
+        char one[120];
+        off += (size_t)snprintf(sh + off, len - off, "%s%s %s", k ? ", " : "",
+                                eng->inputs[k].name,
+                                tensor_shape_str(in[k].dims, in[k].ndim, one, sizeof one));
+        if (off < len && eng->inputs[k].value_keyed && in[k].data)
+            off += format_key(&in[k], sh + off, len - off);
+    }
+}
+
+/*
+ * Walks back from every shape operand of a live node through the producers
+ * of its value. Reaching a model input means a plan cannot know that operand
+ * from shapes and constants alone, so the input is keyed on. Shape and Size
+ * end a walk: their outputs depend on shapes only, which plans already know.
+ * Each value is expanded once, so the walk is linear in the graph's edges.
+ */
+int engine_mark_value_inputs(struct engine *eng, struct cerr *e)
+{
+    int rc = CORRAL_OK;
+    size_t edges = 1;
+    for (size_t i = 0; i < eng->n_nodes; i++)
+        edges += (size_t)eng->nodes[i].n_in;
+    int *prod = malloc((eng->n_vals + 1) * sizeof *prod);
+    unsigned char *seen = calloc(eng->n_vals + 1, 1);
+    /* A pending value and the node whose shape operand led to it (for messages). */
+    struct { int v, by; } *stack = malloc(2 * edges * sizeof *stack);
+    size_t top = 0;
+    if (!prod || !seen || !stack) {
+        rc = cerr_set(e, CORRAL_ENOMEM, "out of memory loading the model");
+        goto done;
+    }
+    for (size_t v = 0; v < eng->n_vals; v++)
+        prod[v] = -1;
+    for (size_t i = 0; i < eng->n_nodes; i++)
+        for (int k = 0; !eng->nodes[i].dead && k < eng->nodes[i].n_out; k++)
+            if (eng->nodes[i].out[k] >= 0)
+                prod[eng->nodes[i].out[k]] = (int)i;
+    for (size_t i = 0; i < eng->n_nodes; i++) {
+        const struct eng_node *nd = &eng->nodes[i];
+        unsigned mask = nd->dead ? 0 : eng_opdef(nd->op)->value_in;
+        for (int k = 0; k < nd->n_in && k < 32; k++)
+            if ((mask >> k & 1u) && nd->in[k] >= 0)
+                stack[top].v = nd->in[k], stack[top++].by = (int)i;
+        while (top) {
+            top--;
+            int v = stack[top].v, by = stack[top].by;
+            if (seen[v])
+                continue;
+            seen[v] = 1;
+            const struct eng_value *ev = &eng->vals[v];
+            if (ev->kind == EVK_INPUT) {
+                for (size_t kk = 0; kk < eng->n_inputs; kk++)
+                    if (eng->input_val[kk] == v && !eng->inputs[kk].value_keyed) {
+                        eng->inputs[kk].value_keyed = 1;
+                        eng->keyed_by[kk] = eng->nodes[by].label;
+                        eng->n_keyed++;
+                    }
+                continue;
+            }
+            int pn = ev->kind == EVK_NODE ? prod[v] : -1;
+            if (pn < 0 || eng->nodes[pn].op == EOP_SHAPE || eng->nodes[pn].op == EOP_SIZE)
+                continue;
+            for (int k = 0; k < eng->nodes[pn].n_in; k++)
+                if (eng->nodes[pn].in[k] >= 0 && !seen[eng->nodes[pn].in[k]])
+                    stack[top].v = eng->nodes[pn].in[k], stack[top++].by = by;
+        }
+    }
+    /* Refuse at load what can never be keyed on: no fixed element size, or declared too big. */
+    for (size_t k = 0; k < eng->n_inputs; k++) {
+        const struct engine_io_info *io = &eng->inputs[k];
+        if (!io->value_keyed)
+            continue;
+        /* Saturating element count of the declared shape; a variable or zero dim ends it. */
+        int64_t n = io->ndim < 0 ? 0 : 1;
+        for (int i = 0; i < io->ndim && n; i++)
+            n = io->dims[i] <= 0 ? 0
+                : (n > ENGINE_MAX_VALUE_KEY || io->dims[i] > ENGINE_MAX_VALUE_KEY)
+                    ? ENGINE_MAX_VALUE_KEY + 1 : n * io->dims[i];
+        if (!dtype_size(io->dtype) || n > ENGINE_MAX_VALUE_KEY) {
+            rc = cerr_set(e, CORRAL_EUNSUPP, "model input '%s' (%s) sets shapes (%s reads its "
+                          "values), and the engine plans for such values only in fixed-size "
+                          "datatypes up to %d elements", io->name, dtype_name(io->dtype),
+                          eng->keyed_by[k], ENGINE_MAX_VALUE_KEY);
+            goto done;
+        }
+    }
+done:
+    free(prod);
+    free(seen);
+    free(stack);
+    return rc;
 }
 
 int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct eng_plan **out,
                     struct cerr *e)
 {
+    int rc = check_value_keys(eng, in, e);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < eng->n_plans; i++) {
         struct eng_plan *p = eng->plans[i];
         if (plan_matches(eng, p, in)) {
@@ -509,17 +749,10 @@ int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct
     struct eng_plan *p = calloc(1, sizeof *p);
     if (!p)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory building a plan");
-    int rc = build_plan(eng, in, p, e);
+    rc = build_plan(eng, in, p, e);
     if (rc) {
-        char sh[200];
-        size_t off = 0;
-        sh[0] = '\0';
-        for (size_t k = 0; k < eng->n_inputs && off < sizeof sh; k++) {
-            char one[120];
-            off += (size_t)snprintf(sh + off, sizeof sh - off, "%s%s %s", k ? ", " : "",
-                                    eng->inputs[k].name,
-                                    tensor_shape_str(in[k].dims, in[k].ndim, one, sizeof one));
-        }
+        char sh[400];
+        format_plan_inputs(eng, in, sh, sizeof sh);
         cerr_prefix(e, "cannot plan for inputs %s", sh);
         engine_plan_free(eng, p);
         return rc;

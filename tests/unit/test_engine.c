@@ -1265,6 +1265,420 @@ static void test_pool_depthwise(void **state)
     engine_free(eng);
 }
 
+/* ---- inputs whose values set shapes (value_keyed) ---- */
+
+static struct tensor iten(const char *name, int ndim, const int64_t *dims, int64_t *data)
+{
+    struct tensor t = {.name = name, .dtype = DT_INT64, .ndim = ndim, .data = data};
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        t.dims[i] = dims[i];
+        n *= (size_t)dims[i];
+    }
+    t.nbytes = n * sizeof(int64_t);
+    return t;
+}
+
+/* A 1-D INT64 tensor of n values, for shape-like inputs. */
+static struct tensor ivec(const char *name, int64_t *data, int64_t n)
+{
+    return iten(name, 1, &n, data);
+}
+
+static void expect_ints(const struct tensor *t, int ndim, const int64_t *dims,
+                        const int64_t *want, size_t n)
+{
+    assert_int_equal(t->dtype, DT_INT64);
+    assert_int_equal(t->ndim, ndim);
+    for (int i = 0; i < ndim; i++)
+        assert_int_equal(t->dims[i], dims[i]);
+    assert_int_equal(t->nbytes, n * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(((const int64_t *)t->data)[i], want[i]);
+}
+
+/* Runs, expecting failure with `code` and `msg` in the message; no plan may be kept. */
+static void expect_run_error(struct engine *eng, struct tensor *in, size_t n, int code,
+                             const char *msg)
+{
+    struct tensor out[4];
+    struct cerr e = {0};
+    size_t plans = engine_plan_count(eng);
+    int rc = engine_run(eng, in, n, out, &e);
+    if (rc != code || !strstr(e.msg, msg))
+        fail_msg("expected %d with '%s', got %d: %s", code, msg, rc, e.msg);
+    assert_int_equal(engine_plan_count(eng), plans);
+}
+
+static const int64_t DV[] = {-1}; /* a 1-D input of any length */
+
+/*
+ * Reshape whose shape is a model input: each shape value gets its own plan,
+ * built on first use and reused after; bad values are errors that keep no
+ * plan; the size of such an input is bounded; engine_prepare needs its data.
+ */
+static void test_keyed_reshape(void **state)
+{
+    struct gb b;
+    gb_init(&b, 14);
+    gb_input(&b, "x", FLOAT_T, 2, D23);
+    gb_input(&b, "shape", INT64_T, 1, DV);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_node(&b, "Reshape", "rs", "x,shape", "y");
+    struct engine *eng = must_load(&b);
+    assert_false(engine_input(eng, 0)->value_keyed);
+    assert_true(engine_input(eng, 1)->value_keyed);
+    float x[] = {1, 2, 3, 4, 5, 6};
+    struct tensor in[2], out[1];
+    struct cerr e = {0};
+    int64_t s32[] = {3, 2}, s6[] = {6}, s_1_3[] = {-1, 3};
+    in[0] = ften("x", 2, D23, x);
+    in[1] = ivec("shape", s32, 2);
+    assert_int_equal(engine_run(eng, in, 2, out, &e), 0);
+    expect_floats(&out[0], 2, D32, x, 6);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_count(eng), 1);
+    in[1] = ivec("shape", s6, 1);
+    assert_int_equal(engine_run(eng, in, 2, out, &e), 0);
+    expect_floats(&out[0], 1, (const int64_t[]){6}, x, 6);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_count(eng), 2);
+    /* Same length as the first value, other values: a third plan, not the first one reused. */
+    in[1] = ivec("shape", s_1_3, 2);
+    assert_int_equal(engine_run(eng, in, 2, out, &e), 0);
+    expect_floats(&out[0], 2, D23, x, 6);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_count(eng), 3);
+    /* The first value again: its plan is found, nothing is built. */
+    in[1] = ivec("shape", s32, 2);
+    assert_int_equal(engine_run(eng, in, 2, out, &e), 0);
+    expect_floats(&out[0], 2, D32, x, 6);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_count(eng), 3);
+
+    /* Bad values: a negative dimension, a size that does not match, two -1s. */
+    int64_t neg[] = {-2, -3}, wrong[] = {4, 2}, two[] = {-1, -1};
+    in[1] = ivec("shape", neg, 2);
+    expect_run_error(eng, in, 2, CORRAL_EINVAL, "node 'rs' (Reshape): cannot reshape [2,3] to "
+                     "[-2,-3]");
+    in[1] = ivec("shape", wrong, 2);
+    expect_run_error(eng, in, 2, CORRAL_EINVAL, "cannot reshape [2,3] to [4,2]");
+    in[1] = ivec("shape", two, 2);
+    expect_run_error(eng, in, 2, CORRAL_EINVAL, "shape [2] = (-1,-1)");
+    /* More values than a plan is keyed on: unsupported, and said so. */
+    int64_t big[ENGINE_MAX_VALUE_KEY + 1];
+    for (int i = 0; i <= ENGINE_MAX_VALUE_KEY; i++)
+        big[i] = 1;
+    in[1] = ivec("shape", big, ENGINE_MAX_VALUE_KEY + 1);
+    expect_run_error(eng, in, 2, CORRAL_EUNSUPP, "node 'rs' (Reshape) reads its values to set "
+                     "shapes, and the engine plans for such values only up to 64 elements");
+
+    /* engine_prepare: shapes alone cannot pick the plan; with the data it pins one. */
+    struct tensor shp[2];
+    shp[0] = (struct tensor){.name = "x", .dtype = DT_FP32, .ndim = 2, .dims = {2, 3}};
+    shp[1] = (struct tensor){.name = "shape", .dtype = DT_INT64, .ndim = 1, .dims = {2}};
+    assert_int_equal(engine_prepare(eng, shp, 2, NULL, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "input 'shape' sets shapes inside the model"));
+    shp[1] = ivec("shape", (int64_t[]){1, 6}, 2);
+    struct engine_plan_info pi;
+    assert_int_equal(engine_prepare(eng, shp, 2, &pi, &e), 0);
+    assert_true(pi.pinned);
+    assert_int_equal(pi.outputs[0].ndim, 2);
+    assert_int_equal(pi.outputs[0].dims[0], 1);
+    assert_int_equal(pi.outputs[0].dims[1], 6);
+    assert_int_equal(engine_plan_count(eng), 4);
+    engine_free(eng);
+
+    /* An input declared too large to key on is refused at load. */
+    gb_init(&b, 14);
+    gb_input(&b, "x", FLOAT_T, 2, D23);
+    gb_input(&b, "shape", INT64_T, 1, (const int64_t[]){100});
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_node(&b, "Reshape", "rs", "x,shape", "y");
+    eng = NULL;
+    assert_int_equal(gb_load(&b, &eng, &e), CORRAL_EUNSUPP);
+    assert_non_null(strstr(e.msg, "model input 'shape' (INT64) sets shapes"));
+    assert_null(eng);
+}
+
+/*
+ * Slice with starts/ends/axes/steps as model inputs, including values that
+ * come out of arithmetic on an input (Add), negative steps, out-of-range
+ * starts (clamped, as ONNX says) and steps too large to multiply.
+ */
+static void test_keyed_slice(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    const int64_t d24[] = {2, 4};
+    gb_input(&b, "x", FLOAT_T, 2, d24);
+    gb_input(&b, "starts", INT64_T, 1, DV);
+    gb_input(&b, "ends", INT64_T, 1, DV);
+    gb_input(&b, "axes", INT64_T, 1, DV);
+    gb_input(&b, "steps", INT64_T, 1, DV);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_init_i64(&b, "zero", 0, NULL, (int64_t[]){0}, 1);
+    gb_node(&b, "Add", "add", "ends,zero", "ends2"); /* computed from an input, still keyed */
+    gb_node(&b, "Slice", "sl", "x,starts,ends2,axes,steps", "y");
+    struct engine *eng = must_load(&b);
+    for (size_t k = 1; k < 5; k++)
+        assert_true(engine_input(eng, k)->value_keyed);
+    float x[] = {0, 1, 2, 3, 4, 5, 6, 7};
+    struct tensor in[5], out[1];
+    struct cerr e = {0};
+    int64_t st1[] = {0, 1}, en1[] = {2, 3}, ax[] = {0, 1}, sp1[] = {1, 1};
+    in[0] = ften("x", 2, d24, x);
+    in[1] = ivec("starts", st1, 2);
+    in[2] = ivec("ends", en1, 2);
+    in[3] = ivec("axes", ax, 2);
+    in[4] = ivec("steps", sp1, 2);
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_floats(&out[0], 2, D22, (float[]){1, 2, 5, 6}, 4);
+    tensor_release(&out[0]);
+    /* Row 1, columns 3, 2, 1: a negative step. */
+    int64_t st2[] = {1, 3}, en2[] = {2, 0}, sp2[] = {1, -1};
+    in[1] = ivec("starts", st2, 2);
+    in[2] = ivec("ends", en2, 2);
+    in[4] = ivec("steps", sp2, 2);
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){1, 3}, (float[]){7, 6, 5}, 3);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_count(eng), 2);
+    /* A start past the end is clamped: an empty result, not an error. */
+    int64_t st3[] = {10, 0}, en3[] = {20, 4};
+    in[1] = ivec("starts", st3, 2);
+    in[2] = ivec("ends", en3, 2);
+    in[4] = ivec("steps", sp1, 2);
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){0, 4}, NULL, 0);
+    tensor_release(&out[0]);
+    /* The most negative step selects the start alone (and must not overflow). */
+    int64_t st4[] = {0, 3}, en4[] = {2, INT64_MIN}, sp4[] = {1, INT64_MIN};
+    in[1] = ivec("starts", st4, 2);
+    in[2] = ivec("ends", en4, 2);
+    in[4] = ivec("steps", sp4, 2);
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){2, 1}, (float[]){3, 7}, 2);
+    tensor_release(&out[0]);
+    int64_t sp5[] = {INT64_MAX, 1};
+    in[1] = ivec("starts", st1, 2);
+    in[2] = ivec("ends", en1, 2);
+    in[4] = ivec("steps", sp5, 2);
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){1, 2}, (float[]){1, 2}, 2);
+    tensor_release(&out[0]);
+    /* Errors: a zero step, an axis out of range, lengths that disagree. */
+    int64_t sp0[] = {1, 0}, axbad[] = {0, 2};
+    in[4] = ivec("steps", sp0, 2);
+    expect_run_error(eng, in, 5, CORRAL_EINVAL, "node 'sl' (Slice): step 0");
+    in[4] = ivec("steps", sp1, 2);
+    in[3] = ivec("axes", axbad, 2);
+    expect_run_error(eng, in, 5, CORRAL_EINVAL, "axis 2 is out of range for a 2-D input");
+    in[3] = ivec("axes", ax, 2);
+    in[2] = ivec("ends", en1, 1);
+    expect_run_error(eng, in, 5, CORRAL_EINVAL, "starts and ends must have the same length");
+    engine_free(eng);
+}
+
+/* Expand and Tile with the target shape / repeats as model inputs. */
+static void test_keyed_expand_tile(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    gb_input(&b, "x", FLOAT_T, 2, (const int64_t[]){3, 1});
+    gb_input(&b, "v", FLOAT_T, 1, D2);
+    gb_input(&b, "shape", INT64_T, 1, DV);
+    gb_input(&b, "reps", INT64_T, 1, D1);
+    gb_output(&b, "ex", FLOAT_T, -1, NULL);
+    gb_output(&b, "ti", FLOAT_T, -1, NULL);
+    gb_node(&b, "Expand", "ex", "x,shape", "ex");
+    gb_node(&b, "Tile", "ti", "v,reps", "ti");
+    struct engine *eng = must_load(&b);
+    float x[] = {1, 2, 3}, v[] = {7, 8};
+    struct tensor in[4], out[2];
+    struct cerr e = {0};
+    int64_t sh1[] = {3, 4}, sh2[] = {2, 1, 1}, r3[] = {3}, r0[] = {0};
+    in[0] = ften("x", 2, (const int64_t[]){3, 1}, x);
+    in[1] = ften("v", 1, D2, v);
+    in[2] = ivec("shape", sh1, 2);
+    in[3] = ivec("reps", r3, 1);
+    assert_int_equal(engine_run(eng, in, 4, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){3, 4}, (float[]){1, 1, 1, 1, 2, 2, 2, 2, 3, 3,
+                                                                  3, 3}, 12);
+    expect_floats(&out[1], 1, (const int64_t[]){6}, (float[]){7, 8, 7, 8, 7, 8}, 6);
+    tensor_release(&out[0]);
+    tensor_release(&out[1]);
+    in[2] = ivec("shape", sh2, 3);
+    in[3] = ivec("reps", r0, 1);
+    assert_int_equal(engine_run(eng, in, 4, out, &e), 0);
+    expect_floats(&out[0], 3, (const int64_t[]){2, 3, 1}, (float[]){1, 2, 3, 1, 2, 3}, 6);
+    expect_floats(&out[1], 1, (const int64_t[]){0}, NULL, 0);
+    tensor_release(&out[0]);
+    tensor_release(&out[1]);
+    assert_int_equal(engine_plan_count(eng), 2);
+    /* A negative target dimension, shapes that cannot broadcast, a negative repeat, and
+     * repeats whose product no tensor could hold. */
+    int64_t shneg[] = {1, -4}, shbad[] = {2, 4, 2}, rneg[] = {-1}, rbig[] = {(int64_t)1 << 40};
+    in[2] = ivec("shape", shneg, 2);
+    in[3] = ivec("reps", r3, 1);
+    expect_run_error(eng, in, 4, CORRAL_EINVAL, "negative dimension");
+    in[2] = ivec("shape", shbad, 3);
+    expect_run_error(eng, in, 4, CORRAL_EINVAL, "node 'ex' (Expand): shapes [3,1] and [2,4,2] "
+                     "cannot be broadcast together");
+    in[2] = ivec("shape", sh1, 2);
+    in[3] = ivec("reps", rneg, 1);
+    expect_run_error(eng, in, 4, CORRAL_EINVAL, "node 'ti' (Tile): bad repeat -1");
+    in[3] = ivec("reps", rbig, 1);
+    expect_run_error(eng, in, 4, CORRAL_ETOOLARGE, "multiply past the engine's limit");
+    engine_free(eng);
+}
+
+/* Pad (opset 18) with pads, constant_value and axes as model inputs. */
+static void test_keyed_pad(void **state)
+{
+    struct gb b;
+    gb_init(&b, 18);
+    gb_input(&b, "x", FLOAT_T, 2, D22);
+    gb_input(&b, "pads", INT64_T, 1, DV);
+    gb_input(&b, "cv", FLOAT_T, 0, NULL);
+    gb_output(&b, "y", FLOAT_T, -1, NULL);
+    gb_node(&b, "Pad", "pad", "x,pads,cv", "y");
+    struct engine *eng = must_load(&b);
+    assert_true(engine_input(eng, 1)->value_keyed);
+    assert_true(engine_input(eng, 2)->value_keyed);
+    float x[] = {1, 2, 3, 4}, zero = 0, nine = 9;
+    struct tensor in[3], out[1];
+    struct cerr e = {0};
+    int64_t p1[] = {0, 1, 0, 1}, p2[] = {1, 0, 0, 0};
+    in[0] = ften("x", 2, D22, x);
+    in[1] = ivec("pads", p1, 4);
+    in[2] = ften("cv", 0, NULL, &zero);
+    assert_int_equal(engine_run(eng, in, 3, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){2, 4}, (float[]){0, 1, 2, 0, 0, 3, 4, 0}, 8);
+    tensor_release(&out[0]);
+    in[1] = ivec("pads", p2, 4);
+    in[2] = ften("cv", 0, NULL, &nine);
+    assert_int_equal(engine_run(eng, in, 3, out, &e), 0);
+    expect_floats(&out[0], 2, D32, (float[]){9, 9, 1, 2, 3, 4}, 6);
+    tensor_release(&out[0]);
+    /* Only the fill value changes: still a new plan, since the value is resolved into it. */
+    in[2] = ften("cv", 0, NULL, &zero);
+    assert_int_equal(engine_run(eng, in, 3, out, &e), 0);
+    expect_floats(&out[0], 2, D32, (float[]){0, 0, 1, 2, 3, 4}, 6);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_count(eng), 3);
+    /* Negative pads crop; past the axis they are an error, and so are absurd ones. */
+    int64_t crop[] = {0, -1, 0, 0}, over[] = {-3, 0, 0, 0}, huge[] = {INT64_MAX, 0, 0, 0};
+    in[1] = ivec("pads", crop, 4);
+    assert_int_equal(engine_run(eng, in, 3, out, &e), 0);
+    expect_floats(&out[0], 2, (const int64_t[]){2, 1}, (float[]){2, 4}, 2);
+    tensor_release(&out[0]);
+    in[1] = ivec("pads", over, 4);
+    expect_run_error(eng, in, 3, CORRAL_EINVAL, "node 'pad' (Pad): pads make axis 0 negative");
+    in[1] = ivec("pads", huge, 4);
+    expect_run_error(eng, in, 3, CORRAL_EINVAL, "pad 9223372036854775807 is out of range");
+    in[1] = ivec("pads", p1, 3);
+    expect_run_error(eng, in, 3, CORRAL_EINVAL, "pads has 3 values, expected 4");
+    engine_free(eng);
+}
+
+/*
+ * Range (all inputs keyed, so the whole graph folds into the plan) gives
+ * INT64 outputs that must match exactly; Unsqueeze's axes come through a
+ * Cast from an INT32 input.
+ */
+static void test_keyed_range_unsqueeze(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    gb_input(&b, "start", INT64_T, 0, NULL);
+    gb_input(&b, "limit", INT64_T, 0, NULL);
+    gb_input(&b, "delta", INT64_T, 0, NULL);
+    gb_input(&b, "x", FLOAT_T, 1, D2);
+    gb_input(&b, "ax", ONNX__TENSOR_PROTO__DATA_TYPE__INT32, 1, D1);
+    gb_output(&b, "r", INT64_T, -1, NULL);
+    gb_output(&b, "u", FLOAT_T, -1, NULL);
+    gb_node(&b, "Range", "range", "start,limit,delta", "r");
+    Onnx__NodeProto *n = gb_node(&b, "Cast", "cast", "ax", "ax64");
+    attr_i(n, "to", INT64_T);
+    gb_node(&b, "Unsqueeze", "unsq", "x,ax64", "u");
+    struct engine *eng = must_load(&b);
+    assert_false(engine_input(eng, 3)->value_keyed);
+    assert_true(engine_input(eng, 4)->value_keyed);
+    float x[] = {5, 6};
+    int32_t ax = 1;
+    int64_t s = 10, l = 2, d = -3;
+    struct tensor in[5], out[2];
+    struct cerr e = {0};
+    in[0] = iten("start", 0, NULL, &s);
+    in[1] = iten("limit", 0, NULL, &l);
+    in[2] = iten("delta", 0, NULL, &d);
+    in[3] = ften("x", 1, D2, x);
+    in[4] = (struct tensor){.name = "ax", .dtype = DT_INT32, .ndim = 1, .dims = {1},
+                            .data = &ax, .nbytes = sizeof ax};
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_ints(&out[0], 1, D3, (const int64_t[]){10, 7, 4}, 3);
+    expect_floats(&out[1], 2, (const int64_t[]){2, 1}, x, 2);
+    tensor_release(&out[0]);
+    tensor_release(&out[1]);
+    s = 0, l = 4, d = 1, ax = 0;
+    assert_int_equal(engine_run(eng, in, 5, out, &e), 0);
+    expect_ints(&out[0], 1, D4, (const int64_t[]){0, 1, 2, 3}, 4);
+    expect_floats(&out[1], 2, (const int64_t[]){1, 2}, x, 2);
+    tensor_release(&out[0]);
+    tensor_release(&out[1]);
+    assert_int_equal(engine_plan_count(eng), 2);
+    d = 0;
+    expect_run_error(eng, in, 5, CORRAL_EINVAL, "node 'range' (Range): delta is 0");
+    /* A length no tensor could hold is an error, not an allocation attempt. */
+    s = INT64_MIN, l = INT64_MAX, d = 1;
+    expect_run_error(eng, in, 5, CORRAL_EINVAL, "give no valid length");
+    d = 1, s = 0, l = 1, ax = 5;
+    expect_run_error(eng, in, 5, CORRAL_EINVAL, "node 'unsq' (Unsqueeze): axis 5 is out of range");
+    engine_free(eng);
+}
+
+/*
+ * ConstantOfShape from a model input, INT64 fill, exact: a small result folds
+ * into its plan (one copy step), a large one runs as steps rather than being
+ * kept as a caller-sized constant in the plan cache.
+ */
+static void test_keyed_constantofshape(void **state)
+{
+    struct gb b;
+    gb_init(&b, 13);
+    gb_input(&b, "shape", INT64_T, 1, DV);
+    gb_output(&b, "y", INT64_T, -1, NULL);
+    Onnx__NodeProto *n = gb_node(&b, "ConstantOfShape", "cos", "shape", "c");
+    Onnx__AttributeProto *a = attr(n, "value", ONNX__ATTRIBUTE_PROTO__ATTRIBUTE_TYPE__TENSOR);
+    a->t = tensor_proto("value", INT64_T, 1, D1, (int64_t[]){7}, 1, 1);
+    gb_node(&b, "Add", "add", "c,c", "y");
+    struct engine *eng = must_load(&b);
+    struct tensor in[1], out[1];
+    struct cerr e = {0};
+    struct engine_plan_info pi;
+    int64_t small[] = {2, 3}, large[] = {300, 300}, neg[] = {2, -3};
+    in[0] = ivec("shape", small, 2);
+    assert_int_equal(engine_run(eng, in, 1, out, &e), 0);
+    expect_ints(&out[0], 2, D23, (const int64_t[]){14, 14, 14, 14, 14, 14}, 6);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_info(eng, 0, &pi), 0);
+    assert_int_equal(pi.n_steps, 1);
+    in[0] = ivec("shape", large, 2);
+    assert_int_equal(engine_run(eng, in, 1, out, &e), 0);
+    assert_int_equal(out[0].ndim, 2);
+    assert_int_equal(out[0].dims[0], 300);
+    assert_int_equal(out[0].dims[1], 300);
+    for (int i = 0; i < 300 * 300; i++)
+        assert_int_equal(((const int64_t *)out[0].data)[i], 14);
+    tensor_release(&out[0]);
+    assert_int_equal(engine_plan_info(eng, 1, &pi), 0);
+    assert_int_equal(pi.n_steps, 2);
+    in[0] = ivec("shape", neg, 2);
+    expect_run_error(eng, in, 1, CORRAL_EINVAL, "would have a negative dimension");
+    engine_free(eng);
+}
+
 #define T(f) cmocka_unit_test_teardown(f, arena_teardown)
 
 int main(void)
@@ -1291,6 +1705,12 @@ int main(void)
         T(test_plans),
         T(test_devices),
         T(test_pool_depthwise),
+        T(test_keyed_reshape),
+        T(test_keyed_slice),
+        T(test_keyed_expand_tile),
+        T(test_keyed_pad),
+        T(test_keyed_range_unsqueeze),
+        T(test_keyed_constantofshape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
