@@ -66,6 +66,7 @@ struct slot {
     struct tensor out[MODEL_MAX_IO];
     int rc;
     int skipped;                 /* every request expired: the engine did not run */
+    int cut;                     /* the drain was cut before the engine ran: EDRAINING */
     struct cerr err;
     uint64_t stall_ms;
     uint64_t t_compute0, t_compute1;
@@ -92,9 +93,16 @@ struct batcher {
 
     pthread_mutex_t mu;
     pthread_cond_t cv_batch, cv_compute;
+    pthread_cond_t cv_idle; /* on the monotonic clock: the last outstanding request left */
     pthread_t th_batch, th_compute;
     int started_batch, started_compute;
     int stopping, warmed;
+    /* Draining refuses new requests; cut (read without mu by the test stall) also ends
+     * the work still accepted. The texts go into the answers. */
+    int draining;
+    atomic_int cut;
+    char drain_cause[32], cut_why[160];
+    size_t outstanding;   /* accepted and not yet answered (linked on ohead..otail) */
     struct breq *qhead[MODEL_MAX_PRIORITY], *qtail[MODEL_MAX_PRIORITY];
     size_t depth;
     int64_t queued_rows;  /* rows waiting in the queue (not yet taken into a batch) */
@@ -127,7 +135,7 @@ static uint64_t now_ns(void)
 const char *batcher_reject_name(enum batcher_reject r)
 {
     static const char *const names[BATCHER_REJECT_COUNT] = {
-        "queue_full", "timeout", "invalid", "too_large", "unavailable", "compute"};
+        "queue_full", "timeout", "invalid", "too_large", "unavailable", "compute", "draining"};
     return (unsigned)r < BATCHER_REJECT_COUNT ? names[r] : "unknown";
 }
 
@@ -436,6 +444,8 @@ static void finish_list(struct batcher *b, struct breq *done)
             b->st.rejected[r->why]++;
         else
             b->st.success++;
+        if (r->failed && r->why == BATCHER_REJECT_DRAINING)
+            b->st.cut++;
         for (struct breq *o = b->bc->preserve_ordering ? b->ohead : r; o && o->finished;) {
             struct breq *onx = o->onext;
             if (o->oprev)
@@ -449,9 +459,14 @@ static void finish_list(struct batcher *b, struct breq *done)
             o->onext = NULL;
             *tail = o;
             tail = &o->onext;
+            b->outstanding--;
             o = b->bc->preserve_ordering ? onx : NULL;
         }
     }
+    /* A drain waits for this; its replies leave below, still on this thread, which
+     * batcher_stop joins before the server closes the connections. */
+    if (!b->outstanding)
+        pthread_cond_broadcast(&b->cv_idle);
     pthread_mutex_unlock(&b->mu);
     while (ready) {
         struct breq *nx = ready->onext;
@@ -522,6 +537,12 @@ int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct 
     if (!rc && b->stopping) {
         why = BATCHER_REJECT_UNAVAILABLE;
         rc = cerr_set(e, CORRAL_EUNAVAIL, "replica is shutting down");
+    } else if (!rc && b->draining) {
+        /* Distinct from EUNAVAIL: the router sends it again elsewhere, as it would after a
+         * transport failure, since this replica never ran it. */
+        why = BATCHER_REJECT_DRAINING;
+        rc = cerr_set(e, CORRAL_EDRAINING, "replica is draining (%s); send the request to "
+                      "another replica", b->drain_cause);
     } else if (!rc && b->depth >= (size_t)b->bc->max_queue_size) {
         why = BATCHER_REJECT_QUEUE_FULL;
         rc = cerr_set(e, CORRAL_EQUEUEFULL, "replica queue is full (%lld requests waiting), retry later",
@@ -548,6 +569,7 @@ int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct 
     else
         b->ohead = r;
     b->otail = r;
+    b->outstanding++;
     b->depth++;
     b->queued_rows += r->rows;
     int64_t cap = b->batching ? b->bc->max_batch_size : 1;
@@ -647,7 +669,9 @@ static int choose_group(struct batcher *b, uint64_t now, struct group *g, uint64
         }
     for (size_t k = 0; k < ng; k++) {
         uint64_t due = gs[k].head->enq_ns + delay;
-        int full = gs[k].rows >= cap;
+        /* While draining no request can join a partial batch, so waiting for one only
+         * delays the exit. */
+        int full = gs[k].rows >= cap || b->draining;
         if (full || (now >= due && (delay > 0 || !busy))) {
             *g = gs[k];
             return 1;
@@ -789,7 +813,7 @@ static void sleep_ms_interruptible(struct batcher *b, uint64_t ms)
         pthread_mutex_lock(&b->mu);
         int stop = b->stopping;
         pthread_mutex_unlock(&b->mu);
-        if (stop)
+        if (stop || atomic_load(&b->cut))
             return;
     }
 }
@@ -828,9 +852,11 @@ static void compute(struct batcher *b, struct slot *s)
     if (s->stall_ms)
         sleep_ms_interruptible(b, s->stall_ms);
     /* Requests whose deadline passed while the batch waited are not run late (scatter
-     * answers them with a timeout); when all of them expired the engine is not run. */
+     * answers them with a timeout); when all of them expired the engine is not run. A
+     * cut drain does not start the engine either: the replica is leaving. */
     int live = 0;
-    for (size_t k = 0; k < s->n_parts; k++)
+    s->cut = atomic_load(&b->cut);
+    for (size_t k = 0; !s->cut && k < s->n_parts; k++)
         live |= !s->parts[k].r->deadline_ns || now < s->parts[k].r->deadline_ns;
     s->skipped = !live;
     uint64_t t_run = now_ns();
@@ -915,7 +941,9 @@ static void scatter(struct batcher *b, struct slot *s)
         const struct bpart *pt = &s->parts[k];
         struct breq *r = pt->r;
         struct cerr e = {0};
-        if (r->deadline_ns && s->t_compute0 >= r->deadline_ns)
+        if (s->cut)
+            fail_req(b, r, BATCHER_REJECT_DRAINING, CORRAL_EDRAINING, b->cut_why);
+        else if (r->deadline_ns && s->t_compute0 >= r->deadline_ns)
             fail_req(b, r, BATCHER_REJECT_TIMEOUT, CORRAL_ETIMEDOUT,
                      "deadline passed while the request waited in the queue; it was not run");
         else if (s->rc)
@@ -997,6 +1025,22 @@ static void *batch_main(void *arg)
     for (;;) {
         uint64_t now = now_ns();
         atomic_store(&b->batch_beat_ns, now);
+        if (atomic_load(&b->cut) && b->depth) {
+            /* The drain was cut: nothing queued will run. cut_why is written before cut
+             * is raised and never again. */
+            struct breq *left = NULL;
+            for (int p = 0; p < b->bc->priority_levels; p++)
+                while (b->qhead[p]) {
+                    struct breq *r = b->qhead[p];
+                    q_unlink(b, r);
+                    r->qnext = left;
+                    left = r;
+                }
+            pthread_mutex_unlock(&b->mu);
+            abandon(b, left, BATCHER_REJECT_DRAINING, CORRAL_EDRAINING, b->cut_why);
+            pthread_mutex_lock(&b->mu);
+            continue;
+        }
         struct breq *expired = NULL;
         uint64_t next_deadline = reap_expired(b, now, &expired);
         struct slot *done = NULL, *freeslot = NULL;
@@ -1023,7 +1067,7 @@ static void *batch_main(void *arg)
             break;
         struct group g;
         uint64_t wake = 0;
-        if (!b->stopping && freeslot && choose_group(b, now, &g, &wake)) {
+        if (!b->stopping && !atomic_load(&b->cut) && freeslot && choose_group(b, now, &g, &wake)) {
             take_rows(b, &g, freeslot, now);
             freeslot->state = SLOT_RUNNING; /* neither free nor visible to compute yet */
             pthread_mutex_unlock(&b->mu);
@@ -1108,6 +1152,12 @@ int batcher_create(struct batcher **out, struct engine *eng, const struct model_
     pthread_mutex_init(&b->mu, NULL);
     pthread_cond_init(&b->cv_batch, NULL);
     pthread_cond_init(&b->cv_compute, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->cv_idle, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&b->cut, 0);
     size_t np = b->batching ? (size_t)cfg->batching.max_batch_size : 1;
     for (size_t i = 0; i < b->n_slots; i++) {
         b->slots[i].parts = calloc(np, sizeof(struct bpart));
@@ -1252,26 +1302,108 @@ int batcher_start(struct batcher *b, struct cerr *e)
     return CORRAL_OK;
 }
 
-void batcher_health(struct batcher *b, int *live, int *ready)
+void batcher_health_why(struct batcher *b, int *live, int *ready, char *why, size_t n)
 {
     uint64_t now = now_ns(), lim = (uint64_t)b->stall_ms * 1000000u;
     uint64_t busy = atomic_load(&b->compute_since_ns), beat = atomic_load(&b->batch_beat_ns);
     pthread_mutex_lock(&b->mu);
     size_t depth = b->depth;
-    int stopping = b->stopping;
+    int stopping = b->stopping, draining = b->draining;
     pthread_mutex_unlock(&b->mu);
+    if (why && n)
+        why[0] = '\0';
     /* A batch may run four times longer than the slowest time per element seen says
      * it should; before any run has been timed, a generous first-run allowance applies. */
     uint64_t expect = atomic_load(&b->compute_expect_ns);
     uint64_t run_lim = atomic_load(&b->ps_per_elem) ? lim + 4 * expect
                        : (lim > FIRST_RUN_STALL_NS ? lim : FIRST_RUN_STALL_NS);
     int l = !(busy && now - busy > run_lim);
+    if (!l && why && n)
+        snprintf(why, n, "the executor has computed one batch for %llu ms, past its stall limit "
+                 "of %llu ms", (unsigned long long)((now - busy) / 1000000u),
+                 (unsigned long long)(run_lim / 1000000u));
     /* The batcher thread sleeps at most max_queue_delay_us while requests wait. */
     uint64_t slack = lim + (uint64_t)b->bc->max_queue_delay_us * 1000u;
-    if (depth > 0 && beat && now - beat > slack && !busy)
+    if (l && depth > 0 && beat && now - beat > slack && !busy) {
         l = 0;
+        if (why && n)
+            snprintf(why, n, "%zu requests have waited %llu ms with no batch formed, past the "
+                     "stall limit of %llu ms", depth, (unsigned long long)((now - beat) / 1000000u),
+                     (unsigned long long)(slack / 1000000u));
+    }
     *live = l;
-    *ready = l && b->warmed && b->started_batch && !stopping;
+    *ready = l && b->warmed && b->started_batch && !stopping && !draining;
+}
+
+void batcher_health(struct batcher *b, int *live, int *ready)
+{
+    batcher_health_why(b, live, ready, NULL, 0);
+}
+
+size_t batcher_bucket_count(const struct batcher *b)
+{
+    if (!b->batching)
+        return 0;
+    size_t shapes = b->bc->n_batch_buckets;
+    for (size_t k = 0; k < b->bc->n_var_dims; k++)
+        if (b->bc->var_dims[k].n_buckets)
+            shapes *= b->bc->var_dims[k].n_buckets;
+    return shapes;
+}
+
+void batcher_drain(struct batcher *b, const char *cause)
+{
+    pthread_mutex_lock(&b->mu);
+    if (!b->draining) {
+        b->draining = 1;
+        snprintf(b->drain_cause, sizeof b->drain_cause, "%s", cause ? cause : "stopping");
+        /* A partial batch waiting out its max_queue_delay_us goes now (choose_group). */
+        pthread_cond_signal(&b->cv_batch);
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+void batcher_cut(struct batcher *b, const char *why)
+{
+    pthread_mutex_lock(&b->mu);
+    if (!b->draining) {
+        b->draining = 1;
+        snprintf(b->drain_cause, sizeof b->drain_cause, "stopping");
+    }
+    if (!atomic_load(&b->cut)) {
+        snprintf(b->cut_why, sizeof b->cut_why, "replica drain ended (%s) before this request "
+                 "ran; send it to another replica", why ? why : "cut");
+        atomic_store(&b->cut, 1);
+        pthread_cond_broadcast(&b->cv_batch);
+        pthread_cond_broadcast(&b->cv_compute);
+    }
+    pthread_mutex_unlock(&b->mu);
+}
+
+size_t batcher_outstanding(struct batcher *b)
+{
+    pthread_mutex_lock(&b->mu);
+    size_t n = b->outstanding;
+    pthread_mutex_unlock(&b->mu);
+    return n;
+}
+
+int batcher_wait_idle(struct batcher *b, int64_t timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)(timeout_ms / 1000);
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&b->mu);
+    while (b->outstanding && pthread_cond_timedwait(&b->cv_idle, &b->mu, &until) == 0) {
+    }
+    int idle = b->outstanding == 0;
+    pthread_mutex_unlock(&b->mu);
+    return idle;
 }
 
 void batcher_get_stats(struct batcher *b, struct batcher_stats *s)
@@ -1324,5 +1456,6 @@ void batcher_free(struct batcher *b)
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv_batch);
     pthread_cond_destroy(&b->cv_compute);
+    pthread_cond_destroy(&b->cv_idle);
     free(b);
 }

@@ -19,6 +19,13 @@
  *     batcher_stop(b);                // answers what is still queued with EUNAVAIL
  *     batcher_free(b);
  *
+ * Draining (a replica told to stop): batcher_drain(b, "SIGTERM") refuses every
+ * later submit with CORRAL_EDRAINING while everything accepted runs as usual;
+ * batcher_wait_idle(b, ms) waits for the last of those answers. batcher_cut(b,
+ * why) ends a drain early: what is still queued, and batches whose compute has
+ * not begun (or is in the test stall), are answered CORRAL_EDRAINING; an engine
+ * run already under way finishes and its requests get their results.
+ *
  * Threads: submit, health and stats may be called from any thread. With
  * `overlap`, a separate compute thread runs the engine while the batcher
  * thread gathers the next batch and scatters the previous one; without it the
@@ -61,6 +68,7 @@ enum batcher_reject {
     BATCHER_REJECT_TOO_LARGE,
     BATCHER_REJECT_UNAVAILABLE,
     BATCHER_REJECT_COMPUTE,
+    BATCHER_REJECT_DRAINING, /* refused while draining, or cut when the drain ended */
     BATCHER_REJECT_COUNT
 };
 const char *batcher_reject_name(enum batcher_reject r);
@@ -71,6 +79,7 @@ struct batcher_stats {
     uint64_t requests;         /* infer requests submitted (accepted or not) */
     uint64_t success;          /* answered with a result */
     uint64_t rejected[BATCHER_REJECT_COUNT];
+    uint64_t cut;              /* accepted, then answered EDRAINING by batcher_cut */
     uint64_t batches;          /* engine runs */
     uint64_t rows;             /* real batch rows run */
     uint64_t queue_us;         /* sum over requests of submit -> compute start */
@@ -99,8 +108,25 @@ int batcher_start(struct batcher *b, struct cerr *e);
  * req; CORRAL_EQUEUEFULL, CORRAL_ETOOLARGE and CORRAL_EINVAL are the usual ones.
  */
 int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct cerr *e);
-/* live: no stuck executor. ready: live, warmed up and not stopping. */
+/* live: no stuck executor. ready: live, warmed up, not draining and not stopping. */
 void batcher_health(struct batcher *b, int *live, int *ready);
+/* As batcher_health, and when not live, why (one sentence) in why[n]; "" when live. */
+void batcher_health_why(struct batcher *b, int *live, int *ready, char *why, size_t n);
+/* Bucket plans batcher_warmup builds and runs (0 without batching). */
+size_t batcher_bucket_count(const struct batcher *b);
+/*
+ * Starts draining: later submits are refused with CORRAL_EDRAINING, naming
+ * `cause` (e.g. "SIGTERM", copied), and queued requests no longer wait for
+ * their batch to fill. Idempotent; the first cause stays.
+ */
+void batcher_drain(struct batcher *b, const char *cause);
+/* Ends a drain early (draining first if not yet): see above. `why` (copied) goes in
+ * the answers. Idempotent. Callable from any thread. */
+void batcher_cut(struct batcher *b, const char *why);
+/* Requests accepted and not yet answered. */
+size_t batcher_outstanding(struct batcher *b);
+/* Waits up to timeout_ms for batcher_outstanding to reach 0: 1 when it did, else 0. */
+int batcher_wait_idle(struct batcher *b, int64_t timeout_ms);
 void batcher_get_stats(struct batcher *b, struct batcher_stats *s);
 /* The stall limit in use (after warm-up), in milliseconds. */
 int64_t batcher_stall_ms(const struct batcher *b);

@@ -1,5 +1,9 @@
 #include "server.h"
 
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "batcher.h"
@@ -7,12 +11,19 @@
 #include "sp_rep.h"
 #include "wire.h"
 
+enum phase { PHASE_STARTING, PHASE_READY, PHASE_DRAINING };
+
 struct replica_server {
     struct sp_rep *rep;
-    struct engine *eng;
     const struct model_config *cfg;
+    /* Written once by replica_server_ready before phase leaves PHASE_STARTING (a release
+     * store); the I/O thread reads them only after seeing that (an acquire load). */
     struct replica_server_options opt;
     struct batcher *batcher; /* borrowed */
+    atomic_int phase;
+    pthread_mutex_t mu; /* guards the texts below */
+    char reason[256];   /* while starting */
+    char cause[32];     /* while draining */
 };
 
 /* Takes ownership of buf. A reply that could not be built releases the request unanswered:
@@ -102,15 +113,39 @@ static void answer_metadata(struct replica_server *srv, struct sp_rep_req *rq)
     send_response(rq, &resp);
 }
 
-static void answer_health(struct replica_server *srv, struct sp_rep_req *rq)
+static void answer_health(struct replica_server *srv, struct sp_rep_req *rq, int phase)
 {
     Corral__Response resp = CORRAL__RESPONSE__INIT;
     Corral__HealthResponse h = CORRAL__HEALTH_RESPONSE__INIT;
-    int live, ready;
-    /* An executor stuck on one batch is not live even though this socket answers. */
-    batcher_health(srv->batcher, &live, &ready);
+    char reason[512], why[256] = "";
+    int live = 1, ready = 0;
+    if (phase == PHASE_STARTING) {
+        h.state = "starting";
+        pthread_mutex_lock(&srv->mu);
+        snprintf(reason, sizeof reason, "%s", srv->reason);
+        pthread_mutex_unlock(&srv->mu);
+    } else {
+        /* An executor stuck on one batch is not live even though this socket answers. */
+        batcher_health_why(srv->batcher, &live, &ready, why, sizeof why);
+        if (phase == PHASE_DRAINING) {
+            size_t left = batcher_outstanding(srv->batcher);
+            pthread_mutex_lock(&srv->mu);
+            snprintf(reason, sizeof reason, "%s: %zu requests left%s%s", srv->cause, left,
+                     live ? "" : "; ", why);
+            pthread_mutex_unlock(&srv->mu);
+            h.state = "draining";
+            ready = 0;
+        } else if (live) {
+            h.state = "ready";
+            reason[0] = '\0';
+        } else {
+            h.state = "failed";
+            snprintf(reason, sizeof reason, "%s", why);
+        }
+    }
     h.live = live;
     h.ready = ready;
+    h.reason = reason;
     h.model_name = (char *)srv->cfg->name;
     h.model_version = (char *)srv->cfg->version_str;
     resp.kind_case = CORRAL__RESPONSE__KIND_HEALTH;
@@ -198,6 +233,16 @@ static void submit_infer(struct replica_server *srv, struct sp_rep_req *rq, Corr
     }
 }
 
+/* Answers a request that needs the loaded model while the replica is still starting. */
+static void refuse_starting(struct replica_server *srv, struct sp_rep_req *rq)
+{
+    char msg[300];
+    pthread_mutex_lock(&srv->mu);
+    snprintf(msg, sizeof msg, "replica is starting: %s", srv->reason);
+    pthread_mutex_unlock(&srv->mu);
+    send_error(rq, CORRAL_EUNAVAIL, msg);
+}
+
 /* Runs on the I/O thread for every request; body is only valid during the call. */
 static void on_request(void *arg, struct sp_rep_req *rq, const uint8_t *body, size_t len)
 {
@@ -210,45 +255,54 @@ static void on_request(void *arg, struct sp_rep_req *rq, const uint8_t *body, si
         send_error(rq, rc, e.msg);
         return;
     }
-    switch (req->kind_case) {
-    case CORRAL__REQUEST__KIND_HEALTH:
+    int phase = atomic_load_explicit(&srv->phase, memory_order_acquire);
+    Corral__Request__KindCase kind = req->kind_case;
+    if (kind != CORRAL__REQUEST__KIND_INFER)
         corral__request__free_unpacked(req, NULL);
-        answer_health(srv, rq);
+    switch (kind) {
+    case CORRAL__REQUEST__KIND_HEALTH:
+        answer_health(srv, rq, phase);
         break;
     case CORRAL__REQUEST__KIND_METADATA:
-        corral__request__free_unpacked(req, NULL);
-        answer_metadata(srv, rq);
+        /* The config is not vouched for until the graph has been checked against it. */
+        if (phase == PHASE_STARTING)
+            refuse_starting(srv, rq);
+        else
+            answer_metadata(srv, rq);
         break;
     case CORRAL__REQUEST__KIND_INFER:
-        submit_infer(srv, rq, req);
+        if (phase == PHASE_STARTING) {
+            corral__request__free_unpacked(req, NULL);
+            refuse_starting(srv, rq);
+        } else {
+            submit_infer(srv, rq, req);
+        }
         break;
     case CORRAL__REQUEST__KIND_STATS:
-        corral__request__free_unpacked(req, NULL);
-        answer_stats(srv, rq);
+        if (phase == PHASE_STARTING)
+            refuse_starting(srv, rq);
+        else
+            answer_stats(srv, rq);
         break;
     default:
-        corral__request__free_unpacked(req, NULL);
         send_error(rq, CORRAL_EINVAL, "unknown request kind");
     }
 }
 
-int replica_server_start(struct replica_server **out, const char *url, struct engine *eng,
-                         const struct model_config *cfg, const struct replica_server_options *opt,
-                         struct cerr *e)
+int replica_server_start(struct replica_server **out, const char *url,
+                         const struct model_config *cfg, int contexts, struct cerr *e)
 {
     int rc;
     *out = NULL;
-    if (!opt->batcher)
-        return cerr_set(e, CORRAL_EINVAL, "replica server started without a batcher");
     struct replica_server *srv = calloc(1, sizeof *srv);
     if (!srv)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory");
-    srv->eng = eng;
     srv->cfg = cfg;
-    srv->opt = *opt;
-    srv->batcher = opt->batcher;
+    atomic_init(&srv->phase, PHASE_STARTING);
+    pthread_mutex_init(&srv->mu, NULL);
+    snprintf(srv->reason, sizeof srv->reason, "loading");
     struct sp_rep_options so = SP_REP_OPTIONS_DEFAULT;
-    so.max_pending = opt->contexts > 0 ? opt->contexts : 1;
+    so.max_pending = contexts > 0 ? contexts : 1;
     so.max_message = WIRE_MAX_MESSAGE;
     if ((rc = sp_rep_start(&srv->rep, url, &so, on_request, srv, e))) {
         replica_server_stop(srv);
@@ -260,6 +314,33 @@ int replica_server_start(struct replica_server **out, const char *url, struct en
 
 const char *replica_server_url(const struct replica_server *srv) { return sp_rep_url(srv->rep); }
 
+void replica_server_starting(struct replica_server *srv, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&srv->mu);
+    vsnprintf(srv->reason, sizeof srv->reason, fmt, ap);
+    pthread_mutex_unlock(&srv->mu);
+    va_end(ap);
+}
+
+void replica_server_ready(struct replica_server *srv, const struct replica_server_options *opt)
+{
+    srv->opt = *opt;
+    srv->batcher = opt->batcher;
+    atomic_store_explicit(&srv->phase, PHASE_READY, memory_order_release);
+}
+
+void replica_server_drain(struct replica_server *srv, const char *cause)
+{
+    pthread_mutex_lock(&srv->mu);
+    snprintf(srv->cause, sizeof srv->cause, "%s", cause);
+    pthread_mutex_unlock(&srv->mu);
+    /* Draining is only ever entered from ready: the batcher is there. */
+    if (srv->batcher)
+        atomic_store_explicit(&srv->phase, PHASE_DRAINING, memory_order_release);
+}
+
 void replica_server_stop(struct replica_server *srv)
 {
     if (!srv)
@@ -267,7 +348,9 @@ void replica_server_stop(struct replica_server *srv)
     /* The batcher finishes the batches it is running and answers everything still queued
      * (EUNAVAIL) while the connections can still carry the replies; requests that arrive
      * meanwhile are refused by it and answered on the I/O thread. */
-    batcher_stop(srv->batcher);
+    if (srv->batcher)
+        batcher_stop(srv->batcher);
     sp_rep_stop(srv->rep);
+    pthread_mutex_destroy(&srv->mu);
     free(srv);
 }

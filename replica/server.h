@@ -10,16 +10,35 @@
  * received request gets exactly one reply: a Response carrying the result or
  * an Error with a corral code. A reply whose connection has closed is dropped.
  *
+ * The server opens before the model is loaded, so that health can say what the
+ * replica is doing. Its state, told on every health answer:
+ *   starting  (reason: loading, verifying parity, warming N buckets) until
+ *             replica_server_ready(); infer, metadata and stats are refused
+ *             with CORRAL_EUNAVAIL "replica is starting: <reason>";
+ *   ready     live and taking requests;
+ *   failed    the batcher reports the executor stalled (reason says how long);
+ *             ready again once it moves;
+ *   draining  after replica_server_drain(): health says ready false (live as the
+ *             executor is), the batcher refuses new infer requests with
+ *             CORRAL_EDRAINING and answers the ones it holds; metadata and stats
+ *             are still answered.
+ * `live` is the batcher's stall check, separate from the state (true while
+ * starting); `ready` is true only in state ready.
+ *
  * Usage:
  *     struct replica_server *srv;
- *     replica_server_start(&srv, url, eng, cfg, &opts, &e);  // listening on return
- *     ... wait for a signal ...
+ *     replica_server_start(&srv, url, cfg, contexts, &e);  // listening, "starting"
+ *     replica_server_starting(srv, "warming %zu buckets", n);  // what health says
+ *     replica_server_ready(srv, &opts);  // opts.batcher started: takes requests
+ *     ... a signal ...
+ *     replica_server_drain(srv, "SIGTERM");  // with batcher_drain on the batcher
  *     replica_server_stop(srv);  // stops the batcher, flushes and closes, frees
  *
  * url is tcp://HOST:PORT (HOST an address, [IPv6], a name, or * for any; port
  * 0 picks one, see replica_server_url). An address in use is CORRAL_EUNAVAIL.
- * The engine, config and batcher (opts.batcher, started) are borrowed and must
- * outlive the server; stopping the server stops the batcher.
+ * The config and batcher (opts.batcher, started) are borrowed and must outlive
+ * the server; stopping the server stops the batcher. The state calls may come
+ * from any thread.
  */
 #ifndef CORRAL_REPLICA_SERVER_H
 #define CORRAL_REPLICA_SERVER_H
@@ -27,7 +46,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
 #include "error.h"
 #include "model_repo.h"
 
@@ -35,10 +53,8 @@ struct replica_server;
 
 struct batcher;
 
+/* What replica_server_ready() hands over once the model is loaded and warmed. */
 struct replica_server_options {
-    /* Requests accepted and not yet answered; at this many the server stops reading from
-     * its connections until replies free room (the requests wait, none is refused). */
-    int contexts;
     struct batcher *batcher;  /* queues and runs infer requests (required) */
     /* Plans built at warm-up, reported in metadata parameters (plan_count,
      * arena_bytes_max: the one arena the plans share, plans = "shape:bytes;...").
@@ -46,13 +62,23 @@ struct replica_server_options {
     int64_t plan_count, arena_bytes_max;
     const char *plans;
 };
-#define REPLICA_SERVER_OPTIONS_DEFAULT {.contexts = 64, .batcher = NULL}
+#define REPLICA_SERVER_OPTIONS_DEFAULT {.batcher = NULL}
 
-int replica_server_start(struct replica_server **out, const char *url, struct engine *eng,
-                         const struct model_config *cfg, const struct replica_server_options *opt,
-                         struct cerr *e);
+/* contexts: requests accepted and not yet answered; at this many the server stops
+ * reading from its connections until replies free room (they wait, none is refused). */
+int replica_server_start(struct replica_server **out, const char *url,
+                         const struct model_config *cfg, int contexts, struct cerr *e);
 /* The URL actually bound (resolves port 0 to the chosen port). */
 const char *replica_server_url(const struct replica_server *srv);
+/* Sets the starting reason health reports (printf format). */
+void replica_server_starting(struct replica_server *srv, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Ready: infer requests go to opt->batcher (started); metadata reports opt's plans.
+ * opt is copied. */
+void replica_server_ready(struct replica_server *srv, const struct replica_server_options *opt);
+/* Draining because of `cause` ("SIGTERM", copied): health says so with the count of
+ * requests still to answer. Call batcher_drain too (the batcher refuses new work). */
+void replica_server_drain(struct replica_server *srv, const char *cause);
 void replica_server_stop(struct replica_server *srv);
 /*
  * The batcher's reply function (batcher_reply_fn): sends buf (owned, freed
