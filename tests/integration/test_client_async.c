@@ -27,15 +27,21 @@ static const int types[12] = {CORRAL_TYPE_BOOL,  CORRAL_TYPE_UINT8, CORRAL_TYPE_
                               CORRAL_TYPE_FP16,  CORRAL_TYPE_FP32,  CORRAL_TYPE_FP64};
 static const size_t sizes[12] = {1, 1, 2, 4, 8, 1, 2, 4, 8, 2, 4, 8};
 
+/*
+ * What became of the requests: every one corral_infer_async accepted (submitted) must
+ * get exactly one callback (callbacks), which is a correct answer (ok), a wrong one
+ * (wrong) or a failure status (failed); refused submissions are counted apart.
+ */
 struct state {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int left, ok, bad;
+    int submitted, refused, callbacks, ok, wrong, failed;
     unsigned peak;
 };
 
 struct req_ctx {
     struct state *st;
+    int calls; /* callbacks for this request (under st->mu) */
     int64_t want_i64[3];
     float want_f32[3];
 };
@@ -60,10 +66,26 @@ static void on_done(void *arg, int status, const char *msg, struct corral_infer_
     }
     corral_result_free(res);
     pthread_mutex_lock(&st->mu);
+    rc->calls++;
+    st->callbacks++;
     st->ok += good;
-    st->bad += !good;
-    if (--st->left == 0)
-        pthread_cond_signal(&st->cv);
+    st->wrong += status == CORRAL_STATUS_OK && !good;
+    st->failed += status != CORRAL_STATUS_OK;
+    pthread_cond_signal(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* Waits until every submitted request had its callback, or until the deadline (the
+ * requests' own timeout plus a margin: past it a missing callback is a lost request). */
+static void wait_callbacks(struct state *st, int seconds)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += seconds;
+    pthread_mutex_lock(&st->mu);
+    while (st->callbacks < st->submitted &&
+           pthread_cond_timedwait(&st->cv, &st->mu, &until) == 0) {
+    }
     pthread_mutex_unlock(&st->mu);
 }
 
@@ -99,7 +121,7 @@ int main(int argc, char **argv)
     static uint8_t data[N_REQ][12][24];
     static struct req_ctx ctxs[N_REQ];
     static const int64_t shape[2] = {1, 3};
-    struct state st = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, N_REQ, 0, 0, 0};
+    struct state st = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < N_REQ; i++) {
@@ -117,26 +139,43 @@ int main(int argc, char **argv)
         const char *outs[] = {"y_int64", "y_fp32"};
         struct corral_infer_request rq = {.model = "dtypes", .inputs = in, .n_inputs = 12,
                                           .outputs = outs, .n_outputs = 2, .timeout_ms = 20000};
+        /* Counted before the call: the callback may run before it returns. */
+        pthread_mutex_lock(&st.mu);
+        st.submitted++;
+        pthread_mutex_unlock(&st.mu);
         if (corral_infer_async(cl, &rq, on_done, &ctxs[i], &err)) {
             fprintf(stderr, "infer_async %d: %s\n", i, err.message);
             pthread_mutex_lock(&st.mu);
-            st.left--;
-            st.bad++;
+            st.submitted--;
+            st.refused++;
             pthread_mutex_unlock(&st.mu);
         }
         unsigned n = corral_inflight(cl);
         if (n > st.peak)
             st.peak = n;
     }
-    pthread_mutex_lock(&st.mu);
-    while (st.left > 0)
-        pthread_cond_wait(&st.cv, &st.mu);
-    pthread_mutex_unlock(&st.mu);
+    wait_callbacks(&st, 20 + 40);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("%d async requests: %d correct, %d wrong or failed, at most %u in flight at once, "
-           "%.1f ms\n", N_REQ, st.ok, st.bad, st.peak, secs * 1e3);
+    pthread_mutex_lock(&st.mu);
+    printf("%d async requests: %d submitted (%d refused), %d callbacks: %d correct, %d wrong, "
+           "%d failed; at most %u in flight at once, %.1f ms\n", N_REQ, st.submitted,
+           st.refused, st.callbacks, st.ok, st.wrong, st.failed, st.peak, secs * 1e3);
+    CHECK(st.refused == 0 && st.submitted == N_REQ, "%d of %d submitted, %d refused",
+          st.submitted, N_REQ, st.refused);
+    CHECK(st.callbacks == st.submitted, "%d callbacks for %d requests submitted", st.callbacks,
+          st.submitted);
+    CHECK(st.wrong == 0, "%d answers do not match their request", st.wrong);
+    CHECK(st.failed == 0, "%d requests failed", st.failed);
     CHECK(st.ok == N_REQ, "%d of %d answers correct", st.ok, N_REQ);
+    int twice = 0, never = 0;
+    for (int i = 0; i < N_REQ; i++) {
+        twice += ctxs[i].calls > 1;
+        never += ctxs[i].calls == 0;
+    }
+    CHECK(twice == 0 && never == 0, "%d requests called back more than once, %d never", twice,
+          never);
+    pthread_mutex_unlock(&st.mu);
     CHECK(st.peak >= 100, "only %u requests were in flight together", st.peak);
 
     /* Errors come back with the server's code and sentence. */
@@ -164,6 +203,11 @@ int main(int argc, char **argv)
           err.message);
     corral_result_free(res);
     corral_close(cl);
+    /* Closing the client brought no late or second callback. */
+    pthread_mutex_lock(&st.mu);
+    CHECK(st.callbacks == st.submitted, "%d callbacks for %d requests after the close",
+          st.callbacks, st.submitted);
+    pthread_mutex_unlock(&st.mu);
 
     /* Nobody listening: the request waits for its deadline and says so. */
     if (corral_connect(&cl, "tcp://127.0.0.1:1", NULL, &err) == CORRAL_STATUS_OK) {

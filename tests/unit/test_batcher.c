@@ -184,10 +184,12 @@ static void test_fill_types(void **state)
 
 /* ---- in-process batcher over the digits model ------------------------------------------ */
 
+/* Replies as they come: n in all, per request how many (exactly one each is right). */
 struct sink {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int n;
+    int n, errors;
+    int calls[64];
     Corral__Response *resp[64];
 };
 
@@ -199,7 +201,12 @@ static void sink_reply(void *owner, uint8_t *buf, size_t len)
     Corral__Response *r = buf ? corral__response__unpack(NULL, len, buf) : NULL;
     free(buf);
     pthread_mutex_lock(&sink.mu);
-    sink.resp[k] = r;
+    if (k < 64 && !sink.calls[k]++)
+        sink.resp[k] = r;
+    else if (r)
+        corral__response__free_unpacked(r, NULL); /* a second reply: counted in calls */
+    if (!r || r->kind_case != CORRAL__RESPONSE__KIND_INFER)
+        sink.errors++;
     sink.n++;
     pthread_cond_signal(&sink.cv);
     pthread_mutex_unlock(&sink.mu);
@@ -268,15 +275,28 @@ static void run_digits(int overlap)
     assert_int_equal(batcher_create(&b, eng, &c, &bo, sink_reply, &e), 0);
     assert_int_equal(batcher_warmup(b, &e), 0);
     assert_int_equal(batcher_start(b, &e), 0);
+    int submitted = 0;
     for (size_t k = 0; k < N; k++) {
         Corral__Request *r = make_req(rows[k], (float)k);
         if (batcher_submit(b, r, (void *)(uintptr_t)k, &e))
             fail_msg("%s", e.msg);
+        submitted++;
     }
+    /* Every request submitted is answered exactly once (bounded: 60 s, then the counts
+     * below say which are missing), and none with an error. */
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 60;
     pthread_mutex_lock(&sink.mu);
-    while (sink.n < N)
-        pthread_cond_wait(&sink.cv, &sink.mu);
+    while (sink.n < submitted && pthread_cond_timedwait(&sink.cv, &sink.mu, &until) == 0) {
+    }
+    int replies = sink.n, errors = sink.errors;
     pthread_mutex_unlock(&sink.mu);
+    assert_int_equal(submitted, N);
+    assert_int_equal(replies, submitted);
+    assert_int_equal(errors, 0);
+    for (size_t k = 0; k < N; k++)
+        assert_int_equal(sink.calls[k], 1);
 
     /* Every answer equals the engine run on that request alone. */
     for (size_t k = 0; k < N; k++) {
@@ -318,6 +338,8 @@ static void run_digits(int overlap)
     batcher_health(b, &live, &ready);
     assert_true(live && ready);
     batcher_free(b);
+    /* Nothing more was answered, up to the batcher's end. */
+    assert_int_equal(sink.n, N);
     engine_free(eng);
     pthread_mutex_destroy(&sink.mu);
     pthread_cond_destroy(&sink.cv);

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http.h"
@@ -43,18 +44,32 @@ struct delayed {
 
 static void delayed_closed(uv_handle_t *h) { free(h->data); }
 
-static int g_aborts; /* abort functions run (loop thread writes, test reads after a wait) */
+/*
+ * What the loop thread saw, for the test thread to wait on (atomics): abort functions
+ * run, requests that registered one, and delayed answers by what their tag said when
+ * their timer fired ("aborted" when the abort function ran first).
+ */
+static int g_aborts, g_abortable, g_fired_aborted, g_fired_abortable, g_fired_plain;
+
+static int counter(const int *c) { return __atomic_load_n(c, __ATOMIC_SEQ_CST); }
+static void bump(int *c) { __atomic_add_fetch(c, 1, __ATOMIC_SEQ_CST); }
 
 static void on_abort(void *arg)
 {
     struct delayed *d = arg;
-    __atomic_add_fetch(&g_aborts, 1, __ATOMIC_SEQ_CST);
+    bump(&g_aborts);
     snprintf(d->tag, sizeof d->tag, "aborted");
 }
 
 static void delayed_fire(uv_timer_t *t)
 {
     struct delayed *d = t->data;
+    if (strcmp(d->tag, "aborted") == 0)
+        bump(&g_fired_aborted);
+    else if (strcmp(d->tag, "abortable") == 0)
+        bump(&g_fired_abortable);
+    else if (strcmp(d->tag, "plain") == 0)
+        bump(&g_fired_plain);
     http_respond(d->req, 200, "text/plain", NULL, strdup(d->tag), strlen(d->tag));
     uv_close((uv_handle_t *)t, delayed_closed);
 }
@@ -72,8 +87,10 @@ static void handler(void *arg, struct http_request *req)
         uv_timer_init(&s->loop, &d->t);
         d->t.data = d;
         uv_timer_start(&d->t, delayed_fire, ms, 0);
-        if (strcmp(tag, "abortable") == 0)
+        if (strcmp(tag, "abortable") == 0) {
             http_request_on_abort(req, on_abort, d);
+            bump(&g_abortable);
+        }
         return;
     }
     if (sscanf(req->path, "/big/%u", &ms) == 1) {
@@ -113,13 +130,13 @@ static void *server_main(void *arg)
     return NULL;
 }
 
-static int setup(void **state)
+static int start_server(void **state, unsigned idle_timeout_ms)
 {
     struct server *s = calloc(1, sizeof *s);
     http_limits_default(&s->lim);
     s->lim.max_header_bytes = 1024;
     s->lim.max_body_bytes = 4096;
-    s->lim.idle_timeout_ms = 400;
+    s->lim.idle_timeout_ms = idle_timeout_ms;
     s->lim.max_connections = 8;
     s->lim.max_pipelined = 4;
     s->lim.request_timeout_ms = 300;
@@ -133,6 +150,18 @@ static int setup(void **state)
     *state = s;
     return 0;
 }
+
+static int setup(void **state) { return start_server(state, 400); }
+
+/*
+ * For a client that stops reading for a while: the server now counts a connection whose
+ * answers wait in its write queue (reading paused) as idle, and closes it after
+ * idle_timeout_ms with those answers lost (a pause of 700 ms against 400 ms loses all
+ * but about 40 of test_unread_answers' 241). That is a bug of router/http.c, reported
+ * apart; until it is fixed, this test's pause must not race the idle timeout on a loaded
+ * machine, so its server has one far longer than any pause here.
+ */
+static int setup_long_idle(void **state) { return start_server(state, 60000); }
 
 static int teardown(void **state)
 {
@@ -162,15 +191,55 @@ static void send_all(int fd, const char *p, size_t n)
     }
 }
 
-/* Reads until EOF or until nothing arrives for wait_ms; *eof tells which. */
-static char *read_all(int fd, int wait_ms, int *eof)
+/*
+ * How long a read waits for something that must come (an answer, the server closing).
+ * It ends as soon as that arrives, so it only costs time when a check fails; it is long
+ * so that a loaded machine (two cores, the sanitizers, a build beside) cannot fail it.
+ */
+#define MUST_COME_MS 10000
+
+static int64_t now_ms(void)
 {
-    size_t cap = 1 << 16, len = 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits up to MUST_COME_MS for a counter the loop thread bumps to reach want. */
+static int wait_counter(const int *c, int want)
+{
+    for (int64_t end = now_ms() + MUST_COME_MS; counter(c) < want && now_ms() < end;)
+        usleep(1000);
+    return counter(c);
+}
+
+/*
+ * Reads until EOF, until nothing arrives for wait_ms, or, when `until` is given, until
+ * that text has arrived (then at most MUST_COME_MS in all); *eof tells whether it closed.
+ */
+static char *read_some(int fd, int wait_ms, const char *until, int *eof)
+{
+    size_t cap = 1 << 16, len = 0, scanned = 0;
     char *b = malloc(cap + 1);
+    int64_t end = now_ms() + MUST_COME_MS;
     *eof = 0;
+    b[0] = '\0';
     for (;;) {
+        /* Only the new bytes (and the text's length before them) are searched: answers
+         * of many MB arrive in many reads. */
+        if (until && strstr(b + scanned, until))
+            break;
+        if (until && len >= strlen(until))
+            scanned = len - strlen(until) + 1;
+        int ms = wait_ms;
+        if (until) {
+            int64_t left = end - now_ms();
+            if (left <= 0)
+                break;
+            ms = (int)left;
+        }
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, wait_ms) <= 0)
+        if (poll(&p, 1, ms) <= 0)
             break;
         if (len == cap) {
             cap *= 2;
@@ -182,9 +251,19 @@ static char *read_all(int fd, int wait_ms, int *eof)
             break;
         }
         len += (size_t)r;
+        b[len] = '\0';
     }
     b[len] = '\0';
     return b;
+}
+
+/* Everything until the server closes (or nothing arrives for wait_ms). */
+static char *read_all(int fd, int wait_ms, int *eof) { return read_some(fd, wait_ms, NULL, eof); }
+
+/* Until `text` (the end of the last answer expected) has arrived. */
+static char *read_until(int fd, const char *text, int *eof)
+{
+    return read_some(fd, 0, text, eof);
 }
 
 static int count(const char *hay, const char *needle)
@@ -202,13 +281,19 @@ static void test_keep_alive(void **state)
     for (int i = 0; i < 3; i++) {
         const char *req = "POST /echo/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello";
         send_all(fd, req, strlen(req));
-        char *out = read_all(fd, 150, &eof);
+        char *out = read_until(fd, "\r\n\r\nPOST /echo/a 5", &eof);
         assert_false(eof);
         assert_non_null(strstr(out, "HTTP/1.1 200 OK\r\n"));
         assert_non_null(strstr(out, "Content-Length: 14\r\n"));
         assert_non_null(strstr(out, "\r\n\r\nPOST /echo/a 5"));
+        assert_null(strstr(out, "Connection: close"));
         free(out);
     }
+    /* Still open after the third (a closing server would have sent its end by now). */
+    char *rest = read_all(fd, 100, &eof);
+    assert_false(eof);
+    assert_string_equal(rest, "");
+    free(rest);
     close(fd);
 }
 
@@ -223,7 +308,7 @@ static void test_pipelining_order(void **state)
                       "GET /slow/1/last HTTP/1.1\r\nConnection: close\r\n\r\n"
                       "GET /echo/ignored HTTP/1.1\r\n\r\n";
     send_all(fd, req, strlen(req));
-    char *out = read_all(fd, 2000, &eof);
+    char *out = read_all(fd, MUST_COME_MS, &eof);
     assert_true(eof);
     char *a = strstr(out, "first"), *b = strstr(out, "second"), *c = strstr(out, "third"),
          *d = strstr(out, "last");
@@ -248,7 +333,7 @@ static void test_many_pipelined(void **state)
     }
     strcat(req, "GET /echo/end HTTP/1.1\r\nConnection: close\r\n\r\n");
     send_all(fd, req, strlen(req));
-    char *out = read_all(fd, 3000, &eof);
+    char *out = read_all(fd, MUST_COME_MS, &eof);
     assert_true(eof);
     assert_int_equal(count(out, "HTTP/1.1 200"), 61);
     const char *p = out;
@@ -274,8 +359,8 @@ static void test_unread_answers(void **state)
         strcat(req, "GET /big/100000 HTTP/1.1\r\n\r\n");
     strcat(req, "GET /echo/end HTTP/1.1\r\n\r\n");
     send_all(fd, req, strlen(req));
-    usleep(300 * 1000);
-    char *all = read_all(fd, 1000, &eof);
+    usleep(300 * 1000); /* not reading for a while is the point, not a wait for something */
+    char *all = read_until(fd, "GET /echo/end 0", &eof);
     size_t total = strlen(all);
     int answers = count(all, "HTTP/1.1 200");
     assert_int_equal(answers, 241);
@@ -290,7 +375,7 @@ static void expect_reject(struct server *s, const char *req, size_t len, const c
 {
     int fd = dial(s), eof;
     send_all(fd, req, len);
-    char *out = read_all(fd, 2000, &eof);
+    char *out = read_all(fd, MUST_COME_MS, &eof);
     if (strncmp(out, status, strlen(status)) != 0 || !strstr(out, msg))
         fail_msg("got '%s', expected '%s' with '%s'", out, status, msg);
     assert_true(eof);
@@ -328,7 +413,7 @@ static void test_limits(void **state)
     /* The server keeps serving after all of that. */
     int fd = dial(s), eof;
     send_all(fd, "GET /echo/ok HTTP/1.1\r\n\r\n", 26);
-    char *out = read_all(fd, 200, &eof);
+    char *out = read_until(fd, "GET /echo/ok 0", &eof);
     assert_non_null(strstr(out, "HTTP/1.1 200"));
     free(out);
     close(fd);
@@ -341,16 +426,16 @@ static void test_chunked_and_continue(void **state)
     const char *req = "POST /echo/c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                       "3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n";
     send_all(fd, req, strlen(req));
-    char *out = read_all(fd, 200, &eof);
+    char *out = read_until(fd, "POST /echo/c 7", &eof);
     assert_non_null(strstr(out, "POST /echo/c 7"));
     free(out);
     const char *head = "POST /echo/e HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
     send_all(fd, head, strlen(head));
-    out = read_all(fd, 200, &eof);
+    out = read_until(fd, "\r\n\r\n", &eof);
     assert_string_equal(out, "HTTP/1.1 100 Continue\r\n\r\n");
     free(out);
     send_all(fd, "xyz", 3);
-    out = read_all(fd, 200, &eof);
+    out = read_until(fd, "POST /echo/e 3", &eof);
     assert_non_null(strstr(out, "POST /echo/e 3"));
     free(out);
     close(fd);
@@ -361,7 +446,7 @@ static void test_http10(void **state)
     struct server *s = *state;
     int fd = dial(s), eof;
     send_all(fd, "GET /echo/a HTTP/1.0\r\n\r\n", 24);
-    char *out = read_all(fd, 1000, &eof);
+    char *out = read_all(fd, MUST_COME_MS, &eof);
     assert_true(eof);
     assert_non_null(strstr(out, "Connection: close"));
     free(out);
@@ -369,7 +454,7 @@ static void test_http10(void **state)
     fd = dial(s);
     const char *ka = "GET /echo/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
     send_all(fd, ka, strlen(ka));
-    out = read_all(fd, 150, &eof);
+    out = read_until(fd, "GET /echo/a 0", &eof);
     assert_false(eof);
     assert_non_null(strstr(out, "Connection: keep-alive"));
     free(out);
@@ -382,7 +467,7 @@ static void test_head(void **state)
     int fd = dial(s), eof;
     const char *req = "HEAD /echo/a HTTP/1.1\r\n\r\nGET /echo/b HTTP/1.1\r\n\r\n";
     send_all(fd, req, strlen(req));
-    char *out = read_all(fd, 200, &eof);
+    char *out = read_until(fd, "GET /echo/b 0", &eof);
     /* The HEAD answer carries the length but no body, so the next answer follows directly. */
     assert_non_null(strstr(out, "Content-Length: 14\r\n\r\nHTTP/1.1 200"));
     free(out);
@@ -393,27 +478,71 @@ static void test_idle_and_connection_cap(void **state)
 {
     struct server *s = *state;
     int fds[8], eof;
+    /*
+     * Eight connections, each answered once (so it is surely accepted) and each with a
+     * second answer pending for a second: a connection with an answer pending is never
+     * idle, so all eight are still open when the ninth comes, however slow the machine.
+     */
     for (int i = 0; i < 8; i++) {
         fds[i] = dial(s);
-        send_all(fds[i], "GET /echo/a HTTP/1.1\r\n\r\n", 24);
-        char *out = read_all(fds[i], 100, &eof);
+        const char *two = "GET /echo/a HTTP/1.1\r\n\r\nGET /slow/1000/held HTTP/1.1\r\n\r\n";
+        send_all(fds[i], two, strlen(two));
+        char *out = read_until(fds[i], "GET /echo/a 0", &eof);
         assert_non_null(strstr(out, "200 OK"));
         free(out);
     }
-    /* The ninth is over the cap: accepted and closed at once. */
+    /* The ninth is over the cap: accepted and closed at once. It asks for something, so
+     * a server that let it in would answer (and an idle close would come only later). */
     int extra = dial(s);
-    char *out = read_all(extra, 1000, &eof);
+    const char *x = "GET /echo/x HTTP/1.1\r\n\r\n";
+    (void)send(extra, x, strlen(x), MSG_NOSIGNAL); /* may meet the close: not checked */
+    char *out = read_all(extra, MUST_COME_MS, &eof);
     assert_true(eof);
     assert_string_equal(out, "");
     free(out);
     close(extra);
-    /* The idle ones are closed by the server after idle_timeout_ms. */
+    /* Each of the eight gets its pending answer, then, idle, is closed by the server. */
     for (int i = 0; i < 8; i++) {
-        out = read_all(fds[i], 2000, &eof);
+        out = read_all(fds[i], MUST_COME_MS, &eof);
         assert_true(eof);
+        assert_non_null(strstr(out, "\r\n\r\nheld"));
         free(out);
         close(fds[i]);
     }
+    /*
+     * The idle timeout (400 ms) itself: the server's clock for a connection starts no
+     * earlier than its last request was sent, so the close cannot come sooner than that
+     * (the lower bound holds exactly, but for a few ms of clock steps); the upper bound
+     * gives a loaded machine ten times the timeout.
+     */
+    int fd = -1;
+    int64_t t0 = 0;
+    for (int i = 0; i < 1000 && fd < 0; i++) {
+        /* The server counts a connection out only after it has closed it (in the same
+         * loop turn, but that turn can accept first): right after the eight went, a try
+         * may still be turned away; it is made again. */
+        fd = dial(s);
+        t0 = now_ms();
+        const char *a = "GET /echo/a HTTP/1.1\r\n\r\n";
+        (void)send(fd, a, strlen(a), MSG_NOSIGNAL);
+        out = read_until(fd, "GET /echo/a 0", &eof);
+        if (!strstr(out, "GET /echo/a 0")) {
+            close(fd);
+            fd = -1;
+            usleep(10000);
+        }
+        free(out);
+    }
+    assert_true(fd >= 0);
+    out = read_all(fd, MUST_COME_MS, &eof);
+    int64_t idle = now_ms() - t0;
+    print_message("  idle connection closed after %lld ms (idle timeout 400 ms)\n", (long long)idle);
+    assert_true(eof);
+    assert_string_equal(out, "");
+    assert_true(idle >= 400 - 10);
+    assert_true(idle < 10 * 400);
+    free(out);
+    close(fd);
 }
 
 static void test_client_leaves_early(void **state)
@@ -426,10 +555,14 @@ static void test_client_leaves_early(void **state)
         close(fd);
     }
     usleep(200 * 1000);
+    /* Answered after a longer delay than theirs, started later on the same loop: by the
+     * time it comes, the answers for the clients that left have all been attempted. */
     int fd = dial(s), eof;
-    send_all(fd, "GET /echo/ok HTTP/1.1\r\n\r\n", 26);
-    char *out = read_all(fd, 200, &eof);
+    const char *ok = "GET /slow/100/ok HTTP/1.1\r\n\r\n";
+    send_all(fd, ok, strlen(ok));
+    char *out = read_until(fd, "\r\n\r\nok", &eof);
     assert_non_null(strstr(out, "HTTP/1.1 200"));
+    assert_non_null(strstr(out, "\r\n\r\nok"));
     free(out);
     close(fd);
 }
@@ -437,43 +570,64 @@ static void test_client_leaves_early(void **state)
 static void test_abort_on_hangup(void **state)
 {
     struct server *s = *state;
-    int before = __atomic_load_n(&g_aborts, __ATOMIC_SEQ_CST);
+    int aborts = counter(&g_aborts), abortable = counter(&g_abortable);
+    int fired_aborted = counter(&g_fired_aborted), fired_abortable = counter(&g_fired_abortable);
+    int fired_plain = counter(&g_fired_plain);
     int fd = dial(s);
-    const char *req = "GET /slow/300/abortable HTTP/1.1\r\n\r\n";
+    const char *req = "GET /slow/1500/abortable HTTP/1.1\r\n\r\n";
     send_all(fd, req, strlen(req));
-    usleep(50 * 1000);
+    /* The handler holds it; then the client hangs up. */
+    assert_int_equal(wait_counter(&g_abortable, abortable + 1), abortable + 1);
     close(fd);
-    usleep(100 * 1000);
-    /* Told before its answer was due; plain requests never are. */
-    assert_int_equal(__atomic_load_n(&g_aborts, __ATOMIC_SEQ_CST), before + 1);
+    assert_int_equal(wait_counter(&g_aborts, aborts + 1), aborts + 1);
+    /* Told before its answer was due: when that timer fired, the abort function had
+     * already run (an order of two events on the server's loop, not a duration). */
+    assert_int_equal(wait_counter(&g_fired_aborted, fired_aborted + 1), fired_aborted + 1);
+    assert_int_equal(counter(&g_fired_abortable), fired_abortable);
+    /* A plain request is never told, not even once its answer's time has come. */
     fd = dial(s);
     req = "GET /slow/20/plain HTTP/1.1\r\n\r\n";
     send_all(fd, req, strlen(req));
     close(fd);
-    usleep(300 * 1000);
-    assert_int_equal(__atomic_load_n(&g_aborts, __ATOMIC_SEQ_CST), before + 1);
+    assert_int_equal(wait_counter(&g_fired_plain, fired_plain + 1), fired_plain + 1);
+    assert_int_equal(counter(&g_aborts), aborts + 1);
 }
 
 static void test_request_timeout(void **state)
 {
     struct server *s = *state;
     int fd = dial(s), eof;
-    /* A slow sender keeps the connection busy but never finishes its request. */
+    /*
+     * A slow sender keeps the connection busy but never finishes its request: a header
+     * line every 120 ms, until the server answers (10 s at most). That activity must not
+     * extend the request timeout (300 ms), which runs from the request's first byte:
+     * the 408 cannot come before it (exact, but for clock steps), and must come within
+     * ten times it (a deadline restarted by every line would never fire here).
+     */
     const char *line = "GET /echo/a HTTP/1.1\r\n";
+    int64_t t0 = now_ms(), t1;
     send_all(fd, line, strlen(line));
-    for (int i = 0; i < 4; i++) {
-        usleep(120 * 1000);
+    for (;;) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        t1 = now_ms();
+        if (t1 - t0 >= MUST_COME_MS || poll(&p, 1, 120) > 0)
+            break;
         send(fd, "X: y\r\n", 6, MSG_NOSIGNAL);
     }
-    char *out = read_all(fd, 400, &eof);
+    t1 = now_ms();
+    char *out = read_all(fd, MUST_COME_MS, &eof);
+    print_message("  408 after %lld ms (request timeout 300 ms)\n", (long long)(t1 - t0));
     assert_non_null(strstr(out, "HTTP/1.1 408"));
     assert_non_null(strstr(out, "within 300 ms"));
+    assert_true(eof);
+    assert_true(t1 - t0 >= 300 - 10);
+    assert_true(t1 - t0 < 10 * 300);
     free(out);
     close(fd);
     /* A request that arrives in time on another connection is unaffected. */
     fd = dial(s);
     send_all(fd, "GET /echo/ok HTTP/1.1\r\n\r\n", 26);
-    out = read_all(fd, 200, &eof);
+    out = read_until(fd, "GET /echo/ok 0", &eof);
     assert_non_null(strstr(out, "HTTP/1.1 200"));
     free(out);
     close(fd);
@@ -518,7 +672,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keep_alive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelining_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_pipelined, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_unread_answers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unread_answers, setup_long_idle, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chunked_and_continue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http10, setup, teardown),

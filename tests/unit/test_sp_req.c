@@ -6,7 +6,8 @@
  *    bytes to several MB, and echoing a request sent from a timer callback;
  *  - that peer going away and coming back on the same port (`down` once, `up`
  *    again, the retry delay starting over after each success), and the retry
- *    delays measured against a peer that hangs up at once;
+ *    delays (50 ms doubling to 1 s, and 50 ms again after a success) measured by
+ *    a peer that hangs up at once, with bounds a loaded machine cannot break;
  *  - raw TCP peers written here that answer with the wrong SP protocol or with
  *    garbage, send frames over the size limit or under the minimum, replies
  *    without the request-id bit, replies one byte at a time, several replies
@@ -903,16 +904,23 @@ static void test_send_from_timer(void **state)
     WAIT_UNTIL(h, h->ups == 1, 5000);
     assert_int_equal(h->ups, 1);
 
+    /*
+     * Once the timer has sent, nothing on this loop wakes it but the reply itself and
+     * the wait's deadline, its only other timer. A request left in the client's buffer
+     * until some unrelated wake-up would leave only when that deadline fires, and the
+     * wait ends there, without the reply. So the check is an order, not a duration:
+     * the reply came before the deadline fired (however long the loaded machine takes).
+     */
     uint64_t t0 = uv_hrtime();
     uv_timer_start(&h->later, send_from_timer, 10, 0);
-    WAIT_UNTIL(h, h->replies == 1, 2000);
+    WAIT_UNTIL(h, h->replies == 1, 10000);
     uint64_t ms = ((h->replies ? h->reply_ns : uv_hrtime()) - t0) / 1000000u;
     print_message("  reply to a request sent from a timer after %llu ms\n",
                   (unsigned long long)ms);
     assert_int_equal(h->ask_failed, 0);
     assert_int_equal(h->downs, 0);
     assert_int_equal(h->replies, 1);
-    assert_true(ms < 500);
+    assert_false(h->expired);
     assert_int_equal(h->rid[0], 9);
     assert_int_equal(h->rlen[0], REP_MARK_LEN + strlen("sent from a timer"));
     assert_memory_equal(h->rbody[0], REP_MARK "sent from a timer", h->rlen[0]);
@@ -974,28 +982,34 @@ static void test_reconnect(void **state)
     assert_int_equal(h->downs, 1);
     assert_int_equal(h->ups, 1);
 
-    /* It comes back on the same port: after at most one retry delay (1 s at most). */
+    /*
+     * It comes back on the same port: after at most one retry delay (1 s at most). The
+     * exact delays, their cap and their reset are pinned by test_retry_delays, where
+     * the peer's own clock measures them; here a bound of three times the longest delay
+     * only says that the client does not give up or wander off.
+     */
     rep = rep_track(h, rep_restart(port));
     uint64_t t0 = uv_hrtime();
-    WAIT_UNTIL(h, h->ups == 2, 4000);
+    WAIT_UNTIL(h, h->ups == 2, 10000);
     uint64_t ms = (uv_hrtime() - t0) / 1000000u;
     print_message("  up again %llu ms after the replica came back\n", (unsigned long long)ms);
     assert_int_equal(h->ups, 2);
-    assert_true(ms < 2000);
+    assert_true(ms < 3 * 1000);
     WAIT_UNTIL(h, ping_ok == 20, 5000);
     assert_int_equal(ping_ok, 20);
 
-    /* The success reset the retry delay, so a short outage costs about 50 ms. */
+    /* The success reset the retry delay, so a short outage costs about 50 ms (the
+     * reset itself is measured exactly in test_retry_delays). */
     rep_untrack_stop(h, rep);
     WAIT_UNTIL(h, h->downs == 2, 3000);
     assert_int_equal(h->downs, 2);
     t0 = uv_hrtime();
     rep = rep_track(h, rep_restart(port));
-    WAIT_UNTIL(h, h->ups == 3, 4000);
+    WAIT_UNTIL(h, h->ups == 3, 10000);
     ms = (uv_hrtime() - t0) / 1000000u;
     print_message("  up again %llu ms after a short outage\n", (unsigned long long)ms);
     assert_int_equal(h->ups, 3);
-    assert_true(ms < 600);
+    assert_true(ms < 3 * 1000);
     WAIT_UNTIL(h, ping_ok == 30, 5000);
     assert_int_equal(ping_ok, 30);
     assert_int_equal(ping_bad, 0);
@@ -1009,29 +1023,51 @@ static void test_reconnect(void **state)
     finish(h);
 }
 
-/* A peer that accepts and hangs up at once: the client must wait 50, 100, ... 1000 ms. */
+/*
+ * A peer that accepts and hangs up at once, except on connection RESET_CONN, where it
+ * completes the SP handshake first (so the client comes up) and then hangs up. The
+ * client must wait 50, 100, ... 1000, 1000 ms between attempts, and, after it was up,
+ * start over at 50, 100.
+ */
+#define RESET_CONN 7
+
 static void script_hang_up(struct raw_peer *p, int fd, int conn)
 {
+    if (conn == RESET_CONN && peer_hello(p, fd) == 0)
+        peer_write(fd, REP_HELLO, sizeof REP_HELLO);
 }
 
 static void test_retry_delays(void **state)
 {
     struct harness *h = *state;
-    static const int64_t want[] = {50, 100, 200, 400, 800, 1000};
+    static const int64_t want[] = {50, 100, 200, 400, 800, 1000, 1000, 50, 100};
+    enum { GAPS = sizeof want / sizeof want[0] };
     struct raw_peer *p = raw_start(h, script_hang_up, 0);
     client_open_port(h, p->port, 1 << 20);
-    WAIT_POLL(h, atomic_load(&p->accepted) >= 7, 5000);
-    assert_true(atomic_load(&p->accepted) >= 7);
-    for (int i = 0; i < 6; i++) {
+    WAIT_POLL(h, atomic_load(&p->accepted) >= GAPS + 1, 20000);
+    assert_true(atomic_load(&p->accepted) >= GAPS + 1);
+    /*
+     * The peer stamps each accept before it hangs up, and the client starts its retry
+     * timer only after it has seen that hang-up, so a gap can never be shorter than
+     * the delay: the lower bound holds exactly, but for the clocks' millisecond steps
+     * (10 ms covers a coarse loop clock as well). The upper bound allows a loaded
+     * machine twice the delay and half a second more: it still fails a delay that is
+     * not capped (the 7th would be 3200 ms), one that does not start at 50 ms, or one
+     * that is not reset by a success (the 8th would be 1000 ms, not 50).
+     */
+    for (int i = 0; i < GAPS; i++) {
         int64_t gap = p->accept_ms[i + 1] - p->accept_ms[i];
         print_message("  retry %d after %lld ms (expected %lld)\n", i + 1, (long long)gap,
                       (long long)want[i]);
-        assert_true(gap >= want[i] - 15);
-        assert_true(gap <= want[i] + 300);
+        assert_true(gap >= want[i] - 10);
+        assert_true(gap <= 2 * want[i] + 450);
     }
-    /* It never came up, so there is nothing to report as down. */
-    assert_int_equal(h->ups, 0);
-    assert_int_equal(h->downs, 0);
+    /* Up once (on connection RESET_CONN), then down once when that peer hung up. */
+    assert_int_equal(h->ups, 1);
+    assert_int_equal(h->downs, 1);
+    assert_string_equal(h->order, "UD");
+    assert_int_equal(atomic_load(&p->hellos), 1);
+    assert_int_equal(atomic_load(&p->bad), 0);
     client_close(h);
     WAIT_UNTIL(h, h->closed == 1, 2000);
     assert_int_equal(h->closed, 1);
