@@ -65,7 +65,7 @@ struct http_conn {
     size_t stash_len;
     int msg_active;         /* a request has begun arriving and is not complete */
     uint64_t msg_start_ms;  /* uv_now() when its first byte was parsed */
-    uint64_t last_read_ms;  /* uv_now() of the last read, for the idle timeout */
+    uint64_t last_read_ms;  /* uv_now() of the last read or completed write: idle timeout */
 };
 
 struct http_write {
@@ -359,6 +359,8 @@ static void on_write(uv_write_t *w, int status)
         conn_close(c);
         return;
     }
+    /* A client reading its answers is active: idleness counts from its last byte. */
+    c->last_read_ms = uv_now(c->srv->loop);
     if (!c->closing && c->paused)
         conn_maybe_resume(c);
 }
@@ -623,8 +625,9 @@ static void on_tick(uv_timer_t *t)
         conn_parse_error(c, HPE_OK);
         return;
     }
-    if (c->head || c->msg_active)
-        return; /* answers are pending or a request is arriving: not idle */
+    if (c->head || c->msg_active || c->paused || c->stash_len ||
+        uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) > 0)
+        return; /* answers are pending or unread, or a request is arriving: not idle */
     if (now - c->last_read_ms >= s->lim.idle_timeout_ms) {
         LOG_DEBUG("closing idle client connection");
         conn_close(c);
