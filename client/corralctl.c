@@ -30,6 +30,7 @@
 
 #include "buf.h"
 #include "control.h"
+#include "token.h"
 #include "corral/client.h"
 #include "oip.h"
 
@@ -374,7 +375,7 @@ static int cmd_replicas(int argc, char **argv)
     }
     char *token = NULL, *body_text = NULL, *answer = NULL;
     struct cerr e = {0};
-    if (token_file && control_read_token(token_file, &token, &e)) {
+    if (token_file && token_read(token_file, &token, &e)) {
         fprintf(stderr, "corralctl: %s\n", e.msg);
         goto out;
     }

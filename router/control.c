@@ -11,9 +11,9 @@
 #include "buf.h"
 #include "http.h"
 #include "log.h"
+#include "token.h"
 
 #define ACK_TIMEOUT_MS 10000
-#define TOKEN_MAX 4096
 
 /* A change that is answered once every thread has applied its generation. */
 struct waiter {
@@ -65,16 +65,6 @@ static void respond_error(struct http_request *req, int status, const char *fmt,
     respond(req, status, &b);
 }
 
-/* Compares every byte whatever the first difference, so timing says nothing of the token. */
-static int token_matches(const char *want, const char *got, size_t got_len)
-{
-    size_t n = strlen(want);
-    unsigned char diff = (unsigned char)(n != got_len);
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)(want[i] ^ (i < got_len ? got[i] : 0));
-    return diff == 0;
-}
-
 static int authorized(const struct control *c, const struct http_request *req)
 {
     if (!c->token)
@@ -88,7 +78,7 @@ static int authorized(const struct control *c, const struct http_request *req)
     size_t n = strlen(h);
     while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
         n--;
-    return token_matches(c->token, h, n);
+    return token_equal(c->token, h, n);
 }
 
 static void answer_generation(struct control *c, struct http_request *req, uint64_t g)
@@ -327,36 +317,4 @@ void control_close(struct control *c)
     }
     http_server_close(c->http, NULL, NULL);
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
-}
-
-int control_read_token(const char *path, char **token, struct cerr *e)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return cerr_set(e, CORRAL_EIO, "cannot read the token file '%s': %s", path,
-                        strerror(errno));
-    char *buf = calloc(1, TOKEN_MAX + 2);
-    size_t n = buf ? fread(buf, 1, TOKEN_MAX + 1, f) : 0;
-    fclose(f);
-    if (!buf)
-        return cerr_set(e, CORRAL_ENOMEM, "out of memory reading the token file");
-    if (n > TOKEN_MAX) {
-        free(buf);
-        return cerr_set(e, CORRAL_EINVAL, "the token file '%s' is over %d bytes", path, TOKEN_MAX);
-    }
-    size_t a = 0;
-    while (a < n && (buf[a] == ' ' || buf[a] == '\t' || buf[a] == '\n' || buf[a] == '\r'))
-        a++;
-    while (n > a && (buf[n - 1] == ' ' || buf[n - 1] == '\t' || buf[n - 1] == '\n' ||
-                     buf[n - 1] == '\r'))
-        n--;
-    if (n == a || memchr(buf + a, '\0', n - a)) {
-        free(buf);
-        return cerr_set(e, CORRAL_EINVAL, "the token file '%s' holds no token (expected one "
-                        "line of text)", path);
-    }
-    memmove(buf, buf + a, n - a);
-    buf[n - a] = '\0';
-    *token = buf;
-    return CORRAL_OK;
 }

@@ -41,7 +41,4 @@ int control_listen(struct control *c, const char *host, int port, int *bound_por
 void control_acked(struct control *c);
 void control_close(struct control *c);
 
-/* Reads a bearer token from `path` (surrounding whitespace dropped); malloc'd. */
-int control_read_token(const char *path, char **token, struct cerr *e);
-
 #endif

@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "control.h"
+#include "token.h"
 #include "http.h"
 #include "log.h"
 #include "membership.h"
@@ -705,7 +706,7 @@ int main(int argc, char **argv)
         goto fail;
     if (o.rpc_url && rpc_new(&rpc, o.rpc_url, o.rpc_contexts, o.threads, o.timeout_ms, &e))
         goto fail;
-    if (o.control_token_file && control_read_token(o.control_token_file, &token, &e))
+    if (o.control_token_file && token_read(o.control_token_file, &token, &e))
         goto fail;
     if (membership_new(&table, o.threads, &e))
         goto fail;
