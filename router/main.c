@@ -22,6 +22,7 @@
 
 #include "control.h"
 #include "token.h"
+#include "hostport.h"
 #include "http.h"
 #include "log.h"
 #include "membership.h"
@@ -172,32 +173,7 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigne
 /* Splits "HOST:PORT" or "[V6]:PORT" into host (without brackets) and port. */
 static int parse_listen(const char *s, char *host, size_t hlen, int *port)
 {
-    const char *colon;
-    size_t n;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close[1] != ':')
-            return -1;
-        n = (size_t)(close - s - 1);
-        if (n == 0 || n >= hlen)
-            return -1;
-        memcpy(host, s + 1, n);
-        colon = close + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon)
-            return -1;
-        n = (size_t)(colon - s);
-        if (n == 0 || n >= hlen || memchr(s, ':', n))
-            return -1;
-        memcpy(host, s, n);
-    }
-    host[n] = '\0';
-    unsigned p;
-    if (parse_uint(colon + 1, 0, 65535, &p))
-        return -1;
-    *port = (int)p;
-    return 0;
+    return hostport_parse(s, host, hlen, port);
 }
 
 static void on_event(void *arg, enum upstream_event ev, const char *model, const char *replica)

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hostport.h"
 #include "token.h"
 
 
@@ -89,38 +90,9 @@ static int parse_dec(const char *s, size_t n, long hi, long *out)
 
 int sched_addr_parse(const char *s, struct sched_addr *out)
 {
-    const char *colon;
-    size_t n;
-    long port;
     memset(out, 0, sizeof *out);
-    if (strlen(s) >= sizeof out->text)
+    if (strlen(s) >= sizeof out->text || hostport_parse(s, out->host, sizeof out->host, &out->port))
         return -1;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close[1] != ':')
-            return -1;
-        n = (size_t)(close - s - 1);
-        if (n == 0 || n >= sizeof out->host)
-            return -1;
-        memcpy(out->host, s + 1, n);
-        colon = close + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon)
-            return -1;
-        n = (size_t)(colon - s);
-        /* A bare IPv6 address must be bracketed, or its last group would pass as a port. */
-        if (n == 0 || n >= sizeof out->host || memchr(s, ':', n))
-            return -1;
-        memcpy(out->host, s, n);
-    }
-    out->host[n] = '\0';
-    for (const char *p = out->host; *p; p++)
-        if ((unsigned char)*p <= ' ' || *p == '/' || *p == '[' || *p == ']' || *p == 0x7f)
-            return -1;
-    if (parse_dec(colon + 1, strlen(colon + 1), 65535, &port))
-        return -1;
-    out->port = (int)port;
     snprintf(out->text, sizeof out->text, "%s", s);
     return 0;
 }
