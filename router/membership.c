@@ -161,7 +161,8 @@ int membership_snapshot(struct membership *m, struct membership_snapshot *out, s
     if (!out->entries) {
         rc = cerr_set(e, CORRAL_ENOMEM, "out of memory copying the replica table");
     } else {
-        memcpy(out->entries, m->e, m->n * sizeof *m->e);
+        if (m->n) /* an empty table has no array yet */
+            memcpy(out->entries, m->e, m->n * sizeof *m->e);
         out->n = m->n;
         out->generation = m->generation;
     }
