@@ -338,7 +338,8 @@ static void check_token_file(const char *p, const char *path, struct sched_errs 
 
 static void parse_router(const json_t *root, struct sched_config *cfg, struct sched_errs *errs)
 {
-    static const char *const keys[] = {"listen", "rpc_listen", "threads", NULL};
+    static const char *const keys[] = {"listen", "rpc_listen", "threads", "control_listen",
+                                       NULL};
     const json_t *o = get_obj(root, "router", errs);
     long threads;
     char g[80];
@@ -346,10 +347,12 @@ static void parse_router(const json_t *root, struct sched_config *cfg, struct sc
     sched_addr_parse("127.0.0.1:8001", &cfg->router.rpc);
     snprintf(cfg->router.rpc_url, sizeof cfg->router.rpc_url, "tcp://127.0.0.1:8001");
     cfg->router.threads = 1;
+    sched_addr_parse("127.0.0.1:8003", &cfg->router.control);
     if (!o)
         return;
     check_keys(o, "router", keys, errs);
     get_addr(o, "router", "listen", "127.0.0.1:8000", &cfg->router.listen, errs);
+    get_addr(o, "router", "control_listen", "127.0.0.1:8003", &cfg->router.control, errs);
     const char *rpc = get_str(o, "router", "rpc_listen", 0,
                               "tcp://HOST:PORT or \"off\"", errs);
     if (rpc) {
@@ -661,6 +664,15 @@ static void check_clashes(struct sched_config *cfg, struct sched_errs *errs)
     if (!cfg->router.rpc_off && addr_clash(&cfg->router.rpc, &cfg->admin.listen))
         sched_errs_add(errs, "router.rpc_listen", "%s takes the same port as admin.listen %s",
                        cfg->router.rpc_url, cfg->admin.listen.text);
+    if (addr_clash(&cfg->router.control, &cfg->router.listen))
+        sched_errs_add(errs, "router.control_listen", "%s takes the same port as router.listen "
+                       "%s", cfg->router.control.text, cfg->router.listen.text);
+    if (!cfg->router.rpc_off && addr_clash(&cfg->router.control, &cfg->router.rpc))
+        sched_errs_add(errs, "router.control_listen", "%s takes the same port as "
+                       "router.rpc_listen %s", cfg->router.control.text, cfg->router.rpc_url);
+    if (addr_clash(&cfg->router.control, &cfg->admin.listen))
+        sched_errs_add(errs, "router.control_listen", "%s takes the same port as admin.listen "
+                       "%s", cfg->router.control.text, cfg->admin.listen.text);
 }
 
 /* ---- entry points ------------------------------------------------------------------ */

@@ -106,6 +106,7 @@ struct sched_config {
         struct sched_addr rpc;         /* default tcp://127.0.0.1:8001, kept without "tcp://" */
         char rpc_url[SCHED_HOST_MAX + 32]; /* "tcp://HOST:PORT", or "off" */
         int threads;                   /* 1..256, default 1 */
+        struct sched_addr control;     /* the router's control endpoint; default 127.0.0.1:8003 */
     } router;
     struct {
         struct sched_addr listen; /* default 127.0.0.1:8002 */

@@ -1,24 +1,32 @@
 /*
  * corral-scheduler: the control plane of one machine (BLUEPRINT.md).
  *
- * This build does the first step only: `--check FILE` reads the cluster config,
- * validates all of it against the file and this machine, and prints the plan (the
- * router, the admin API, health and rollout settings with defaults filled in, and
- * each replica's device and cores) without starting anything. Running a cluster
- * (`--config FILE`) is not built yet; asking for it says so and exits 2, rather than
- * seeming to run.
+ * `--check FILE` reads the cluster config, validates all of it against the file and
+ * this machine, and prints the plan (the router, the admin API, health and rollout
+ * settings with defaults filled in, and each replica's device and cores) without
+ * starting anything. `--config FILE` validates the same way (and refuses to start on
+ * any error), then runs the cluster: the router and every replica as children,
+ * supervised (supervisor.h) until SIGTERM or SIGINT.
  *
- * Exit status: 0 the config is valid (and the plan printed), 1 it is not (every
- * error on stderr, one per line, "JSON.PATH: what was expected, got what"), 2 a
- * usage error.
+ * Exit status: --check: 0 the config is valid (and the plan printed), 1 it is not
+ * (every error on stderr, one per line, "JSON.PATH: what was expected, got what").
+ * --config: 0 the cluster was stopped cleanly by a signal, 1 it never started (a bad
+ * config, no binaries, no state directory) or the router failed. 2 a usage error.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "config.h"
+#include "log.h"
 #include "placement.h"
+#include "supervisor.h"
 
 #define EXIT_USAGE 2
 
@@ -26,12 +34,11 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: corral-scheduler --check FILE\n"
-            "       corral-scheduler --config FILE   (not built yet)\n"
+            "       corral-scheduler --config FILE [--state-dir DIR] [--bin-dir DIR]\n"
             "\n"
             "The control plane of one machine: reads the cluster config FILE (JSON), places\n"
             "each model's replicas on devices (CUDA_VISIBLE_DEVICES for a GPU, a core set\n"
-            "for the CPU), and, once running clusters is built, starts the router and the\n"
-            "replicas and keeps them running.\n"
+            "for the CPU), starts the router and the replicas and keeps them running.\n"
             "\n"
             "  --check FILE    validate FILE completely (every key, the model repository,\n"
             "                  whether the replicas fit the cores and GPUs this process may\n"
@@ -39,11 +46,23 @@ static void usage(FILE *f)
             "                  when valid; 1 with every error on stderr, one per line,\n"
             "                  naming its JSON path (models[1].replicas: expected an\n"
             "                  integer >= 0, got \"two\")\n"
-            "  --config FILE   run the cluster FILE describes: NOT BUILT YET (exits 2)\n"
+            "  --config FILE   validate FILE as --check does (nothing starts on an error,\n"
+            "                  exit 1), then run the cluster it describes: the router, then\n"
+            "                  each replica, added to the router's table once ready; a\n"
+            "                  child that exits is restarted with backoff (100 ms to 10 s),\n"
+            "                  marked failed after %d exits in a row. SIGTERM/SIGINT drains\n"
+            "                  and stops every replica, then the router; exit 0\n"
+            "  --state-dir DIR where the children's logs go (router.log, MODEL-N.log,\n"
+            "                  rotated past 10 MiB to .1); default CONFIG_DIR/.corral-state/\n"
+            "                  CONFIG_NAME (the config file's name without .json)\n"
+            "  --bin-dir DIR   where corral-router and corral-replica are; default: beside\n"
+            "                  this executable, then ../router and ../replica from it (a\n"
+            "                  build tree), then PATH\n"
             "  -h, --help      this text\n"
             "\n"
             "The config's keys, defaults and placement rules: docs/operations.md, \"Cluster\n"
-            "config\"; an example: deploy/cluster.json.\n");
+            "config\" and \"Running a cluster\"; an example: deploy/cluster.json.\n",
+            SCHED_CRASH_LIMIT);
 }
 
 static int bad_usage(const char *msg)
@@ -80,6 +99,7 @@ static void print_plan(const struct sched_config *cfg, const struct sched_machin
     printf("%-27s %s\n", "router.listen", cfg->router.listen.text);
     printf("%-27s %s\n", "router.rpc_listen", cfg->router.rpc_url);
     printf("%-27s %d\n", "router.threads", cfg->router.threads);
+    printf("%-27s %s\n", "router.control_listen", cfg->router.control.text);
     printf("%-27s %s\n", "admin.listen", cfg->admin.listen.text);
     printf("%-27s %s\n", "admin.token_file",
            cfg->admin.token_file ? cfg->admin.token_file : "none (the admin API takes no token)");
@@ -122,7 +142,10 @@ static void print_plan(const struct sched_config *cfg, const struct sched_machin
            n_gpu == 1 ? "" : "s", plan->gpus_used, m->n_gpus);
 }
 
-static int check(const char *file)
+/* Loads, validates and places `file`; 0 when it holds no error (else every error is
+ * printed). cfg and plan must be freed either way. */
+static int load(const char *file, struct sched_config *cfg_out, struct sched_machine *mach_out,
+                struct sched_plan *plan_out)
 {
     struct sched_config cfg;
     struct sched_errs errs = {0};
@@ -147,35 +170,175 @@ static int check(const char *file)
         sched_errs_print(&errs, stderr);
         goto fail;
     }
-    print_plan(&cfg, &mach, &plan);
-    if (fflush(stdout) != 0) {
-        perror("corral-scheduler: writing the plan");
-        goto fail;
-    }
     rc = 0;
 fail:
+    *cfg_out = cfg;
+    *mach_out = mach;
+    *plan_out = plan;
+    sched_errs_free(&errs);
+    return rc;
+}
+
+static int check(const char *file)
+{
+    struct sched_config cfg;
+    struct sched_machine mach;
+    struct sched_plan plan;
+    int rc = load(file, &cfg, &mach, &plan);
+    if (rc == 0) {
+        print_plan(&cfg, &mach, &plan);
+        if (fflush(stdout) != 0) {
+            perror("corral-scheduler: writing the plan");
+            rc = 1;
+        }
+    }
     sched_plan_free(&plan);
     sched_config_free(&cfg);
-    sched_errs_free(&errs);
+    return rc;
+}
+
+static int is_exec(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode) && access(p, X_OK) == 0;
+}
+
+/* snprintf for paths, where a cut one simply is not found. */
+static void __attribute__((format(printf, 3, 4))) path_fmt(char *out, size_t len,
+                                                          const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, len, fmt, ap);
+    va_end(ap);
+}
+
+/* Where `name` is: bin_dir only, when given; else beside this executable, then in the
+ * build tree's ../SUBDIR, then on PATH. Writes the path to out; 0 when found. */
+static int find_bin(const char *name, const char *subdir, const char *bin_dir, char *out,
+                    size_t len, char *tried, size_t tried_len)
+{
+    char self[PATH_MAX], dir[PATH_MAX];
+    size_t off = 0;
+    tried[0] = '\0';
+#define TRY(...)                                                                        \
+    do {                                                                                \
+        path_fmt(out, len, __VA_ARGS__);                                                \
+        if (is_exec(out))                                                               \
+            return 0;                                                                   \
+        if (off < tried_len)                                                            \
+            off += (size_t)snprintf(tried + off, tried_len - off, "%s%s", off ? ", " : "", \
+                                    out);                                               \
+    } while (0)
+    if (bin_dir) {
+        TRY("%s/%s", bin_dir, name);
+        return -1;
+    }
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        snprintf(dir, sizeof dir, "%s", self);
+        *strrchr(dir, '/') = '\0';
+        TRY("%s/%s", dir, name);
+        TRY("%s/../%s/%s", dir, subdir, name);
+    }
+    const char *path = getenv("PATH");
+    while (path && *path) {
+        size_t k = strcspn(path, ":");
+        if (k)
+            TRY("%.*s/%s", (int)k, path, name);
+        path += k + (path[k] == ':');
+    }
+#undef TRY
+    if (off < tried_len)
+        snprintf(tried + off, tried_len - off, "%sPATH", off ? ", " : "");
+    return -1;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *p)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", p);
+    for (char *q = buf + 1; *q; q++) {
+        if (*q != '/')
+            continue;
+        *q = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *q = '/';
+    }
+    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+static int run(const char *file, const char *state_dir, const char *bin_dir)
+{
+    struct sched_config cfg;
+    struct sched_machine mach;
+    struct sched_plan plan;
+    char router[PATH_MAX], replica[PATH_MAX], tried[2048], state[PATH_MAX];
+    int rc = load(file, &cfg, &mach, &plan);
+    if (rc)
+        goto out;
+    rc = 1;
+    if (find_bin("corral-router", "router", bin_dir, router, sizeof router, tried,
+                 sizeof tried)) {
+        LOG_ERROR("no corral-router executable (tried %s); nothing was started", tried);
+        goto out;
+    }
+    if (find_bin("corral-replica", "replica", bin_dir, replica, sizeof replica, tried,
+                 sizeof tried)) {
+        LOG_ERROR("no corral-replica executable (tried %s); nothing was started", tried);
+        goto out;
+    }
+    if (state_dir) {
+        snprintf(state, sizeof state, "%s", state_dir);
+    } else {
+        /* Beside the config: <its folder>/.corral-state/<its name without .json>. */
+        const char *slash = strrchr(cfg.path, '/');
+        const char *base = slash + 1;
+        size_t bl = strlen(base);
+        if (bl > 5 && strcmp(base + bl - 5, ".json") == 0)
+            bl -= 5;
+        snprintf(state, sizeof state, "%.*s/.corral-state/%.*s", (int)(slash - cfg.path),
+                 cfg.path, (int)bl, base);
+    }
+    if (make_dirs(state) != 0) {
+        LOG_ERROR("cannot create the state directory %s: %s; nothing was started", state,
+                  strerror(errno));
+        goto out;
+    }
+    LOG_INFO("%s is valid: %zu replica%s on this machine (%d cores, %d GPUs); binaries %s and %s",
+             cfg.path, plan.n, plan.n == 1 ? "" : "s", mach.n_cpus, mach.n_gpus, router, replica);
+    struct sched_sup_opts o = {.cfg = &cfg, .plan = &plan, .router_bin = router,
+                               .replica_bin = replica, .state_dir = state};
+    rc = sched_sup_run(&o);
+out:
+    sched_plan_free(&plan);
+    sched_config_free(&cfg);
     return rc;
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_CHECK = 256, O_CONFIG };
+    enum { O_CHECK = 256, O_CONFIG, O_STATE, O_BIN };
     static const struct option opts[] = {
         {"check", required_argument, NULL, O_CHECK},
         {"config", required_argument, NULL, O_CONFIG},
+        {"state-dir", required_argument, NULL, O_STATE},
+        {"bin-dir", required_argument, NULL, O_BIN},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *check_file = NULL, *config_file = NULL;
+    const char *check_file = NULL, *config_file = NULL, *state_dir = NULL, *bin_dir = NULL;
     int c;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case O_CHECK: check_file = optarg; break;
         case O_CONFIG: config_file = optarg; break;
+        case O_STATE: state_dir = optarg; break;
+        case O_BIN: bin_dir = optarg; break;
         case 'h': usage(stdout); return 0;
         default: {
             char msg[128];
@@ -192,13 +355,13 @@ int main(int argc, char **argv)
     }
     if (check_file && config_file)
         return bad_usage("give --check FILE or --config FILE, not both");
+    if ((state_dir || bin_dir) && !config_file)
+        return bad_usage("--state-dir and --bin-dir go with --config FILE");
     if (config_file) {
-        fprintf(stderr, "corral-scheduler: running a cluster (--config) is not built yet; this "
-                "build only validates a config and prints its plan: corral-scheduler --check "
-                "%s\n", config_file);
-        return EXIT_USAGE;
+        log_init("scheduler");
+        return run(config_file, state_dir, bin_dir);
     }
     if (!check_file)
-        return bad_usage("nothing to do: give --check FILE");
+        return bad_usage("nothing to do: give --check FILE or --config FILE");
     return check(check_file);
 }

@@ -104,6 +104,7 @@ class Check(unittest.TestCase):
             "router.listen": "127.0.0.1:18000",
             "router.rpc_listen": "tcp://127.0.0.1:8001",  # defaults from here on,
             "router.threads": "2",
+            "router.control_listen": "127.0.0.1:8003",
             "admin.listen": "127.0.0.1:8002",
             "health.interval_ms": "250",
             "health.timeout_ms": "500",
@@ -206,17 +207,20 @@ class Check(unittest.TestCase):
         rc, out, err = self.run_sched("--help")
         self.assertEqual(rc, 0)
         self.assertIn("--check FILE", out)
-        self.assertIn("NOT BUILT YET", out)
+        self.assertIn("--config FILE", out)
         for args in ([], ["--check"], ["--bogus"], ["--check", "a", "b"],
-                     ["--check", "a", "--config", "a"]):
+                     ["--check", "a", "--config", "a"], ["--check", "a", "--state-dir", "d"]):
             rc, out, err = self.run_sched(*args)
             self.assertEqual(rc, 2, "%s: %s" % (args, err))
             self.assertIn("usage: corral-scheduler", err)
-        # Running a cluster is not built: it must say so rather than seem to run.
-        path = self.write({"model_repository": MODELS, "models": []})
-        rc, out, err = self.run_sched("--config", path)
-        self.assertEqual(rc, 2)
-        self.assertIn("running a cluster (--config) is not built yet", err)
+        # --config validates as --check does and starts nothing on an error.
+        path = self.write({"model_repository": MODELS, "models": [], "router": {"thread": 1}})
+        rc, out, err = self.run_sched("--config", path, "--state-dir",
+                                      os.path.join(os.path.dirname(path), "state"))
+        self.assertEqual(rc, 1, err)
+        self.assertIn("1 error; nothing was started", err)
+        self.assertIn("router.thread: unknown key", err)
+        self.assertFalse(os.path.exists(os.path.join(os.path.dirname(path), "state")))
 
     def test_bundled_example_is_valid(self):
         # deploy/cluster.json, documented in docs/operations.md, must stay valid.

@@ -470,6 +470,13 @@ static void test_bad_listen(void **state)
            "[::1]:8000), got \":8000\"");
     EXPECT("{'model_repository': '../repo', 'models': [], 'router': {'listen': 8000}}",
            "router.listen: expected HOST:PORT (e.g. 127.0.0.1:8000), got 8000");
+    EXPECT("{'model_repository': '../repo', 'models': [], 'router': {'control_listen': "
+           "'127.0.0.1:8000'}}",
+           "router.control_listen: 127.0.0.1:8000 takes the same port as router.listen "
+           "127.0.0.1:8000");
+    EXPECT("{'model_repository': '../repo', 'models': [], 'router': {'control_listen': 'x'}}",
+           "router.control_listen: expected HOST:PORT with a port from 0 to 65535 (e.g. "
+           "127.0.0.1:8000, [::1]:8000), got \"x\"");
     /* Two listeners on one port: the second could never start. */
     EXPECT("{'model_repository': '../repo', 'models': [], 'router': {'listen': '0.0.0.0:9000', "
            "'rpc_listen': 'tcp://127.0.0.1:9000'}, 'admin': {'listen': '127.0.0.1:9000'}}",
@@ -491,6 +498,7 @@ static void test_bad_listen(void **state)
     assert_int_equal(cfg.router.threads, 4);
     assert_string_equal(cfg.admin.listen.host, "0.0.0.0");
     assert_int_equal(cfg.admin.listen.port, 9999);
+    assert_string_equal(cfg.router.control.text, "127.0.0.1:8003"); /* the default */
     sched_plan_free(&plan);
     sched_config_free(&cfg);
 }

@@ -1,0 +1,521 @@
+#include "supervisor.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ctl.h"
+#include "log.h"
+#include "proc.h"
+
+enum child_state {
+    C_DOWN,     /* not running; starts at next_start_ms (once out of the table) */
+    C_STARTING, /* spawned; waiting for its log to say it listens / is ready */
+    C_READY,    /* router: listening; replica: said ready (in the table or about to be) */
+    C_FAILED,   /* crashed SCHED_CRASH_LIMIT times in a row; not restarted */
+};
+
+struct child {
+    int is_router;
+    char name[SCHED_NAME_MAX + 16]; /* "router", "digits#0" */
+    char log_path[4200];
+    const struct sched_replica *rep; /* replicas only */
+    enum child_state state;
+    pid_t pid;                       /* 0: none */
+    long started_ms, ready_ms, next_start_ms, retry_ms;
+    int crashes;                     /* exits in a row */
+    long backoff_ms;
+    struct sched_logtail tail;
+    char url[256];                   /* replica: tcp://127.0.0.1:PORT it said it serves on */
+    int in_table;                    /* replica: in the router's table (acknowledged) */
+    int term_sent;                   /* shutdown: SIGTERM sent */
+    long term_ms;
+    int killed;                      /* shutdown: SIGKILL sent */
+};
+
+struct sup {
+    const struct sched_sup_opts *o;
+    struct child router;
+    struct child *reps;
+    size_t n;
+    int stopping, status;
+    int http_port, rpc_port, ctl_port; /* learned from the router's log; 0: not yet */
+    int seen_http, seen_ctl;           /* this run of the router said so */
+    char ctl_host[SCHED_HOST_MAX];
+};
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void describe_status(int st, char *buf, size_t len)
+{
+    if (WIFEXITED(st))
+        snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
+    else if (WIFSIGNALED(st))
+        snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
+    else
+        snprintf(buf, len, "status 0x%x", st);
+}
+
+/* ---- the router's control endpoint ------------------------------------------------ */
+
+/* POSTs body to path; 0 when the router answered 200 (or one of `ok_too`). */
+static int control(struct sup *s, const char *path, char *body, int ok_too, char *why,
+                   size_t why_len)
+{
+    int st = 0;
+    char answer[512];
+    struct cerr e = {0};
+    if (!body) {
+        snprintf(why, why_len, "out of memory");
+        return -1;
+    }
+    int rc = sched_ctl_post(s->ctl_host, s->ctl_port, path, body, SCHED_CTL_TIMEOUT_MS, &st,
+                            answer, sizeof answer, &e);
+    free(body);
+    if (rc) {
+        snprintf(why, why_len, "%s", e.msg);
+        return -1;
+    }
+    if (st == 200 || (ok_too && st == ok_too)) {
+        snprintf(why, why_len, "%s", answer);
+        return 0;
+    }
+    snprintf(why, why_len, "HTTP %d: %s", st, answer);
+    return -1;
+}
+
+/* ---- starting -------------------------------------------------------------------- */
+
+static int port_or_learned(int configured, int learned)
+{
+    return configured == 0 && learned ? learned : configured;
+}
+
+static void fmt_addr(char *buf, size_t len, const char *host, int port)
+{
+    if (strchr(host, ':'))
+        snprintf(buf, len, "[%s]:%d", host, port);
+    else
+        snprintf(buf, len, "%s:%d", host, port);
+}
+
+static void start_router(struct sup *s, long now)
+{
+    const struct sched_config *cfg = s->o->cfg;
+    struct child *c = &s->router;
+    char listen[SCHED_HOST_MAX + 16], ctl[SCHED_HOST_MAX + 16], rpc[SCHED_HOST_MAX + 32];
+    char threads[16], drain[32];
+    struct cerr e = {0};
+
+    /* A port 0 in the config was chosen by the first router; its successors take the
+     * same one, so that clients and the scheduler find the router where it was. */
+    fmt_addr(listen, sizeof listen, cfg->router.listen.host,
+             port_or_learned(cfg->router.listen.port, s->http_port));
+    fmt_addr(ctl, sizeof ctl, cfg->router.control.host,
+             port_or_learned(cfg->router.control.port, s->ctl_port));
+    if (cfg->router.rpc_off) {
+        snprintf(rpc, sizeof rpc, "off");
+    } else {
+        char a[SCHED_HOST_MAX + 16];
+        fmt_addr(a, sizeof a, cfg->router.rpc.host, port_or_learned(cfg->router.rpc.port, s->rpc_port));
+        snprintf(rpc, sizeof rpc, "tcp://%s", a);
+    }
+    snprintf(threads, sizeof threads, "%d", cfg->router.threads);
+    snprintf(drain, sizeof drain, "%ld", cfg->rollout.drain_timeout_ms);
+    char *argv[] = {(char *)s->o->router_bin, "--listen", listen, "--rpc-listen", rpc,
+                    "--threads", threads, "--control-listen", ctl, "--drain-timeout-ms", drain,
+                    NULL};
+    struct sched_spawn sp = {.argv = argv, .log_path = c->log_path};
+    sched_logtail_start(&c->tail, c->log_path);
+    c->started_ms = now;
+    s->seen_http = s->seen_ctl = 0;
+    if (sched_spawn(&sp, &c->pid, &e)) {
+        LOG_ERROR("router: cannot start %s: %s", s->o->router_bin, e.msg);
+        c->pid = 0;
+        c->next_start_ms = now + c->backoff_ms;
+        return;
+    }
+    c->state = C_STARTING;
+    LOG_INFO("router: started (pid %d): %s --listen %s --rpc-listen %s --threads %s "
+             "--control-listen %s --drain-timeout-ms %s; log %s", (int)c->pid,
+             s->o->router_bin, listen, rpc, threads, ctl, drain, c->log_path);
+}
+
+static void start_replica(struct sup *s, struct child *c, long now)
+{
+    const struct sched_config *cfg = s->o->cfg;
+    const struct sched_replica *r = c->rep;
+    const struct sched_model *m = &cfg->models[r->model];
+    char version[32], threads[16], drain[32], where[300];
+    struct cerr e = {0};
+    int gpu = r->dev.kind == SCHED_DEV_CUDA;
+
+    snprintf(version, sizeof version, "%ld", m->version);
+    snprintf(threads, sizeof threads, "%d", m->threads);
+    snprintf(drain, sizeof drain, "%ld", cfg->rollout.drain_timeout_ms);
+    char *argv[] = {(char *)s->o->replica_bin, "--model-repo", cfg->model_repository,
+                    "--model", (char *)m->name, "--version", version,
+                    "--listen", "tcp://127.0.0.1:0", "--device", gpu ? "cuda:0" : "cpu",
+                    "--threads", threads, "--drain-timeout-ms", drain, NULL};
+    struct sched_spawn sp = {.argv = argv, .log_path = c->log_path,
+                             .cpus = gpu ? NULL : &r->cpus,
+                             .cuda_visible = gpu ? r->cuda_visible : NULL};
+    if (gpu) {
+        snprintf(where, sizeof where, "CUDA_VISIBLE_DEVICES=%s, --device cuda:0", r->cuda_visible);
+    } else {
+        char cores[256];
+        sched_cpuset_format(&r->cpus, cores, sizeof cores);
+        snprintf(where, sizeof where, "cores %s, --threads %d", cores, m->threads);
+    }
+    sched_logtail_start(&c->tail, c->log_path);
+    c->started_ms = now;
+    c->url[0] = '\0';
+    if (sched_spawn(&sp, &c->pid, &e)) {
+        LOG_ERROR("%s: cannot start %s: %s", c->name, s->o->replica_bin, e.msg);
+        c->pid = 0;
+        c->next_start_ms = now + c->backoff_ms;
+        return;
+    }
+    c->state = C_STARTING;
+    LOG_INFO("%s: started (pid %d): %s version %s on %s%s; log %s", c->name, (int)c->pid,
+             m->name, version, where, r->shared ? " (shared, oversubscribe)" : "", c->log_path);
+}
+
+/* ---- what the children say ------------------------------------------------------- */
+
+/* The port at the end of "HOST:PORT" right after `marker` in `line`; 0 if absent. */
+static int port_after(const char *line, const char *marker)
+{
+    const char *p = strstr(line, marker);
+    if (!p)
+        return 0;
+    p += strlen(marker);
+    size_t n = strcspn(p, " \t");
+    const char *colon = NULL;
+    for (const char *q = p; q < p + n; q++)
+        if (*q == ':')
+            colon = q;
+    return colon ? atoi(colon + 1) : 0;
+}
+
+static void router_line(const char *line, void *arg)
+{
+    struct sup *s = arg;
+    int p;
+    if ((p = port_after(line, "corral-router listening on http://"))) {
+        s->http_port = p;
+        s->seen_http = 1;
+    } else if ((p = port_after(line, "corral-router control listening on http://"))) {
+        s->ctl_port = p;
+        s->seen_ctl = 1;
+    }
+    else if ((p = port_after(line, "corral-router RPC listening on tcp://")))
+        s->rpc_port = p;
+}
+
+struct replica_line_arg {
+    struct child *c;
+};
+
+static void replica_line(const char *line, void *arg)
+{
+    struct child *c = ((struct replica_line_arg *)arg)->c;
+    const char *p = strstr(line, "serving model ");
+    const char *on = p ? strstr(p, " on tcp://") : NULL;
+    if (!on || c->url[0])
+        return;
+    on += 4;
+    size_t n = strcspn(on, " \t");
+    if (n >= sizeof c->url)
+        return;
+    memcpy(c->url, on, n);
+    c->url[n] = '\0';
+}
+
+/* ---- observing exits ------------------------------------------------------------- */
+
+static void mark_down(struct sup *s, struct child *c, int st, long now)
+{
+    char how[96];
+    describe_status(st, how, sizeof how);
+    long up = now - c->started_ms;
+    pid_t pid = c->pid;
+    c->pid = 0;
+    if (s->stopping) {
+        LOG_INFO("%s: exited (pid %d, %s)", c->name, (int)pid, how);
+        c->state = C_DOWN;
+        return;
+    }
+    c->crashes++;
+    c->state = C_DOWN;
+    if (c->is_router) {
+        /* Its table went with it; a new router starts empty and every ready replica
+         * is added again. */
+        for (size_t i = 0; i < s->n; i++)
+            s->reps[i].in_table = 0;
+    }
+    if (c->crashes >= SCHED_CRASH_LIMIT) {
+        char last[1024];
+        sched_log_last_lines(c->log_path, 3, last, sizeof last);
+        c->state = C_FAILED;
+        LOG_ERROR("%s: failed: exited %d times in a row, the last (pid %d) with %s after %ld ms; "
+                  "not restarted; last log lines: %s", c->name, c->crashes, (int)pid, how, up,
+                  last[0] ? last : "(none)");
+        return;
+    }
+    c->next_start_ms = now + c->backoff_ms;
+    LOG_WARN("%s: exited (pid %d, %s) after %ld ms, %d in a row; restart in %ld ms%s",
+             c->name, (int)pid, how, up, c->crashes, c->backoff_ms,
+             c->in_table ? ", once it is out of the router's table" : "");
+    c->backoff_ms = c->backoff_ms * 2 > SCHED_BACKOFF_MAX_MS ? SCHED_BACKOFF_MAX_MS
+                                                             : c->backoff_ms * 2;
+}
+
+static void reap(struct sup *s, struct child *c, long now)
+{
+    int st;
+    if (c->pid <= 0)
+        return;
+    pid_t r = waitpid(c->pid, &st, WNOHANG);
+    if (r == c->pid)
+        mark_down(s, c, st, now);
+}
+
+/* ---- the steps -------------------------------------------------------------------- */
+
+static int router_ready(const struct sup *s)
+{
+    return s->router.state == C_READY;
+}
+
+static void step_router(struct sup *s, long now)
+{
+    struct child *c = &s->router;
+    if (c->state == C_DOWN && !c->pid && now >= c->next_start_ms)
+        start_router(s, now);
+    if (c->state != C_STARTING)
+        return;
+    sched_logtail_poll(&c->tail, router_line, s);
+    if (!s->seen_http || !s->seen_ctl)
+        return;
+    c->state = C_READY;
+    c->ready_ms = now;
+    LOG_INFO("router: ready (pid %d): http://%s:%d, control http://%s:%d%s", (int)c->pid,
+             s->o->cfg->router.listen.host, s->http_port, s->ctl_host, s->ctl_port,
+             c->crashes ? "; its table starts empty, so every ready replica is added again" : "");
+}
+
+static void step_replica(struct sup *s, struct child *c, long now)
+{
+    const struct sched_model *m = &s->o->cfg->models[c->rep->model];
+    char why[700];
+
+    /* Out of the table before anything else: a replica that is gone must not be
+     * picked, and its successor (on a new URL) must not start while it is listed. */
+    if ((c->state == C_DOWN || c->state == C_FAILED) && c->in_table && router_ready(s) &&
+        now >= c->retry_ms) {
+        if (control(s, "/v1/replicas/remove", sched_ctl_url_body(c->url), 404, why,
+                    sizeof why) == 0) {
+            c->in_table = 0;
+            LOG_INFO("%s: removed %s from the router's table (acknowledged: %s)", c->name, c->url,
+                     why);
+        } else {
+            c->retry_ms = now + 1000;
+            LOG_WARN("%s: removing %s from the router's table failed: %s; again in 1 s", c->name,
+                     c->url, why);
+            return;
+        }
+    }
+    if (c->state == C_DOWN && !c->pid && !c->in_table && router_ready(s) &&
+        now >= c->next_start_ms)
+        start_replica(s, c, now);
+    if (c->state == C_STARTING) {
+        struct replica_line_arg a = {c};
+        sched_logtail_poll(&c->tail, replica_line, &a);
+        if (c->url[0]) {
+            c->state = C_READY;
+            c->ready_ms = now;
+            LOG_INFO("%s: ready (pid %d) at %s, %s version %ld, after %ld ms", c->name,
+                     (int)c->pid, c->url, m->name, m->version, now - c->started_ms);
+        }
+    }
+    if (c->state == C_READY && !c->in_table && router_ready(s) && now >= c->retry_ms) {
+        if (control(s, "/v1/replicas", sched_ctl_add_body(m->name, m->version, c->url), 0, why,
+                    sizeof why) == 0) {
+            c->in_table = 1;
+            LOG_INFO("%s: added %s to the router's table (acknowledged: %s)", c->name, c->url,
+                     why);
+        } else {
+            c->retry_ms = now + 1000;
+            LOG_WARN("%s: adding %s to the router's table failed: %s; again in 1 s", c->name,
+                     c->url, why);
+        }
+    }
+}
+
+static void reset_when_stable(struct child *c, long now)
+{
+    if (c->state == C_READY && c->crashes && now - c->ready_ms >= SCHED_STABLE_MS) {
+        c->crashes = 0;
+        c->backoff_ms = SCHED_BACKOFF_MIN_MS;
+    }
+}
+
+static void reconcile(struct sup *s, long now)
+{
+    if (s->router.state == C_FAILED) {
+        LOG_ERROR("the router failed; stopping the cluster");
+        s->stopping = 1;
+        s->status = 1;
+        return;
+    }
+    step_router(s, now);
+    reset_when_stable(&s->router, now);
+    for (size_t i = 0; i < s->n; i++) {
+        step_replica(s, &s->reps[i], now);
+        reset_when_stable(&s->reps[i], now);
+    }
+}
+
+/* SIGTERM once; SIGKILL when it outlives the drain timeout and a grace period. */
+static void stop_child(struct sup *s, struct child *c, long now)
+{
+    if (!c->term_sent) {
+        kill(c->pid, SIGTERM);
+        c->term_sent = 1;
+        c->term_ms = now;
+        LOG_INFO("%s: SIGTERM sent (pid %d); waiting for it to exit", c->name, (int)c->pid);
+    } else if (!c->killed && now - c->term_ms > s->o->cfg->rollout.drain_timeout_ms +
+                                                    SCHED_STOP_GRACE_MS) {
+        kill(c->pid, SIGKILL);
+        c->killed = 1;
+        LOG_WARN("%s: still running %ld ms after SIGTERM; SIGKILL sent (pid %d)", c->name,
+                 now - c->term_ms, (int)c->pid);
+    }
+}
+
+/* One step of the shutdown; 1 when every child is gone. */
+static int shut_down(struct sup *s, long now)
+{
+    char why[700];
+    int left = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *c = &s->reps[i];
+        if (!c->pid)
+            continue;
+        left++;
+        /* Drained in the table (acknowledged by every router thread) before it is told
+         * to stop (rule 2); its own drain then answers what it holds. */
+        if (!c->term_sent && c->in_table && router_ready(s)) {
+            if (control(s, "/v1/replicas/drain", sched_ctl_url_body(c->url), 404, why,
+                        sizeof why) == 0)
+                LOG_INFO("%s: drained %s in the router's table (acknowledged: %s)", c->name,
+                         c->url, why);
+            else
+                LOG_WARN("%s: draining %s in the router's table failed: %s; stopping it anyway",
+                         c->name, c->url, why);
+        }
+        stop_child(s, c, now);
+    }
+    if (left)
+        return 0;
+    if (s->router.pid) {
+        stop_child(s, &s->router, now);
+        return 0;
+    }
+    return 1;
+}
+
+static void init_child(struct child *c, const char *state_dir, const char *name,
+                       const char *file)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(c->log_path, sizeof c->log_path, "%s/%s", state_dir, file);
+    c->backoff_ms = SCHED_BACKOFF_MIN_MS;
+}
+
+int sched_sup_run(const struct sched_sup_opts *o)
+{
+    struct sup s = {.o = o};
+    sigset_t mask, old;
+    int sfd = -1;
+
+    s.n = o->plan->n;
+    s.reps = calloc(s.n ? s.n : 1, sizeof *s.reps);
+    if (!s.reps) {
+        LOG_ERROR("out of memory");
+        return 1;
+    }
+    init_child(&s.router, o->state_dir, "router", "router.log");
+    s.router.is_router = 1;
+    for (size_t i = 0; i < s.n; i++) {
+        const struct sched_replica *r = &o->plan->replicas[i];
+        const char *model = o->cfg->models[r->model].name;
+        char name[SCHED_NAME_MAX + 16], file[SCHED_NAME_MAX + 24];
+        snprintf(name, sizeof name, "%s#%d", model, r->index);
+        snprintf(file, sizeof file, "%s-%d.log", model, r->index);
+        init_child(&s.reps[i], o->state_dir, name, file);
+        s.reps[i].rep = r;
+    }
+    /* The control endpoint is dialled on loopback when the router listens on every
+     * address. */
+    const char *h = o->cfg->router.control.host;
+    snprintf(s.ctl_host, sizeof s.ctl_host, "%s",
+             strcmp(h, "0.0.0.0") == 0 || strcmp(h, "*") == 0 ? "127.0.0.1"
+             : strcmp(h, "::") == 0                          ? "::1"
+                                                             : h);
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGCHLD);
+    signal(SIGPIPE, SIG_IGN);
+    if (sigprocmask(SIG_BLOCK, &mask, &old) != 0 ||
+        (sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
+        LOG_ERROR("signalfd: %s", strerror(errno));
+        free(s.reps);
+        return 1;
+    }
+    LOG_INFO("running %s: %zu replica%s; state and logs in %s; SIGTERM or SIGINT stops the "
+             "cluster (drained first)", o->cfg->path, s.n, s.n == 1 ? "" : "s", o->state_dir);
+
+    for (;;) {
+        struct pollfd p = {.fd = sfd, .events = POLLIN};
+        if (poll(&p, 1, SCHED_TICK_MS) > 0) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                if ((si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) && !s.stopping) {
+                    LOG_INFO("%s: stopping the cluster: each replica drained in the router's "
+                             "table, then stopped; then the router", strsignal((int)si.ssi_signo));
+                    s.stopping = 1;
+                }
+            }
+        }
+        long now = now_ms();
+        reap(&s, &s.router, now);
+        for (size_t i = 0; i < s.n; i++)
+            reap(&s, &s.reps[i], now);
+        if (!s.stopping)
+            reconcile(&s, now);
+        if (s.stopping && shut_down(&s, now))
+            break;
+    }
+    LOG_INFO("stopped: every replica and the router exited; exit status %d", s.status);
+    close(sfd);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    free(s.reps);
+    return s.status;
+}

@@ -1,0 +1,64 @@
+/*
+ * supervisor: runs the single-machine cluster of a validated config and plan, and
+ * keeps it running, as one reconciliation loop (CONTROL-PLANE.md): each tick it
+ * observes (children that exited, through waitpid(WNOHANG); what each says in its
+ * log file), then takes the next idempotent step toward the desired state, and
+ * repeats. A signalfd wakes it for SIGTERM, SIGINT and SIGCHLD; otherwise it ticks
+ * every SCHED_TICK_MS.
+ *
+ * Usage:
+ *     struct sched_sup_opts o = {.cfg = &cfg, .plan = &plan, .router_bin = ...,
+ *                                .replica_bin = ..., .state_dir = ...};
+ *     int status = sched_sup_run(&o);   // returns at SIGTERM/SIGINT: 0 stopped cleanly
+ *
+ * The steps, in the order the loop takes them:
+ *  - the router starts first with an empty table (--listen, --rpc-listen, --threads,
+ *    --control-listen, --drain-timeout-ms) and is ready once its log says where it
+ *    listens (HTTP and control; a port 0 in the config is learned here, and kept for
+ *    its restarts, so clients find it again);
+ *  - each replica of the plan then starts (CPU: pinned with sched_setaffinity to its
+ *    cores, --threads N; GPU: CUDA_VISIBLE_DEVICES, --device cuda:0), on
+ *    tcp://127.0.0.1:0; once its log says `serving model ... on tcp://...` (it is
+ *    loaded, warm and verified) it is added to the router's table (POST /v1/replicas,
+ *    answered once every router thread applied it). No replica takes traffic before
+ *    it said ready (rule 1);
+ *  - a child that exits is restarted after a backoff (100 ms, doubling to 10 s; reset
+ *    once it stayed ready for SCHED_STABLE_MS). A replica is removed from the table
+ *    (acknowledged) before its successor starts. After SCHED_CRASH_LIMIT exits in a
+ *    row it is marked failed, its last log lines logged as the reason, and the others
+ *    keep serving. A router that exits is restarted, and every ready replica is added
+ *    to its new table again; a router that fails SCHED_CRASH_LIMIT times stops the
+ *    cluster (exit 1);
+ *  - at SIGTERM or SIGINT, each replica is drained in the table (acknowledged), sent
+ *    SIGTERM and waited for (it answers what it holds), then the router; status 0.
+ * Every step is logged on one line (log.h, on stderr).
+ *
+ * Not here yet (issue 12): health checks by the scheduler, adopting children of a
+ * previous scheduler, rollouts, apply/SIGHUP, the admin API.
+ */
+#ifndef CORRAL_SCHEDULER_SUPERVISOR_H
+#define CORRAL_SCHEDULER_SUPERVISOR_H
+
+#include "config.h"
+#include "placement.h"
+
+#define SCHED_TICK_MS 50
+#define SCHED_BACKOFF_MIN_MS 100
+#define SCHED_BACKOFF_MAX_MS 10000
+#define SCHED_STABLE_MS 10000   /* ready this long: its crash count and backoff start over */
+#define SCHED_CRASH_LIMIT 5     /* exits in a row before a child is marked failed */
+#define SCHED_CTL_TIMEOUT_MS 15000 /* the router answers a change within 10 s, or 504 */
+#define SCHED_STOP_GRACE_MS 10000  /* past the drain timeout, before SIGKILL */
+
+struct sched_sup_opts {
+    const struct sched_config *cfg;
+    const struct sched_plan *plan;
+    const char *router_bin;
+    const char *replica_bin;
+    const char *state_dir; /* exists; the children's logs go here */
+};
+
+/* Runs the cluster until SIGTERM/SIGINT. Returns the scheduler's exit status. */
+int sched_sup_run(const struct sched_sup_opts *o);
+
+#endif

@@ -1,0 +1,272 @@
+"""corral-scheduler --config: the supervisor of a single-machine cluster, run as a
+real process over real corral-router and corral-replica children, under load from
+this test (every request started is counted back):
+
+- SIGKILL one of two replicas: no request fails (the router retries on the other),
+  the scheduler removes it from the router's table, starts a replacement, which
+  takes traffic once ready; two replicas run again. Then SIGTERM the scheduler:
+  every replica drained and stopped, then the router; exit 0, no child left.
+- A replica whose model cannot load crash-loops: marked failed after 5 exits in a
+  row with its last log lines as the reason, while the healthy model keeps
+  serving with no failed request.
+
+Usage: test_scheduler_run.py BUILD_DIR REPO_ROOT
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cluster import Cluster  # noqa: E402
+from test_control_plane import Load, wait_until  # noqa: E402
+import testrun  # noqa: E402
+
+BUILD, ROOT = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+SCHED = os.path.join(BUILD, "scheduler", "corral-scheduler")
+CRASH_LIMIT = 5  # SCHED_CRASH_LIMIT in scheduler/supervisor.h
+
+
+def children(pid):
+    """{child pid: comm} of the processes whose parent is `pid`, from /proc."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            out[int(d)] = comm
+    return out
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+class Scheduler:
+    """corral-scheduler --config as a child of the test; its output kept line by line."""
+
+    def __init__(self, config, state):
+        self.p = subprocess.Popen([SCHED, "--config", config, "--state-dir", state],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  bufsize=1)
+        self.lines = []
+        self.mu = threading.Lock()
+        self.t = threading.Thread(target=self._pump, daemon=True)
+        self.t.start()
+
+    def _pump(self):
+        for line in self.p.stdout:
+            with self.mu:
+                self.lines.append(line)
+
+    def output(self):
+        with self.mu:
+            return "".join(self.lines)
+
+    def wait_for(self, what, rx, timeout=60):
+        """The first match of rx in the output, waited for."""
+        def find():
+            if self.p.poll() is not None:
+                time.sleep(0.2)
+                raise AssertionError("the scheduler exited (%s) waiting for %s:\n%s" %
+                                     (self.p.returncode, what, self.output()[-4000:]))
+            return re.search(rx, self.output())
+        try:
+            return wait_until(what, find, timeout)
+        except AssertionError as ex:
+            raise AssertionError("%s\n%s" % (ex, self.output()[-4000:]))
+
+    def kill_all(self):
+        """Teardown: the scheduler and whatever it left, so a failed test leaks nothing."""
+        if self.p.poll() is None:
+            kids = children(self.p.pid)
+            self.p.kill()
+            self.p.wait()
+            for pid in kids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+class SchedulerRun(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory(prefix="corral-sched-run-")
+        with open(os.path.join(ROOT, "tests", "data", "digits_heldout.json")) as f:
+            x = json.load(f)["inputs"][0]
+        self.body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]}
+        self.sched = None
+        self.load = None
+        self.c = None
+
+    def tearDown(self):
+        if self.load:
+            self.load.stop()
+        if self.c:
+            self.c.close()
+        if self.sched:
+            self.sched.kill_all()
+        self.tmp.cleanup()
+
+    def start(self, repo, models):
+        cfg = {"model_repository": repo,
+               "router": {"listen": "127.0.0.1:0", "rpc_listen": "off",
+                          "control_listen": "127.0.0.1:0"},
+               "admin": {"listen": "127.0.0.1:0"},
+               "oversubscribe": True,  # two replicas on whatever cores this machine lends
+               "models": models}
+        path = os.path.join(self.tmp.name, "cluster.json")
+        with open(path, "w") as f:
+            json.dump(cfg, f)
+        self.state = os.path.join(self.tmp.name, "state")
+        self.sched = Scheduler(path, self.state)
+        m = self.sched.wait_for("the router ready", r"router: ready \(pid \d+\): "
+                                r"http://127\.0\.0\.1:(\d+)")
+        self.c = Cluster(BUILD, repo)
+        self.c.port = int(m.group(1))
+        return self.c
+
+    def ready_replicas(self, model):
+        st, r = self.c.http("GET", "/v2/corral/replicas")
+        if st != 200:
+            return []
+        return [x["url"] for x in r["replicas"] if x["model"] == model and x["state"] == "ready"]
+
+    def replica_requests(self, url):
+        st, data, _ = self.c.http("GET", "/metrics", raw=True)
+        self.assertEqual(st, 200)
+        m = re.search(r'^corral_router_replica_requests_total\{model="[^"]*",replica="%s"\} (\d+)$'
+                      % re.escape(url), data.decode(), re.M)
+        return int(m.group(1)) if m else 0
+
+    def replica_children(self):
+        return sorted(p for p, comm in children(self.sched.p.pid).items()
+                      if comm == "corral-replica")
+
+    def test_sigkill_one_replica_then_stop(self):
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        wait_until("2 ready replicas", lambda: len(self.ready_replicas("digits")) == 2, 60)
+        self.assertEqual(self.c.http("GET", "/v2/health/ready")[0], 200)
+        self.assertEqual(len(self.replica_children()), 2)
+        out = self.sched.output()
+        victim = re.search(r"digits#0: ready \(pid (\d+)\) at (tcp://\S+),", out)
+        self.assertIsNotNone(victim, out)
+        victim_pid, victim_url = int(victim.group(1)), victim.group(2)
+        self.assertIn(victim_pid, self.replica_children())
+
+        self.load = Load(self.c, self.body, clients=3)
+        self.load.more(100)
+        os.kill(victim_pid, signal.SIGKILL)
+        # The scheduler sees the exit, takes the URL out of the router's table
+        # (acknowledged), then starts a replacement and adds it once it is ready.
+        m = self.sched.wait_for("the replacement added to the router's table",
+                                r"digits#0: added (tcp://\S+) to the router's table[^\n]*\n"
+                                r"(?:.*\n)*?.*digits#0: added (tcp://\S+) to the router's table")
+        new_url = m.group(2)
+        self.assertNotEqual(new_url, victim_url)
+        out = self.sched.output()
+        removed = out.find("digits#0: removed %s from the router's table" % victim_url)
+        started_again = out.find("digits#0: started", out.find("digits#0: exited"))
+        self.assertGreaterEqual(removed, 0, out)
+        self.assertLess(removed, started_again, "removed after its successor started:\n" + out)
+        wait_until("the replacement taking traffic", lambda: self.replica_requests(new_url) > 0)
+        self.load.more(100)
+        kids = self.replica_children()
+        self.assertEqual(len(kids), 2, kids)
+        self.assertNotIn(victim_pid, kids)
+        self.load.stop()
+        self.assertEqual(self.load.bad, [])
+        self.assertEqual(self.load.answered, self.load.started)
+        answered = self.load.answered
+        self.load = None
+
+        everyone = list(children(self.sched.p.pid))
+        self.assertEqual(len(everyone), 3, everyone)  # the router and two replicas
+        self.sched.p.send_signal(signal.SIGTERM)
+        rc = self.sched.p.wait(90)
+        self.sched.t.join(10)
+        out = self.sched.output()
+        self.assertEqual(rc, 0, out[-4000:])
+        self.assertEqual([p for p in everyone if alive(p)], [])
+        # Each replica drained in the table before its SIGTERM, the router last.
+        for url in self.ready_urls_at_stop(out):
+            drained = out.find("drained %s in the router's table" % url)
+            self.assertGreaterEqual(drained, 0, out[-3000:])
+        for i in (0, 1):
+            self.assertLess(out.find("digits#%d: drained" % i), out.find("digits#%d: SIGTERM" % i))
+            self.assertLess(out.find("digits#%d: exited (pid" % i, out.find("stopping the cluster")),
+                            out.find("router: SIGTERM sent"))
+        self.assertRegex(out, r"router: exited \(pid \d+, exit status 0\)")
+        print("%d requests answered under load across a SIGKILLed replica, none failed" % answered)
+
+    @staticmethod
+    def ready_urls_at_stop(out):
+        last = {}
+        for m in re.finditer(r"(digits#\d): added (tcp://\S+) to the router's table", out):
+            last[m.group(1)] = m.group(2)
+        return list(last.values())
+
+    def test_crash_loop_marked_failed_others_serve(self):
+        repo = os.path.join(self.tmp.name, "repo")
+        shutil.copytree(os.path.join(ROOT, "models", "digits"), os.path.join(repo, "digits"))
+        broken = os.path.join(repo, "broken")
+        shutil.copytree(os.path.join(ROOT, "models", "digits"), broken)
+        with open(os.path.join(broken, "config.json")) as f:
+            cfg = json.load(f)
+        cfg["name"] = "broken"
+        with open(os.path.join(broken, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        # --check sees the file; the replica cannot parse it.
+        with open(os.path.join(broken, "1", "model.onnx"), "wb") as f:
+            f.write(b"this is not an ONNX model\n" * 10)
+        self.start(repo, [{"name": "digits", "version": 1, "replicas": 1},
+                          {"name": "broken", "version": 1, "replicas": 1}])
+        wait_until("digits ready", lambda: len(self.ready_replicas("digits")) == 1, 60)
+        self.load = Load(self.c, self.body, clients=2)
+        m = self.sched.wait_for("broken#0 marked failed",
+                                r"broken#0: failed: exited (\d+) times in a row[^\n]*"
+                                r"last log lines: ([^\n]*)")
+        self.assertEqual(int(m.group(1)), CRASH_LIMIT)
+        self.assertNotEqual(m.group(2), "(none)")
+        self.load.more(50)
+        out = self.sched.output()
+        self.assertEqual(out.count("broken#0: started"), CRASH_LIMIT, out)
+        # Backoff between the tries: 100, 200, 400, 800 ms at least (nominal).
+        self.assertEqual(len(re.findall(r"broken#0: exited .* restart in (100|200|400|800) ms",
+                                        out)), CRASH_LIMIT - 1, out)
+        self.assertNotIn("broken#0: ready", out)
+        # Failed means not restarted: no new start after a while.
+        time.sleep(1.0)
+        self.assertEqual(self.sched.output().count("broken#0: started"), CRASH_LIMIT)
+        self.assertEqual(self.ready_replicas("broken"), [])
+        self.assertEqual(len(self.ready_replicas("digits")), 1)
+        self.assertEqual(self.replica_children(), self.replica_children()[:1])
+        self.load.stop()
+        self.assertEqual(self.load.bad, [])
+        self.assertEqual(self.load.answered, self.load.started)
+        self.load = None
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+
+
+if __name__ == "__main__":
+    testrun.main()
