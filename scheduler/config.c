@@ -409,7 +409,7 @@ static void parse_health(const json_t *root, struct sched_config *cfg, struct sc
     if (!o)
         return;
     check_keys(o, "health", keys, errs);
-    get_int(o, "health", "interval_ms", 1, SCHED_MAX_MS, 500, 0, &cfg->health.interval_ms, errs);
+    get_int(o, "health", "interval_ms", 10, SCHED_MAX_MS, 500, 0, &cfg->health.interval_ms, errs);
     get_int(o, "health", "timeout_ms", 1, SCHED_MAX_MS, 500, 0, &cfg->health.timeout_ms, errs);
     if (get_int(o, "health", "failure_threshold", 1, 1000, 3, 0, &v, errs) == 0)
         cfg->health.failure_threshold = (int)v;

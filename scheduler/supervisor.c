@@ -13,6 +13,7 @@
 
 #include "ctl.h"
 #include "log.h"
+#include "probe.h"
 #include "proc.h"
 
 enum child_state {
@@ -38,6 +39,12 @@ struct child {
     int term_sent;                   /* shutdown: SIGTERM sent */
     long term_ms;
     int killed;                      /* shutdown: SIGKILL sent */
+    /* Health checks (replicas in C_READY): one probe in flight at a time. */
+    struct sched_probe probe;
+    long next_probe_ms;
+    int misses;                      /* failed probes in a row */
+    int unhealthy;                   /* failure_threshold reached: SIGKILL sent */
+    char last_miss[300];
 };
 
 struct sup {
@@ -134,9 +141,13 @@ static void start_router(struct sup *s, long now)
     }
     snprintf(threads, sizeof threads, "%d", cfg->router.threads);
     snprintf(drain, sizeof drain, "%ld", cfg->rollout.drain_timeout_ms);
+    /* The router probes replicas on the cluster's health interval too, so a stopped one
+     * leaves rotation on the schedule the config names. */
+    char health[24];
+    snprintf(health, sizeof health, "%ld", (long)cfg->health.interval_ms);
     char *argv[] = {(char *)s->o->router_bin, "--listen", listen, "--rpc-listen", rpc,
                     "--threads", threads, "--control-listen", ctl, "--drain-timeout-ms", drain,
-                    NULL};
+                    "--health-interval-ms", health, NULL};
     struct sched_spawn sp = {.argv = argv, .log_path = c->log_path};
     sched_logtail_start(&c->tail, c->log_path);
     c->started_ms = now;
@@ -149,8 +160,9 @@ static void start_router(struct sup *s, long now)
     }
     c->state = C_STARTING;
     LOG_INFO("router: started (pid %d): %s --listen %s --rpc-listen %s --threads %s "
-             "--control-listen %s --drain-timeout-ms %s; log %s", (int)c->pid,
-             s->o->router_bin, listen, rpc, threads, ctl, drain, c->log_path);
+             "--control-listen %s --drain-timeout-ms %s --health-interval-ms %s; log %s",
+             (int)c->pid, s->o->router_bin, listen, rpc, threads, ctl, drain, health,
+             c->log_path);
 }
 
 static void start_replica(struct sup *s, struct child *c, long now)
@@ -253,6 +265,13 @@ static void mark_down(struct sup *s, struct child *c, int st, long now)
     long up = now - c->started_ms;
     pid_t pid = c->pid;
     c->pid = 0;
+    sched_probe_close(&c->probe);
+    if (c->unhealthy) {
+        size_t l = strlen(how);
+        snprintf(how + l, sizeof how - l, " after %d failed health checks", c->misses);
+        c->unhealthy = 0;
+    }
+    c->misses = 0;
     if (s->stopping) {
         LOG_INFO("%s: exited (pid %d, %s)", c->name, (int)pid, how);
         c->state = C_DOWN;
@@ -365,6 +384,80 @@ static void step_replica(struct sup *s, struct child *c, long now)
     }
 }
 
+/* Health (issue 12, item 3): every health.interval_ms, the replica's own answer within
+ * health.timeout_ms. No answer, or one that says not live (its executor makes no
+ * progress), is a miss; health.failure_threshold misses in a row and the replica is
+ * taken out of the router's table (acknowledged), SIGKILLed (a stopped process too)
+ * and, once reaped, restarted like any exit (backoff, crash count). */
+static void step_health(struct sup *s, struct child *c, long now)
+{
+    const struct sched_config *cfg = s->o->cfg;
+    struct sched_health h;
+    char why[700];
+
+    if (c->state != C_READY || !c->pid || c->unhealthy)
+        return;
+    if (!c->probe.open) {
+        struct cerr e = {0};
+        if (now < c->next_probe_ms)
+            return;
+        if (sched_probe_open(&c->probe, c->url, &e)) {
+            c->next_probe_ms = now + cfg->health.interval_ms;
+            LOG_WARN("%s: cannot health-check %s: %s; again in %ld ms", c->name, c->url, e.msg,
+                     cfg->health.interval_ms);
+            return;
+        }
+        c->misses = 0;
+        c->next_probe_ms = now;
+    }
+    if (sched_probe_poll(&c->probe, &h)) {
+        if (h.ok && h.live) {
+            if (c->misses)
+                LOG_INFO("%s: health check answered again (live, %s) after %d miss%s", c->name,
+                         h.state, c->misses, c->misses == 1 ? "" : "es");
+            c->misses = 0;
+        } else {
+            c->misses++;
+            if (h.ok)
+                snprintf(c->last_miss, sizeof c->last_miss, "not live (%s: %s)", h.state, h.why);
+            else
+                snprintf(c->last_miss, sizeof c->last_miss, "%s", h.why);
+            LOG_WARN("%s: health check of %s failed (%d of %d in a row): %s", c->name, c->url,
+                     c->misses, cfg->health.failure_threshold, c->last_miss);
+        }
+    }
+    if (c->misses < cfg->health.failure_threshold) {
+        if (!c->probe.busy && now >= c->next_probe_ms) {
+            if (sched_probe_start(&c->probe, cfg->health.timeout_ms) == 0)
+                c->next_probe_ms = now + cfg->health.interval_ms;
+            else
+                c->next_probe_ms = now + SCHED_TICK_MS;
+        }
+        return;
+    }
+    LOG_WARN("%s: unhealthy (pid %d at %s): %d health checks in a row failed, the last: %s; "
+             "out of the router's table, then SIGKILL and a replacement", c->name, (int)c->pid,
+             c->url, c->misses, c->last_miss);
+    sched_probe_close(&c->probe);
+    if (c->in_table && router_ready(s)) {
+        if (control(s, "/v1/replicas/remove", sched_ctl_url_body(c->url), 404, why,
+                    sizeof why) == 0) {
+            c->in_table = 0;
+            LOG_INFO("%s: removed %s from the router's table (acknowledged: %s)", c->name, c->url,
+                     why);
+        } else {
+            /* It answers nothing anyway; removed again before its successor starts. */
+            LOG_WARN("%s: removing %s from the router's table failed: %s; killing it anyway",
+                     c->name, c->url, why);
+        }
+    }
+    /* SIGKILL needs no SIGCONT: it ends a stopped process too. */
+    kill(c->pid, SIGKILL);
+    c->unhealthy = 1;
+    LOG_WARN("%s: SIGKILL sent (pid %d) after %d failed health checks", c->name, (int)c->pid,
+             c->misses);
+}
+
 static void reset_when_stable(struct child *c, long now)
 {
     if (c->state == C_READY && c->crashes && now - c->ready_ms >= SCHED_STABLE_MS) {
@@ -385,6 +478,7 @@ static void reconcile(struct sup *s, long now)
     reset_when_stable(&s->router, now);
     for (size_t i = 0; i < s->n; i++) {
         step_replica(s, &s->reps[i], now);
+        step_health(s, &s->reps[i], now);
         reset_when_stable(&s->reps[i], now);
     }
 }
@@ -445,6 +539,7 @@ static void init_child(struct child *c, const char *state_dir, const char *name,
     snprintf(c->name, sizeof c->name, "%s", name);
     snprintf(c->log_path, sizeof c->log_path, "%s/%s", state_dir, file);
     c->backoff_ms = SCHED_BACKOFF_MIN_MS;
+    sched_probe_init(&c->probe);
 }
 
 int sched_sup_run(const struct sched_sup_opts *o)
@@ -516,6 +611,8 @@ int sched_sup_run(const struct sched_sup_opts *o)
     LOG_INFO("stopped: every replica and the router exited; exit status %d", s.status);
     close(sfd);
     sigprocmask(SIG_SETMASK, &old, NULL);
+    for (size_t i = 0; i < s.n; i++)
+        sched_probe_close(&s.reps[i].probe);
     free(s.reps);
     return s.status;
 }

@@ -29,11 +29,15 @@
  *    keep serving. A router that exits is restarted, and every ready replica is added
  *    to its new table again; a router that fails SCHED_CRASH_LIMIT times stops the
  *    cluster (exit 1);
+ *  - each ready replica is asked for its own health (probe.h) every
+ *    health.interval_ms, with health.timeout_ms for the answer; no answer or "not
+ *    live" is a miss, and health.failure_threshold misses in a row take it out of the
+ *    router's table (acknowledged), SIGKILL it and restart it like any exit;
  *  - at SIGTERM or SIGINT, each replica is drained in the table (acknowledged), sent
  *    SIGTERM and waited for (it answers what it holds), then the router; status 0.
  * Every step is logged on one line (log.h, on stderr).
  *
- * Not here yet (issue 12): health checks by the scheduler, adopting children of a
+ * Not here yet (issue 12): adopting children of a
  * previous scheduler, rollouts, apply/SIGHUP, the admin API.
  */
 #ifndef CORRAL_SCHEDULER_SUPERVISOR_H

@@ -6,6 +6,13 @@ this test (every request started is counted back):
   the scheduler removes it from the router's table, starts a replacement, which
   takes traffic once ready; two replicas run again. Then SIGTERM the scheduler:
   every replica drained and stopped, then the router; exit 0, no child left.
+- SIGSTOP one of two replicas (alive, but it answers nothing, its health included):
+  no request fails (the router's own probes take it out of rotation and retry what
+  it held); after health.failure_threshold missed health checks the scheduler takes
+  it out of the router's table, SIGKILLs it and starts a replacement, which takes
+  traffic; the stopped process is gone.
+- For the SIGKILL and the SIGSTOP, the time to leaving rotation and to a ready
+  replacement is printed (measured, not asserted: the suite runs on shared cores).
 - A replica whose model cannot load crash-loops: marked failed after 5 exits in a
   row with its last log lines as the reason, while the healthy model keeps
   serving with no failed request.
@@ -32,6 +39,7 @@ import testrun  # noqa: E402
 BUILD, ROOT = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
 SCHED = os.path.join(BUILD, "scheduler", "corral-scheduler")
 CRASH_LIMIT = 5  # SCHED_CRASH_LIMIT in scheduler/supervisor.h
+HEALTH_THRESHOLD = 3  # health.failure_threshold's default (docs/operations.md)
 
 
 def children(pid):
@@ -107,6 +115,52 @@ class Scheduler:
                     pass
 
 
+class RotationClock:
+    """From the moment start() is called, polls the router's replica table and notes
+    when `url` leaves rotation (its state not "ready", or gone from the table) and when
+    another replica of the model, not in `before`, is ready."""
+
+    def __init__(self, c, model, url, before):
+        self.c, self.model, self.url, self.before = c, model, url, set(before)
+        self.left = self.replaced = None
+        self.errors = []
+        self._stop = threading.Event()
+
+    def start(self):
+        self.t0 = time.monotonic()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        cl = Cluster(self.c.build, self.c.repo)
+        cl.port = self.c.port
+        while not self._stop.is_set() and self.replaced is None:
+            try:
+                st, r = cl.http("GET", "/v2/corral/replicas")
+                now = time.monotonic() - self.t0
+                if st == 200:
+                    states = {x["url"]: x["state"] for x in r["replicas"]
+                              if x["model"] == self.model}
+                    if self.left is None and states.get(self.url) != "ready":
+                        self.left = now
+                    if any(u not in self.before and s == "ready" for u, s in states.items()):
+                        self.replaced = now
+            except Exception as ex:  # noqa: BLE001 - kept for the report
+                self.errors.append(repr(ex))
+            time.sleep(0.01)
+        cl.close()
+
+    def stop(self):
+        self._stop.set()
+        self.t.join(10)
+
+    def report(self, what):
+        fmt = lambda v: "not seen" if v is None else "%.0f ms" % (v * 1000)  # noqa: E731
+        print("%s: out of rotation after %s, a replacement ready after %s%s" %
+              (what, fmt(self.left), fmt(self.replaced),
+               " (poll errors: %s)" % self.errors[:3] if self.errors else ""))
+
+
 class SchedulerRun(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="corral-sched-run-")
@@ -175,6 +229,8 @@ class SchedulerRun(unittest.TestCase):
 
         self.load = Load(self.c, self.body, clients=3)
         self.load.more(100)
+        clock = RotationClock(self.c, "digits", victim_url, self.ready_replicas("digits"))
+        clock.start()
         os.kill(victim_pid, signal.SIGKILL)
         # The scheduler sees the exit, takes the URL out of the router's table
         # (acknowledged), then starts a replacement and adds it once it is ready.
@@ -189,6 +245,9 @@ class SchedulerRun(unittest.TestCase):
         self.assertGreaterEqual(removed, 0, out)
         self.assertLess(removed, started_again, "removed after its successor started:\n" + out)
         wait_until("the replacement taking traffic", lambda: self.replica_requests(new_url) > 0)
+        wait_until("the clock seeing the replacement ready", lambda: clock.replaced is not None)
+        clock.stop()
+        clock.report("SIGKILL with the default health settings")
         self.load.more(100)
         kids = self.replica_children()
         self.assertEqual(len(kids), 2, kids)
@@ -217,6 +276,72 @@ class SchedulerRun(unittest.TestCase):
                             out.find("router: SIGTERM sent"))
         self.assertRegex(out, r"router: exited \(pid \d+, exit status 0\)")
         print("%d requests answered under load across a SIGKILLed replica, none failed" % answered)
+
+    def test_sigstop_one_replica_replaced_after_health_checks(self):
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        wait_until("2 ready replicas", lambda: len(self.ready_replicas("digits")) == 2, 60)
+        before = self.ready_replicas("digits")
+        out = self.sched.output()
+        victim = re.search(r"digits#0: ready \(pid (\d+)\) at (tcp://\S+),", out)
+        self.assertIsNotNone(victim, out)
+        victim_pid, victim_url = int(victim.group(1)), victim.group(2)
+        self.assertIn(victim_pid, self.replica_children())
+        self.assertIn(victim_url, before)
+
+        self.load = Load(self.c, self.body, clients=3)
+        self.load.more(100)
+        clock = RotationClock(self.c, "digits", victim_url, before)
+        clock.start()
+        os.kill(victim_pid, signal.SIGSTOP)
+        # Alive but silent: only health checks can tell. The scheduler counts its
+        # misses, takes it out of the table (acknowledged), SIGKILLs it, and starts a
+        # replacement on a new URL that is added once ready. Nominal: about 2 s to the
+        # SIGKILL with the defaults (3 misses of 500 ms); the wait allows far more.
+        m = self.sched.wait_for("the stopped replica's replacement added to the table",
+                                r"digits#0: unhealthy \(pid %d at %s\)[^\n]*\n(?:.*\n)*?"
+                                r".*digits#0: added (tcp://\S+) to the router's table"
+                                % (victim_pid, re.escape(victim_url)), timeout=90)
+        new_url = m.group(1)
+        self.assertNotEqual(new_url, victim_url)
+        wait_until("the replacement taking traffic", lambda: self.replica_requests(new_url) > 0)
+        wait_until("the clock seeing the replacement ready", lambda: clock.replaced is not None)
+        clock.stop()
+        clock.report("SIGSTOP with the default health settings")
+        wait_until("the stopped process gone", lambda: not alive(victim_pid), 30)
+        self.load.more(100)
+
+        out = self.sched.output()
+        # Exactly `threshold` misses in a row led to it, each a probe with no answer.
+        misses = re.findall(r"digits#0: health check of %s failed \((\d+) of (\d+) in a row\)"
+                            % re.escape(victim_url), out)
+        self.assertEqual([int(a) for a, _ in misses], list(range(1, HEALTH_THRESHOLD + 1)), out)
+        self.assertTrue(all(int(b) == HEALTH_THRESHOLD for _, b in misses), misses)
+        # Out of the table (acknowledged) before the SIGKILL; the successor after both.
+        unhealthy = out.find("digits#0: unhealthy (pid %d" % victim_pid)
+        removed = out.find("digits#0: removed %s from the router's table" % victim_url, unhealthy)
+        killed = out.find("digits#0: SIGKILL sent (pid %d)" % victim_pid, unhealthy)
+        started = out.find("digits#0: started", unhealthy)
+        self.assertTrue(0 <= unhealthy < removed < killed < started, out[-4000:])
+        self.assertRegex(out, r"digits#0: exited \(pid %d, killed by signal 9 [^\n]*after %d "
+                         r"failed health checks\)" % (victim_pid, HEALTH_THRESHOLD))
+        # digits#1 was never touched.
+        self.assertNotIn("digits#1: unhealthy", out)
+        self.assertEqual(out.count("digits#1: started"), 1, out)
+        kids = self.replica_children()
+        self.assertEqual(len(kids), 2, kids)
+        self.assertNotIn(victim_pid, kids)
+        self.assertEqual(sorted(self.ready_replicas("digits")),
+                         sorted([new_url] + [u for u in before if u != victim_url]))
+        self.load.stop()
+        self.assertEqual(self.load.bad, [])
+        self.assertEqual(self.load.answered, self.load.started)
+        print("%d requests answered under load across a SIGSTOPped replica, none failed"
+              % self.load.answered)
+        self.load = None
+        # A clean stop after it (under the sanitizers: no leak from the probes).
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
 
     @staticmethod
     def ready_urls_at_stop(out):

@@ -266,7 +266,7 @@ static void test_negative_and_out_of_range(void **state)
     EXPECT("{'model_repository': '../repo', 'models': [], 'health': {'interval_ms': 0, "
            "'timeout_ms': 3600001, 'failure_threshold': -3}, 'rollout': {'max_surge': 0, "
            "'drain_timeout_ms': -1, 'soak_ms': 99999999}}",
-           "health.interval_ms: expected an integer >= 1, got 0",
+           "health.interval_ms: expected an integer >= 10, got 0",
            "health.timeout_ms: expected an integer <= 3600000, got 3600001",
            "health.failure_threshold: expected an integer >= 1, got -3",
            "rollout.max_surge: expected an integer >= 1, got 0",
