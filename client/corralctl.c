@@ -8,14 +8,19 @@
  *     corralctl health --rpc URL
  *     corralctl status --http HOST:PORT
  *         Prints the router's replica table (model, version, state, in flight).
+ *     corralctl status --admin HOST:PORT [--token-file F]
+ *         Prints corral-scheduler's status (its admin API, GET /v1/status): one row
+ *         per replica (model, version, device, state, pid, uptime, restarts, URL,
+ *         last error), then each model's desired and ready replicas.
  *     corralctl replicas --control HOST:PORT [--token-file F]
  *                        [add MODEL VERSION URL | drain URL | remove URL]
  *         Lists the router's replica table (its control endpoint), or changes it;
  *         a change returns once every router thread applied it. VERSION "-" or ""
  *         means whatever the replica serves.
  *
- * Exit status: 0 success; 1 the request failed; 2 usage; 3 (status) some model
- * has no ready replica.
+ * Exit status: 0 success; 1 the request failed (401: the admin API refused the
+ * token); 2 usage; 3 (status) some model (with --admin: with desired > 0) has no
+ * ready replica.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -39,6 +44,7 @@ static const char synopsis[] =
     "                       [--output NAME ...] [--repeat N] FILE|-\n"
     "       corralctl health --rpc URL\n"
     "       corralctl status --http HOST:PORT\n"
+    "       corralctl status --admin HOST:PORT [--token-file F]\n"
     "       corralctl replicas --control HOST:PORT [--token-file F]\n"
     "                          [add MODEL VERSION URL | drain URL | remove URL]\n";
 
@@ -421,21 +427,126 @@ out:
     return rc;
 }
 
+/* A string field for a table cell: "-" when absent or null. */
+static const char *cell(const json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v && v[0] ? v : "-";
+}
+
+/* status --admin: corral-scheduler's GET /v1/status as a table. */
+static int status_admin(const char *hp, const char *token_file)
+{
+    char *token = NULL;
+    struct cerr e = {0};
+    int status = 0;
+    if (token_file && token_read(token_file, &token, &e)) {
+        fprintf(stderr, "corralctl: %s\n", e.msg);
+        return 1;
+    }
+    char *body = http_call(hp, "GET", "/v1/status", token, NULL, &status);
+    free(token);
+    if (!body || status != 200) {
+        if (status == 401)
+            print_error("the admin API refused the token (401 Unauthorized; give the right "
+                        "one with --token-file)", status, body);
+        else if (!body)
+            fprintf(stderr, "corralctl: no answer from the admin API at http://%s\n", hp);
+        else
+            print_error("cannot read the scheduler's status", status, body);
+        free(body);
+        return 1;
+    }
+    json_t *root = json_loads(body, 0, NULL);
+    free(body);
+    json_t *reps = json_object_get(root, "replicas");
+    json_t *models = json_object_get(root, "models");
+    json_t *router = json_object_get(root, "router");
+    if (!json_is_array(reps) || !json_is_array(models) || !json_is_object(router)) {
+        fprintf(stderr, "corralctl: the admin API's answer is not a scheduler status\n");
+        json_decref(root);
+        return 1;
+    }
+    printf("router: %s, pid %lld, http %s, control %s, rpc %s, restarts %lld%s%s\n",
+           cell(router, "state"), json_integer_value(json_object_get(router, "pid")),
+           cell(router, "http"), cell(router, "control"), cell(router, "rpc"),
+           json_integer_value(json_object_get(router, "restarts")),
+           json_is_string(json_object_get(router, "last_error")) ? ", last error: " : "",
+           json_is_string(json_object_get(router, "last_error")) ? cell(router, "last_error")
+                                                                 : "");
+    printf("%-16s %-7s %-10s %-10s %-8s %8s %8s  %-28s %s\n", "MODEL", "VERSION", "DEVICE",
+           "STATE", "PID", "UPTIME", "RESTARTS", "URL", "ERROR");
+    size_t i;
+    json_t *r;
+    json_array_foreach(reps, i, r)
+    {
+        char dev[300], pid[24], up[32];
+        const char *cores = json_string_value(json_object_get(r, "cores"));
+        if (cores && strcmp(cores, cell(r, "device")) != 0)
+            snprintf(dev, sizeof dev, "%s", cores);
+        else
+            snprintf(dev, sizeof dev, "%s", cell(r, "device"));
+        json_t *p = json_object_get(r, "pid");
+        json_t *u = json_object_get(r, "uptime_s");
+        if (json_is_integer(p))
+            snprintf(pid, sizeof pid, "%lld", json_integer_value(p));
+        else
+            snprintf(pid, sizeof pid, "-");
+        if (json_is_number(u))
+            snprintf(up, sizeof up, "%.1fs", json_number_value(u));
+        else
+            snprintf(up, sizeof up, "-");
+        printf("%-16s %-7lld %-10s %-10s %-8s %8s %8lld  %-28s %s\n", cell(r, "model"),
+               json_integer_value(json_object_get(r, "version")), dev, cell(r, "state"), pid, up,
+               json_integer_value(json_object_get(r, "restarts")), cell(r, "url"),
+               cell(r, "last_error"));
+    }
+    int all_ready = 1;
+    json_array_foreach(models, i, r)
+    {
+        long long want = json_integer_value(json_object_get(r, "desired"));
+        long long ready = json_integer_value(json_object_get(r, "ready"));
+        printf("model %s version %lld: %lld of %lld desired replica%s ready\n", cell(r, "name"),
+               json_integer_value(json_object_get(r, "version")), ready, want,
+               want == 1 ? "" : "s");
+        if (want > 0 && ready < 1)
+            all_ready = 0;
+    }
+    json_decref(root);
+    return all_ready ? 0 : 3;
+}
+
 static int cmd_status(int argc, char **argv)
 {
     static const struct option opts[] = {{"http", required_argument, NULL, 'h'},
+                                         {"admin", required_argument, NULL, 'a'},
+                                         {"token-file", required_argument, NULL, 't'},
                                          {NULL, 0, NULL, 0}};
-    const char *hp = NULL;
+    const char *hp = NULL, *admin = NULL, *token_file = NULL;
     int c, status = 0;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c != 'h')
+        if (c == 'h')
+            hp = optarg;
+        else if (c == 'a')
+            admin = optarg;
+        else if (c == 't')
+            token_file = optarg;
+        else
             return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
-        hp = optarg;
     }
+    if (optind < argc)
+        return usage_error("status: unexpected argument '%s'", argv[optind]);
+    if (hp && admin)
+        return usage_error("%s", "status takes --http HOST:PORT or --admin HOST:PORT, not both");
+    if (admin)
+        return status_admin(admin, token_file);
+    if (token_file)
+        return usage_error("%s", "--token-file goes with status --admin HOST:PORT");
     if (!hp)
-        return usage_error("%s", "status needs --http HOST:PORT (the router's HTTP address)");
+        return usage_error("%s", "status needs --http HOST:PORT (the router's HTTP address) or "
+                           "--admin HOST:PORT (corral-scheduler's admin API)");
     char *body = http_get(hp, "/v2/corral/replicas", &status);
     if (!body || status != 200) {
         fprintf(stderr, "corralctl: cannot read the replica table from http://%s (%s)\n", hp,

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "ctl.h"
 #include "log.h"
 #include "probe.h"
@@ -45,6 +46,9 @@ struct child {
     int misses;                      /* failed probes in a row */
     int unhealthy;                   /* failure_threshold reached: SIGKILL sent */
     char last_miss[300];
+    /* For the admin API. */
+    int starts;                      /* successful spawns; restarts = starts - 1 */
+    char last_error[1400];           /* the last exit, failure or health verdict; "" none */
 };
 
 struct sup {
@@ -56,6 +60,7 @@ struct sup {
     int http_port, rpc_port, ctl_port; /* learned from the router's log; 0: not yet */
     int seen_http, seen_ctl;           /* this run of the router said so */
     char ctl_host[SCHED_HOST_MAX];
+    struct sched_admin admin;
 };
 
 static long now_ms(void)
@@ -154,11 +159,13 @@ static void start_router(struct sup *s, long now)
     s->seen_http = s->seen_ctl = 0;
     if (sched_spawn(&sp, &c->pid, &e)) {
         LOG_ERROR("router: cannot start %s: %s", s->o->router_bin, e.msg);
+        snprintf(c->last_error, sizeof c->last_error, "cannot start: %s", e.msg);
         c->pid = 0;
         c->next_start_ms = now + c->backoff_ms;
         return;
     }
     c->state = C_STARTING;
+    c->starts++;
     LOG_INFO("router: started (pid %d): %s --listen %s --rpc-listen %s --threads %s "
              "--control-listen %s --drain-timeout-ms %s --health-interval-ms %s; log %s",
              (int)c->pid, s->o->router_bin, listen, rpc, threads, ctl, drain, health,
@@ -196,11 +203,13 @@ static void start_replica(struct sup *s, struct child *c, long now)
     c->url[0] = '\0';
     if (sched_spawn(&sp, &c->pid, &e)) {
         LOG_ERROR("%s: cannot start %s: %s", c->name, s->o->replica_bin, e.msg);
+        snprintf(c->last_error, sizeof c->last_error, "cannot start: %s", e.msg);
         c->pid = 0;
         c->next_start_ms = now + c->backoff_ms;
         return;
     }
     c->state = C_STARTING;
+    c->starts++;
     LOG_INFO("%s: started (pid %d): %s version %s on %s%s; log %s", c->name, (int)c->pid,
              m->name, version, where, r->shared ? " (shared, oversubscribe)" : "", c->log_path);
 }
@@ -279,6 +288,8 @@ static void mark_down(struct sup *s, struct child *c, int st, long now)
     }
     c->crashes++;
     c->state = C_DOWN;
+    snprintf(c->last_error, sizeof c->last_error, "exited (pid %d, %s) after %ld ms", (int)pid,
+             how, up);
     if (c->is_router) {
         /* Its table went with it; a new router starts empty and every ready replica
          * is added again. */
@@ -289,6 +300,9 @@ static void mark_down(struct sup *s, struct child *c, int st, long now)
         char last[1024];
         sched_log_last_lines(c->log_path, 3, last, sizeof last);
         c->state = C_FAILED;
+        snprintf(c->last_error, sizeof c->last_error,
+                 "failed: exited %d times in a row, the last with %s; last log lines: %s",
+                 c->crashes, how, last[0] ? last : "(none)");
         LOG_ERROR("%s: failed: exited %d times in a row, the last (pid %d) with %s after %ld ms; "
                   "not restarted; last log lines: %s", c->name, c->crashes, (int)pid, how, up,
                   last[0] ? last : "(none)");
@@ -454,6 +468,8 @@ static void step_health(struct sup *s, struct child *c, long now)
     /* SIGKILL needs no SIGCONT: it ends a stopped process too. */
     kill(c->pid, SIGKILL);
     c->unhealthy = 1;
+    snprintf(c->last_error, sizeof c->last_error, "unhealthy: %d health checks in a row failed, "
+             "the last: %s", c->misses, c->last_miss);
     LOG_WARN("%s: SIGKILL sent (pid %d) after %d failed health checks", c->name, (int)c->pid,
              c->misses);
 }
@@ -532,6 +548,145 @@ static int shut_down(struct sup *s, long now)
     return 1;
 }
 
+/* ---- the admin API's status -------------------------------------------------------- */
+
+static const char *state_name(const struct sup *s, const struct child *c)
+{
+    if (c->state == C_FAILED)
+        return "failed";
+    if (s->stopping || c->unhealthy || c->term_sent)
+        return "stopping";
+    switch (c->state) {
+    case C_READY:
+        /* A replica is ready once it takes traffic: in the router's table. */
+        return c->is_router || c->in_table ? "ready" : "starting";
+    case C_STARTING: return c->starts > 1 ? "restarting" : "starting";
+    case C_DOWN: return c->starts ? "restarting" : "starting";
+    default: return "failed";
+    }
+}
+
+/* A JSON string of text that may come from a log (any bytes): as is when it is valid
+ * UTF-8, else with every byte outside ASCII replaced by '?'. */
+static json_t *jtext(const char *t)
+{
+    json_t *j = json_string(t);
+    if (j)
+        return j;
+    char buf[1400];
+    size_t i = 0;
+    for (; t[i] && i < sizeof buf - 1; i++)
+        buf[i] = (unsigned char)t[i] < 0x80 ? t[i] : '?';
+    buf[i] = '\0';
+    return json_string(buf);
+}
+
+static void put_common(json_t *o, const struct sup *s, const struct child *c, long now)
+{
+    json_object_set_new(o, "state", json_string(state_name(s, c)));
+    json_object_set_new(o, "pid", c->pid ? json_integer(c->pid) : json_null());
+    json_object_set_new(o, "uptime_s", c->pid ? json_real((double)(now - c->started_ms) / 1000.0)
+                                              : json_null());
+    json_object_set_new(o, "restarts", json_integer(c->starts > 1 ? c->starts - 1 : 0));
+    json_object_set_new(o, "crashes_in_a_row", json_integer(c->crashes));
+    json_object_set_new(o, "last_error", c->last_error[0] ? jtext(c->last_error)
+                                                          : json_null());
+}
+
+/* The snapshot GET /v1/status answers (admin.h; its fields: docs/operations.md,
+ * "Running a cluster"); a new reference, NULL when out of memory. */
+static json_t *sup_status(void *arg)
+{
+    struct sup *s = arg;
+    const struct sched_config *cfg = s->o->cfg;
+    long now = now_ms();
+    char url[SCHED_HOST_MAX + 64];
+    json_t *root = json_object(), *router = json_object(), *reps = json_array(),
+           *models = json_array();
+    if (!root || !router || !reps || !models) {
+        json_decref(root);
+        json_decref(router);
+        json_decref(reps);
+        json_decref(models);
+        return NULL;
+    }
+    json_object_set_new(root, "config", json_string(cfg->path));
+    json_object_set_new(root, "state_dir", json_string(s->o->state_dir));
+    json_object_set_new(root, "stopping", json_boolean(s->stopping));
+
+    put_common(router, s, &s->router, now);
+    if (s->http_port) {
+        snprintf(url, sizeof url, "http://%s:%d", cfg->router.listen.host, s->http_port);
+        json_object_set_new(router, "http", json_string(url));
+    } else {
+        json_object_set_new(router, "http", json_null());
+    }
+    if (s->ctl_port) {
+        snprintf(url, sizeof url, "http://%s:%d", s->ctl_host, s->ctl_port);
+        json_object_set_new(router, "control", json_string(url));
+    } else {
+        json_object_set_new(router, "control", json_null());
+    }
+    if (cfg->router.rpc_off) {
+        json_object_set_new(router, "rpc", json_string("off"));
+    } else {
+        snprintf(url, sizeof url, "tcp://%s:%d", cfg->router.rpc.host,
+                 port_or_learned(cfg->router.rpc.port, s->rpc_port));
+        json_object_set_new(router, "rpc", json_string(url));
+    }
+    json_object_set_new(root, "router", router);
+
+    for (size_t i = 0; i < s->n; i++) {
+        const struct child *c = &s->reps[i];
+        const struct sched_replica *r = c->rep;
+        const struct sched_model *m = &cfg->models[r->model];
+        char dev[64], cores[256];
+        json_t *o = json_object();
+        if (!o)
+            continue;
+        sched_device_format(&r->dev, dev, sizeof dev);
+        json_object_set_new(o, "name", json_string(c->name));
+        json_object_set_new(o, "model", json_string(m->name));
+        json_object_set_new(o, "version", json_integer(m->version));
+        json_object_set_new(o, "device", json_string(dev));
+        if (r->dev.kind == SCHED_DEV_CUDA) {
+            json_object_set_new(o, "cuda_visible_devices", json_string(r->cuda_visible));
+            json_object_set_new(o, "cores", json_null());
+        } else {
+            sched_cpuset_format(&r->cpus, cores, sizeof cores);
+            json_object_set_new(o, "cores", json_string(cores));
+        }
+        json_object_set_new(o, "threads", json_integer(m->threads));
+        put_common(o, s, c, now);
+        json_object_set_new(o, "url", c->url[0] && c->pid ? json_string(c->url) : json_null());
+        json_object_set_new(o, "in_table", json_boolean(c->in_table));
+        json_object_set_new(o, "health_misses", json_integer(c->misses));
+        json_array_append_new(reps, o);
+    }
+    json_object_set_new(root, "replicas", reps);
+
+    for (size_t k = 0; k < cfg->n_models; k++) {
+        const struct sched_model *m = &cfg->models[k];
+        long long ready = 0, restarts = 0, failed = 0;
+        for (size_t i = 0; i < s->n; i++) {
+            const struct child *c = &s->reps[i];
+            if (c->rep->model != k)
+                continue;
+            ready += strcmp(state_name(s, c), "ready") == 0;
+            failed += c->state == C_FAILED;
+            restarts += c->starts > 1 ? c->starts - 1 : 0;
+        }
+        json_t *o = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I}", "name", m->name, "version",
+                              (json_int_t)m->version, "desired", m->replicas, "ready",
+                              (json_int_t)ready, "failed", (json_int_t)failed, "restarts",
+                              (json_int_t)restarts);
+        if (o)
+            json_array_append_new(models, o);
+    }
+    json_object_set_new(root, "models", models);
+    return root;
+}
+
 static void init_child(struct child *c, const char *state_dir, const char *name,
                        const char *file)
 {
@@ -584,12 +739,26 @@ int sched_sup_run(const struct sched_sup_opts *o)
         free(s.reps);
         return 1;
     }
+    struct cerr ae = {0};
+    if (sched_admin_open(&s.admin, &o->cfg->admin.listen, o->cfg->admin.token_file, sup_status,
+                         &s, &ae)) {
+        LOG_ERROR("%s; nothing was started", ae.msg);
+        close(sfd);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        free(s.reps);
+        return 1;
+    }
     LOG_INFO("running %s: %zu replica%s; state and logs in %s; SIGTERM or SIGINT stops the "
              "cluster (drained first)", o->cfg->path, s.n, s.n == 1 ? "" : "s", o->state_dir);
 
     for (;;) {
-        struct pollfd p = {.fd = sfd, .events = POLLIN};
-        if (poll(&p, 1, SCHED_TICK_MS) > 0) {
+        /* The signals and the admin API's sockets; the admin server never blocks. */
+        struct pollfd p[1 + SCHED_ADMIN_MAX_CONNS + 1];
+        p[0].fd = sfd;
+        p[0].events = POLLIN;
+        p[0].revents = 0;
+        size_t np = 1 + sched_admin_pollfds(&s.admin, p + 1, sizeof p / sizeof *p - 1);
+        if (poll(p, (nfds_t)np, SCHED_TICK_MS) > 0 && p[0].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
                 if ((si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) && !s.stopping) {
@@ -600,6 +769,7 @@ int sched_sup_run(const struct sched_sup_opts *o)
             }
         }
         long now = now_ms();
+        sched_admin_serve(&s.admin, now);
         reap(&s, &s.router, now);
         for (size_t i = 0; i < s.n; i++)
             reap(&s, &s.reps[i], now);
@@ -609,6 +779,7 @@ int sched_sup_run(const struct sched_sup_opts *o)
             break;
     }
     LOG_INFO("stopped: every replica and the router exited; exit status %d", s.status);
+    sched_admin_close(&s.admin);
     close(sfd);
     sigprocmask(SIG_SETMASK, &old, NULL);
     for (size_t i = 0; i < s.n; i++)

@@ -15,10 +15,22 @@ this test (every request started is counted back):
   replacement is printed (measured, not asserted: the suite runs on shared cores).
 - A replica whose model cannot load crash-loops: marked failed after 5 exits in a
   row with its last log lines as the reason, while the healthy model keeps
-  serving with no failed request.
+  serving with no failed request (the admin API says "failed" with the reason,
+  and `corralctl status --admin` exits 3).
+- The admin API (admin.listen): GET /v1/status lists the ready replicas with the
+  pids of the scheduler's real children (from /proc) and the URLs the router's
+  table holds; after a SIGKILL the replica's restarts is 1 (the test killed it
+  once) and 2 are ready again; `corralctl status --admin` prints the table and
+  exits 0; /metrics' desired/ready/restarts equal the status and what the test
+  did; with admin.token_file a missing or wrong token is 401 on every path, the
+  right one 200, corralctl --token-file works, and the token is in no log.
 
 Usage: test_scheduler_run.py BUILD_DIR REPO_ROOT
+       test_scheduler_run.py BUILD_DIR REPO_ROOT --promtool PATH
+The second runs only `promtool check metrics` on the scheduler's /metrics (a ctest
+entry of its own, skipped where promtool is missing).
 """
+import http.client
 import json
 import os
 import re
@@ -37,7 +49,10 @@ from test_control_plane import Load, wait_until  # noqa: E402
 import testrun  # noqa: E402
 
 BUILD, ROOT = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+PROMTOOL_ONLY = len(sys.argv) > 3 and sys.argv[3] == "--promtool"
+PROMTOOL = sys.argv[4] if PROMTOOL_ONLY and len(sys.argv) > 4 else ""
 SCHED = os.path.join(BUILD, "scheduler", "corral-scheduler")
+CORRALCTL = os.path.join(BUILD, "client", "corralctl")
 CRASH_LIMIT = 5  # SCHED_CRASH_LIMIT in scheduler/supervisor.h
 HEALTH_THRESHOLD = 3  # health.failure_threshold's default (docs/operations.md)
 
@@ -180,11 +195,14 @@ class SchedulerRun(unittest.TestCase):
             self.sched.kill_all()
         self.tmp.cleanup()
 
-    def start(self, repo, models):
+    def start(self, repo, models, token_file=None):
+        admin = {"listen": "127.0.0.1:0"}
+        if token_file:
+            admin["token_file"] = token_file
         cfg = {"model_repository": repo,
                "router": {"listen": "127.0.0.1:0", "rpc_listen": "off",
                           "control_listen": "127.0.0.1:0"},
-               "admin": {"listen": "127.0.0.1:0"},
+               "admin": admin,
                "oversubscribe": True,  # two replicas on whatever cores this machine lends
                "models": models}
         path = os.path.join(self.tmp.name, "cluster.json")
@@ -196,7 +214,42 @@ class SchedulerRun(unittest.TestCase):
                                 r"http://127\.0\.0\.1:(\d+)")
         self.c = Cluster(BUILD, repo)
         self.c.port = int(m.group(1))
+        a = self.sched.wait_for("the admin API listening",
+                                r"corral-scheduler admin listening on http://127\.0\.0\.1:(\d+)")
+        self.admin_port = int(a.group(1))
         return self.c
+
+    def admin(self, path, token=None, method="GET", auth=None):
+        """(status, body text) of one admin API call."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=30)
+        headers = {}
+        if token is not None:
+            headers["Authorization"] = "Bearer " + token
+        if auth is not None:
+            headers["Authorization"] = auth
+        conn.request(method, path, headers=headers)
+        r = conn.getresponse()
+        body = r.read().decode()
+        conn.close()
+        return r.status, body
+
+    def status(self, token=None):
+        st, body = self.admin("/v1/status", token)
+        self.assertEqual(st, 200, body)
+        return json.loads(body)
+
+    def corralctl_status(self, *extra):
+        return subprocess.run([CORRALCTL, "status", "--admin", "127.0.0.1:%d" % self.admin_port]
+                              + list(extra), capture_output=True, text=True, timeout=60)
+
+    @staticmethod
+    def metric(text, name, **labels):
+        want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+        rx = r"^%s%s (\S+)$" % (re.escape(name), re.escape("{%s}" % want) if want else "")
+        m = re.findall(rx, text, re.M)
+        if len(m) != 1:
+            raise AssertionError("%s{%s}: %d samples in\n%s" % (name, want, len(m), text))
+        return float(m[0])
 
     def ready_replicas(self, model):
         st, r = self.c.http("GET", "/v2/corral/replicas")
@@ -350,6 +403,158 @@ class SchedulerRun(unittest.TestCase):
             last[m.group(1)] = m.group(2)
         return list(last.values())
 
+    def ready_in_status(self, model):
+        st = self.status()
+        return [r for r in st["replicas"] if r["model"] == model and r["state"] == "ready"]
+
+    def test_admin_status_after_sigkill_corralctl_metrics(self):
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        wait_until("2 ready replicas in the admin status",
+                   lambda: len(self.ready_in_status("digits")) == 2, 60)
+        wait_until("2 ready replicas in the router",
+                   lambda: len(self.ready_replicas("digits")) == 2, 60)
+        st = self.status()
+        reps = st["replicas"]
+        self.assertEqual(len(reps), 2, st)
+        # The pids are the scheduler's real children (from /proc), the URLs the
+        # router's table.
+        self.assertEqual(sorted(r["pid"] for r in reps), self.replica_children())
+        self.assertTrue(all(alive(r["pid"]) for r in reps))
+        self.assertEqual(sorted(r["url"] for r in reps), sorted(self.ready_replicas("digits")))
+        for r in reps:
+            self.assertEqual((r["model"], r["version"], r["device"], r["restarts"]),
+                             ("digits", 1, "cpu", 0), r)
+            self.assertGreaterEqual(r["uptime_s"], 0)
+            self.assertIsNone(r["last_error"], r)
+        self.assertEqual(st["models"], [{"name": "digits", "version": 1, "desired": 2, "ready": 2,
+                                         "failed": 0, "restarts": 0}])
+        self.assertEqual(st["router"]["state"], "ready")
+        self.assertIn(st["router"]["pid"], children(self.sched.p.pid))
+        self.assertEqual(st["router"]["http"], "http://127.0.0.1:%d" % self.c.port)
+        self.assertEqual(json.loads(self.admin("/v1/health")[1]),
+                         {"live": True, "models_ready": True})
+
+        p = self.corralctl_status()
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        rows = [l.split() for l in p.stdout.splitlines() if l.startswith("digits ")]
+        self.assertEqual(sorted(int(r[4]) for r in rows), self.replica_children(), p.stdout)
+        self.assertTrue(all(r[1] == "1" and r[3] == "ready" and r[6] == "0" for r in rows), rows)
+        self.assertEqual(sorted(r[7] for r in rows), sorted(self.ready_replicas("digits")))
+        self.assertIn("model digits version 1: 2 of 2 desired replicas ready", p.stdout)
+
+        # SIGKILL digits#0: once replaced, its restarts is 1 (the test killed it once),
+        # digits#1's 0, and 2 are ready again on the new pid.
+        victim = next(r for r in reps if r["name"] == "digits#0")
+        other = next(r for r in reps if r["name"] == "digits#1")
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def replaced():
+            now = {r["name"]: r for r in self.status()["replicas"]}
+            v = now["digits#0"]
+            return (v["state"] == "ready" and v["pid"] != victim["pid"] and
+                    now["digits#1"]["state"] == "ready") and now
+        now = wait_until("digits#0 replaced and ready in the admin status", replaced, 60)
+        self.assertEqual(now["digits#0"]["restarts"], 1, now)
+        self.assertEqual(now["digits#1"]["restarts"], 0, now)
+        self.assertEqual(now["digits#1"]["pid"], other["pid"])
+        self.assertIn("killed by signal 9", now["digits#0"]["last_error"])
+        self.assertEqual(sorted(r["pid"] for r in now.values()), self.replica_children())
+        self.assertNotIn(victim["pid"], self.replica_children())
+        st = self.status()
+        self.assertEqual(st["models"][0]["ready"], 2, st)
+        self.assertEqual(st["models"][0]["restarts"], 1, st)
+
+        # /metrics says what the status says, and what the test did.
+        code, text = self.admin("/metrics")
+        self.assertEqual(code, 200, text)
+        st = self.status()
+        m = st["models"][0]
+        self.assertEqual(self.metric(text, "corral_scheduler_replicas_desired", model="digits"),
+                         m["desired"])
+        self.assertEqual(self.metric(text, "corral_scheduler_replicas_ready", model="digits"),
+                         m["ready"])
+        self.assertEqual(self.metric(text, "corral_scheduler_replica_restarts_total",
+                                     model="digits"), 1)
+        self.assertEqual(self.metric(text, "corral_scheduler_replicas", state="ready"), 2)
+        self.assertEqual(self.metric(text, "corral_scheduler_replicas", state="failed"), 0)
+        self.assertEqual(self.metric(text, "corral_scheduler_router_restarts_total"), 0)
+
+        # Unknown path, wrong method: JSON errors naming what was wrong.
+        code, body = self.admin("/v1/nope")
+        self.assertEqual(code, 404)
+        self.assertIn("/v1/status", json.loads(body)["error"])
+        code, body = self.admin("/v1/status", method="POST")
+        self.assertEqual(code, 405)
+        self.assertIn("GET", json.loads(body)["error"])
+
+        p = self.corralctl_status()
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+
+    def test_admin_token(self):
+        token = "s3cret-admin-token-%d" % os.getpid()
+        tf = os.path.join(self.tmp.name, "admin.token")
+        with open(tf, "w") as f:
+            f.write(token + "\n")
+        wrong = os.path.join(self.tmp.name, "wrong.token")
+        with open(wrong, "w") as f:
+            f.write("not-" + token + "\n")
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 1, "threads": 1}], token_file=tf)
+        for path in ("/v1/status", "/v1/health", "/metrics", "/v1/nope"):
+            for kw in ({}, {"token": "not-" + token}, {"token": token[:-1]},
+                       {"auth": token}, {"auth": "Basic " + token}):
+                code, body = self.admin(path, **kw)
+                self.assertEqual(code, 401, (path, kw, body))
+                self.assertIn("error", json.loads(body))
+                self.assertNotIn(token, body)
+        wait_until("1 ready replica in the admin status",
+                   lambda: self.status(token)["models"][0]["ready"] == 1, 60)
+        self.assertEqual(self.admin("/v1/health", token)[0], 200)
+        self.assertEqual(self.admin("/metrics", token)[0], 200)
+        self.assertEqual(self.admin("/v1/nope", token)[0], 404)
+
+        p = self.corralctl_status("--token-file", tf)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("model digits version 1: 1 of 1 desired replica ready", p.stdout)
+        p = self.corralctl_status()
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("401", p.stderr)
+        p = self.corralctl_status("--token-file", wrong)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("401", p.stderr)
+
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+        self.sched.t.join(10)
+        # The refusals were logged, the token never.
+        out = self.sched.output()
+        self.assertIn("admin: refused GET (401)", out)
+        self.assertNotIn(token, out)
+        logs = []
+        for d, _, files in os.walk(self.state):
+            for name in files:
+                logs.append(os.path.join(d, name))
+                with open(os.path.join(d, name), "rb") as f:
+                    self.assertNotIn(token.encode(), f.read(), name)
+        self.assertTrue(any(n.endswith("router.log") for n in logs), logs)
+
+    def test_admin_metrics_promtool(self):
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        wait_until("2 ready replicas in the admin status",
+                   lambda: len(self.ready_in_status("digits")) == 2, 60)
+        code, text = self.admin("/metrics")
+        self.assertEqual(code, 200, text)
+        self.assertEqual(self.metric(text, "corral_scheduler_replicas_ready", model="digits"), 2)
+        p = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+
     def test_crash_loop_marked_failed_others_serve(self):
         repo = os.path.join(self.tmp.name, "repo")
         shutil.copytree(os.path.join(ROOT, "models", "digits"), os.path.join(repo, "digits"))
@@ -385,6 +590,20 @@ class SchedulerRun(unittest.TestCase):
         self.assertEqual(self.ready_replicas("broken"), [])
         self.assertEqual(len(self.ready_replicas("digits")), 1)
         self.assertEqual(self.replica_children(), self.replica_children()[:1])
+        # The admin API: failed with the reason; corralctl exits 3 (a model with
+        # desired > 0 has no ready replica).
+        st = {r["name"]: r for r in self.status()["replicas"]}
+        self.assertEqual(st["broken#0"]["state"], "failed", st)
+        self.assertIsNone(st["broken#0"]["pid"], st)
+        self.assertEqual(st["broken#0"]["restarts"], CRASH_LIMIT - 1, st)
+        self.assertIn("exited %d times in a row" % CRASH_LIMIT, st["broken#0"]["last_error"])
+        self.assertEqual(st["digits#0"]["state"], "ready", st)
+        self.assertEqual(json.loads(self.admin("/v1/health")[1]),
+                         {"live": True, "models_ready": False})
+        p = self.corralctl_status()
+        self.assertEqual(p.returncode, 3, p.stdout + p.stderr)
+        self.assertRegex(p.stdout, r"broken +1 +cpu\S* +failed +- ")
+        self.assertIn("model broken version 1: 0 of 1 desired replica ready", p.stdout)
         self.load.stop()
         self.assertEqual(self.load.bad, [])
         self.assertEqual(self.load.answered, self.load.started)
@@ -394,4 +613,11 @@ class SchedulerRun(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    testrun.main()
+    if PROMTOOL_ONLY:
+        if not PROMTOOL or not os.access(PROMTOOL, os.X_OK):
+            testrun.skip_all("promtool not found (Debian package prometheus)")
+        testrun.main(unittest.TestSuite([SchedulerRun("test_admin_metrics_promtool")]))
+    # Otherwise every test but that one, which needs nothing else.
+    testrun.main(unittest.TestSuite(
+        [t for t in unittest.TestLoader().loadTestsFromTestCase(SchedulerRun)
+         if t._testMethodName != "test_admin_metrics_promtool"]))

@@ -1,0 +1,86 @@
+/*
+ * admin: the scheduler's admin API (issue 12, item 7), a small non-blocking HTTP/1.1
+ * server that lives on the supervisor's poll set, so it never blocks the loop.
+ *
+ * Usage:
+ *     struct sched_admin a;
+ *     if (sched_admin_open(&a, &cfg->admin.listen, cfg->admin.token_file, status_fn, arg, &e))
+ *         ... e.msg: cannot listen, or the token file cannot be read ...
+ *     for (;;) {
+ *         struct pollfd p[1 + SCHED_ADMIN_MAX_CONNS];
+ *         size_t n = sched_admin_pollfds(&a, p, 1 + SCHED_ADMIN_MAX_CONNS);
+ *         poll(p, n, SCHED_TICK_MS);
+ *         sched_admin_serve(&a, now_ms());   // accepts, reads, answers, closes
+ *     }
+ *     sched_admin_close(&a);
+ *
+ * Each connection carries one request (Connection: close): its head is read up to
+ * SCHED_ADMIN_REQ_MAX bytes (431 beyond), within SCHED_ADMIN_DEADLINE_MS (closed
+ * after), answered, and closed; at most SCHED_ADMIN_MAX_CONNS at once (the rest
+ * wait in the listen backlog). A request body is never read (every endpoint is a
+ * GET). Endpoints, all computed from one status snapshot (`status_fn`, a jansson
+ * object as sched_sup_status documents):
+ *     GET /v1/status   the snapshot itself
+ *     GET /v1/health   {"live": true, "models_ready": bool} (every model with
+ *                      desired > 0 has a ready replica)
+ *     GET /metrics     Prometheus text (version 0.0.4) for the scheduler itself
+ * When a token file is set, every request needs `Authorization: Bearer TOKEN`
+ * (token_equal, constant time; 401 otherwise, checked before the path). Unknown
+ * path 404, another method 405 (Allow: GET), a malformed request 400; every error
+ * body is JSON {"error": "..."} naming what was wrong. The token is never logged.
+ */
+#ifndef CORRAL_SCHEDULER_ADMIN_H
+#define CORRAL_SCHEDULER_ADMIN_H
+
+#include <jansson.h>
+#include <poll.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "error.h"
+
+#define SCHED_ADMIN_MAX_CONNS 16
+#define SCHED_ADMIN_REQ_MAX 16384       /* request line and headers */
+#define SCHED_ADMIN_DEADLINE_MS 5000    /* from accept to the answer written */
+
+struct sched_admin_conn {
+    int fd;             /* -1: free */
+    int writing;        /* the answer is built; sending out[out_off..] */
+    int closing;        /* answered and shut for writing; discarding until EOF */
+    long deadline_ms;
+    size_t in_len;
+    char *in;           /* SCHED_ADMIN_REQ_MAX + 1 bytes */
+    char *out;
+    size_t out_len, out_off;
+};
+
+/* A new reference to the status snapshot (NULL when out of memory). */
+typedef json_t *(*sched_admin_status_fn)(void *arg);
+
+struct sched_admin {
+    int fd;                      /* the listening socket; -1: closed */
+    char url[SCHED_HOST_MAX + 32]; /* http://HOST:PORT, the port as bound */
+    char *token;                 /* NULL: no token needed */
+    sched_admin_status_fn status;
+    void *arg;
+    struct sched_admin_conn conns[SCHED_ADMIN_MAX_CONNS];
+};
+
+/* Listens on `where` (port 0: any free port) and reads the token file when given;
+ * logs "corral-scheduler admin listening on http://HOST:PORT". */
+int sched_admin_open(struct sched_admin *a, const struct sched_addr *where,
+                     const char *token_file, sched_admin_status_fn status, void *arg,
+                     struct cerr *e);
+
+/* Fills `fds` (at most `cap`) with what the server waits for; returns how many. */
+size_t sched_admin_pollfds(const struct sched_admin *a, struct pollfd *fds, size_t cap);
+
+/* Makes progress on every connection without blocking (call after each poll). */
+void sched_admin_serve(struct sched_admin *a, long now_ms);
+
+void sched_admin_close(struct sched_admin *a);
+
+/* The metrics text of a status snapshot (malloc'd; NULL when out of memory). */
+char *sched_admin_metrics(const json_t *status);
+
+#endif
