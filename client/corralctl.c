@@ -12,6 +12,11 @@
  *         Prints corral-scheduler's status (its admin API, GET /v1/status): one row
  *         per replica (model, version, device, state, pid, uptime, restarts, URL,
  *         last error), then each model's desired and ready replicas.
+ *     corralctl apply --admin HOST:PORT [--token-file F] [--dry-run] FILE
+ *         Posts the cluster config FILE to corral-scheduler (POST /v1/apply) and prints
+ *         the changes it makes (or, with --dry-run, would make), "no changes", or why
+ *         it was refused (every error with its JSON path). Exit 0 applied, dry run or
+ *         no changes; 1 refused or no answer.
  *     corralctl replicas --control HOST:PORT [--token-file F]
  *                        [add MODEL VERSION URL | drain URL | remove URL]
  *         Lists the router's replica table (its control endpoint), or changes it;
@@ -45,6 +50,7 @@ static const char synopsis[] =
     "       corralctl health --rpc URL\n"
     "       corralctl status --http HOST:PORT\n"
     "       corralctl status --admin HOST:PORT [--token-file F]\n"
+    "       corralctl apply --admin HOST:PORT [--token-file F] [--dry-run] FILE\n"
     "       corralctl replicas --control HOST:PORT [--token-file F]\n"
     "                          [add MODEL VERSION URL | drain URL | remove URL]\n";
 
@@ -592,6 +598,86 @@ static int cmd_status(int argc, char **argv)
     return all_ready ? 0 : 3;
 }
 
+/* apply --admin: POST /v1/apply with FILE; prints the changes or the errors. */
+static int cmd_apply(int argc, char **argv)
+{
+    static const struct option opts[] = {{"admin", required_argument, NULL, 'a'},
+                                         {"token-file", required_argument, NULL, 't'},
+                                         {"dry-run", no_argument, NULL, 'n'},
+                                         {NULL, 0, NULL, 0}};
+    const char *admin = NULL, *token_file = NULL;
+    int dry = 0, ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'a': admin = optarg; break;
+        case 't': token_file = optarg; break;
+        case 'n': dry = 1; break;
+        default: return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (!admin || optind != argc - 1)
+        return usage_error("%s", "apply needs --admin HOST:PORT (corral-scheduler's admin API) "
+                                 "and one config FILE");
+    size_t len = 0;
+    char *text = read_all(argv[optind], &len);
+    if (!text) {
+        fprintf(stderr, "corralctl: cannot read %s: %s\n", argv[optind], strerror(errno));
+        return 1;
+    }
+    if (strlen(text) != len) {
+        fprintf(stderr, "corralctl: %s holds a NUL byte; not a JSON config\n", argv[optind]);
+        free(text);
+        return 1;
+    }
+    char *token = NULL;
+    struct cerr e = {0};
+    if (token_file && token_read(token_file, &token, &e)) {
+        fprintf(stderr, "corralctl: %s\n", e.msg);
+        free(text);
+        return 1;
+    }
+    int status = 0;
+    char *body = http_call(admin, "POST", dry ? "/v1/apply?dry_run=1" : "/v1/apply", token,
+                           text, &status);
+    free(token);
+    free(text);
+    if (!body) {
+        fprintf(stderr, "corralctl: no answer from the admin API at http://%s\n", admin);
+        return 1;
+    }
+    json_t *root = json_loads(body, 0, NULL);
+    const json_t *changes = json_object_get(root, "changes"), *errors = json_object_get(root,
+                                                                                       "errors");
+    const char *err = json_string_value(json_object_get(root, "error"));
+    int applied = json_is_true(json_object_get(root, "applied"));
+    const json_t *v;
+    size_t i;
+    int rc = 1;
+    if (status == 200 && root) {
+        if (json_array_size(changes) == 0) {
+            printf("no changes\n");
+        } else {
+            printf("%s:\n", applied ? "applied" : "dry run, nothing changed; would apply");
+            json_array_foreach(changes, i, v)
+                printf("  %s\n", json_string_value(v));
+        }
+        rc = 0;
+    } else if (status == 401) {
+        print_error("the admin API refused the token (401 Unauthorized; give the right one "
+                    "with --token-file)", status, body);
+    } else if (json_array_size(errors)) {
+        fprintf(stderr, "corralctl: refused (%d), nothing was changed:\n", status);
+        json_array_foreach(errors, i, v)
+            fprintf(stderr, "  %s\n", json_string_value(v));
+    } else {
+        fprintf(stderr, "corralctl: apply failed: %d %s\n", status, err ? err : body);
+    }
+    json_decref(root);
+    free(body);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
@@ -606,6 +692,8 @@ int main(int argc, char **argv)
         return cmd_status(argc - 1, argv + 1);
     if (strcmp(argv[1], "replicas") == 0)
         return cmd_replicas(argc - 1, argv + 1);
-    return usage_error("unknown command '%s' (expected infer, health, status or replicas)",
+    if (strcmp(argv[1], "apply") == 0)
+        return cmd_apply(argc - 1, argv + 1);
+    return usage_error("unknown command '%s' (expected infer, health, status, apply or replicas)",
                        argv[1]);
 }

@@ -348,6 +348,18 @@ static int header(const char *head, const char *name, char *out, size_t out_len)
     return -1;
 }
 
+/* header() within the request head only, never in a body that follows it. */
+static int head_header(struct sched_admin_conn *c, const char *name, char *out, size_t out_len)
+{
+    if (!c->head_len || c->head_len > c->in_len)
+        return header(c->in, name, out, out_len);
+    char saved = c->in[c->head_len];
+    c->in[c->head_len] = '\0';
+    int rc = header(c->in, name, out, out_len);
+    c->in[c->head_len] = saved;
+    return rc;
+}
+
 static void handle(struct sched_admin *a, struct sched_admin_conn *c)
 {
     char method[16], target[1024];
@@ -370,7 +382,7 @@ static void handle(struct sched_admin *a, struct sched_admin_conn *c)
     if (a->token) {
         char auth[TOKEN_MAX + 64];
         const char *why = NULL;
-        if (header(c->in, "Authorization", auth, sizeof auth) != 0)
+        if (head_header(c, "Authorization", auth, sizeof auth) != 0)
             why = "missing";
         else if (strncasecmp(auth, "Bearer ", 7) != 0)
             why = "not a bearer token";
@@ -386,11 +398,30 @@ static void handle(struct sched_admin *a, struct sched_admin_conn *c)
         }
     }
 
+    if (a->apply && strcmp(target, "/v1/apply") == 0) {
+        if (strcmp(method, "POST") != 0) {
+            answer_error(c, 405, "Allow: POST\r\n", "%s takes POST only, not %.15s", target,
+                         method);
+            return;
+        }
+        const char *q = strchr(sp1 + 1, '?');
+        int dry = q && q < sp2 && (strncmp(q, "?dry_run=1", 10) == 0 ||
+                                   strncmp(q, "?dry_run=true", 13) == 0);
+        int status = 500;
+        json_t *ans = a->apply(a->arg, c->in + c->head_len, c->body_len, dry, &status);
+        if (!ans) {
+            answer_error(c, 500, NULL, "out of memory applying the config");
+            return;
+        }
+        answer_json(c, status, ans, NULL);
+        json_decref(ans);
+        return;
+    }
     int known = strcmp(target, "/v1/status") == 0 || strcmp(target, "/v1/health") == 0 ||
                 strcmp(target, "/metrics") == 0;
     if (!known) {
         answer_error(c, 404, NULL, "no such path; the admin API serves GET /v1/status, "
-                                   "GET /v1/health and GET /metrics");
+                                   "GET /v1/health, GET /metrics and POST /v1/apply");
         return;
     }
     if (strcmp(method, "GET") != 0) {
@@ -465,8 +496,9 @@ static void accept_all(struct sched_admin *a, long now)
 static void conn_read(struct sched_admin *a, struct sched_admin_conn *c)
 {
     for (;;) {
-        size_t room = SCHED_ADMIN_REQ_MAX - c->in_len;
-        if (room == 0) {
+        size_t room = c->head_len ? c->head_len + c->body_len - c->in_len
+                                  : SCHED_ADMIN_REQ_MAX - c->in_len;
+        if (room == 0 && !c->head_len) {
             answer_error(c, 431, NULL, "the request line and headers exceed %d bytes",
                          SCHED_ADMIN_REQ_MAX);
             return;
@@ -490,9 +522,49 @@ static void conn_read(struct sched_admin *a, struct sched_admin_conn *c)
             answer_error(c, 400, NULL, "a NUL byte in the request head");
             return;
         }
-        if (strstr(c->in + from, "\r\n\r\n") || strstr(c->in + (from ? from + 1 : 0), "\n\n")) {
-            handle(a, c);
-            return;
+        if (c->head_len) {
+            if (c->in_len >= c->head_len + c->body_len) {
+                c->in[c->head_len + c->body_len] = '\0';
+                handle(a, c);
+                return;
+            }
+            continue;
+        }
+        const char *end = strstr(c->in + from, "\r\n\r\n");
+        size_t blank = 4;
+        if (!end) {
+            end = strstr(c->in + (from ? from + 1 : 0), "\n\n");
+            blank = 2;
+        }
+        if (end) {
+            char cl[32];
+            c->head_len = (size_t)(end - c->in) + blank;
+            if (strncmp(c->in, "POST ", 5) != 0 ||
+                head_header(c, "Content-Length", cl, sizeof cl) != 0) {
+                handle(a, c);
+                return;
+            }
+            char *e = NULL;
+            errno = 0;
+            unsigned long long want = strtoull(cl, &e, 10);
+            if (errno || e == cl || *e || want > SCHED_CONFIG_MAX_BYTES) {
+                answer_error(c, 400, NULL, "Content-Length must be a number of bytes up to %d, "
+                             "got \"%.20s\"", SCHED_CONFIG_MAX_BYTES, cl);
+                return;
+            }
+            c->body_len = (size_t)want;
+            size_t size = c->head_len + c->body_len;
+            char *grown = realloc(c->in, (size > c->in_len ? size : c->in_len) + 1);
+            if (!grown) {
+                answer_error(c, 500, NULL, "out of memory reading the request body");
+                return;
+            }
+            c->in = grown;
+            if (c->in_len >= c->head_len + c->body_len) {
+                c->in[c->head_len + c->body_len] = '\0';
+                handle(a, c);
+                return;
+            }
         }
     }
 }

@@ -17,13 +17,15 @@
  * Each connection carries one request (Connection: close): its head is read up to
  * SCHED_ADMIN_REQ_MAX bytes (431 beyond), within SCHED_ADMIN_DEADLINE_MS (closed
  * after), answered, and closed; at most SCHED_ADMIN_MAX_CONNS at once (the rest
- * wait in the listen backlog). A request body is never read (every endpoint is a
- * GET). Endpoints, all computed from one status snapshot (`status_fn`, a jansson
- * object as sched_sup_status documents):
+ * wait in the listen backlog). Only POST /v1/apply has a body: its Content-Length
+ * (at most SCHED_CONFIG_MAX_BYTES) is read within the same deadline. Endpoints, the
+ * GETs computed from one status snapshot (`status_fn`, a jansson object as
+ * sched_sup_status documents):
  *     GET /v1/status   the snapshot itself
  *     GET /v1/health   {"live": true, "models_ready": bool} (every model with
  *                      desired > 0 has a ready replica)
  *     GET /metrics     Prometheus text (version 0.0.4) for the scheduler itself
+ *     POST /v1/apply   a cluster config to apply (`apply_fn`; ?dry_run=1 only diffs)
  * When a token file is set, every request needs `Authorization: Bearer TOKEN`
  * (token_equal, constant time; 401 otherwise, checked before the path). Unknown
  * path 404, another method 405 (Allow: GET), a malformed request 400; every error
@@ -49,7 +51,9 @@ struct sched_admin_conn {
     int closing;        /* answered and shut for writing; discarding until EOF */
     long deadline_ms;
     size_t in_len;
-    char *in;           /* SCHED_ADMIN_REQ_MAX + 1 bytes */
+    char *in;           /* SCHED_ADMIN_REQ_MAX + 1 bytes; grown for a POST's body */
+    size_t head_len;    /* > 0: the head is complete (its bytes, blank line included) */
+    size_t body_len;    /* the Content-Length of a POST */
     char *out;
     size_t out_len, out_off;
 };
@@ -57,11 +61,17 @@ struct sched_admin_conn {
 /* A new reference to the status snapshot (NULL when out of memory). */
 typedef json_t *(*sched_admin_status_fn)(void *arg);
 
+/* POST /v1/apply: `body` (len bytes, NUL-terminated) is a cluster config; returns the
+ * answer (a new reference) and sets *http_status. dry_run: ?dry_run=1. */
+typedef json_t *(*sched_admin_apply_fn)(void *arg, const char *body, size_t len, int dry_run,
+                                        int *http_status);
+
 struct sched_admin {
     int fd;                      /* the listening socket; -1: closed */
     char url[SCHED_HOST_MAX + 32]; /* http://HOST:PORT, the port as bound */
     char *token;                 /* NULL: no token needed */
     sched_admin_status_fn status;
+    sched_admin_apply_fn apply;  /* NULL: POST /v1/apply answers 404; set after open */
     void *arg;
     struct sched_admin_conn conns[SCHED_ADMIN_MAX_CONNS];
 };

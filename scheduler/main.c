@@ -310,7 +310,7 @@ static int run(const char *file, const char *state_dir, const char *bin_dir)
     }
     LOG_INFO("%s is valid: %zu replica%s on this machine (%d cores, %d GPUs); binaries %s and %s",
              cfg.path, plan.n, plan.n == 1 ? "" : "s", mach.n_cpus, mach.n_gpus, router, replica);
-    struct sched_sup_opts o = {.cfg = &cfg, .plan = &plan, .router_bin = router,
+    struct sched_sup_opts o = {.cfg = &cfg, .plan = &plan, .mach = &mach, .router_bin = router,
                                .replica_bin = replica, .state_dir = state};
     rc = sched_sup_run(&o);
 out:

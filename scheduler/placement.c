@@ -150,12 +150,20 @@ static int by_use(const void *a, const void *b, void *use)
 int sched_place(const struct sched_config *cfg, const struct sched_machine *m,
                 struct sched_plan *plan, struct sched_errs *errs)
 {
+    return sched_place_keep(cfg, m, NULL, 0, plan, errs);
+}
+
+int sched_place_keep(const struct sched_config *cfg, const struct sched_machine *m,
+                     const struct sched_replica *keep, size_t n_keep, struct sched_plan *plan,
+                     struct sched_errs *errs)
+{
     int rc = CORRAL_OK;
     size_t before = sched_errs_count(errs), n = 0, k = 0;
     int *core_use = NULL, *order = NULL, gpu_use[SCHED_MAX_GPU + 1] = {0};
     /* Per device entry: 1 it does not exist here (reported once, never placed), 2 and 8
      * a sharing already reported; a device given to 50 replicas is one mistake, not 50. */
     unsigned char (*said)[SCHED_MAX_DEVICES] = NULL;
+    unsigned char *kept = NULL; /* per plan entry: placed as a running replica already is */
     char p[96], a[SCHED_NAME_MAX + 16] = "", b[SCHED_NAME_MAX + 16], da[64], db[64], g[400];
 
     memset(plan, 0, sizeof *plan);
@@ -166,7 +174,8 @@ int sched_place(const struct sched_config *cfg, const struct sched_machine *m,
     order = calloc(CPU_SETSIZE, sizeof *order);
     said = calloc(cfg->n_models ? cfg->n_models : 1, sizeof *said);
     plan->replicas = n ? calloc(n, sizeof *plan->replicas) : NULL;
-    if (!core_use || !order || !said || (n && !plan->replicas)) {
+    kept = calloc(n ? n : 1, 1);
+    if (!core_use || !order || !said || !kept || (n && !plan->replicas)) {
         sched_errs_add(errs, "models", "out of memory placing the replicas");
         rc = CORRAL_ENOMEM;
         goto fail;
@@ -181,6 +190,36 @@ int sched_place(const struct sched_config *cfg, const struct sched_machine *m,
             r->device = (size_t)j % mo->n_devices;
             r->dev = mo->devices[r->device];
             CPU_ZERO(&r->cpus);
+        }
+    }
+
+    /* Replicas that run already keep their device and cores: each takes a slot of its
+     * model, one on the same device entry when there is one. Their cores count as used
+     * before any new "cpu" replica picks. */
+    for (size_t q = 0; q < n_keep; q++) {
+        const struct sched_replica *kr = &keep[q];
+        size_t slot = n;
+        for (size_t i = 0; i < n && slot == n; i++)
+            if (!kept[i] && plan->replicas[i].model == kr->model &&
+                plan->replicas[i].device == kr->device)
+                slot = i;
+        for (size_t i = 0; i < n && slot == n; i++)
+            if (!kept[i] && plan->replicas[i].model == kr->model)
+                slot = i;
+        if (slot == n)
+            continue; /* more kept than desired: the caller stops the rest */
+        struct sched_replica *r = &plan->replicas[slot];
+        kept[slot] = 1;
+        r->from_keep = 1;
+        r->keep_index = q;
+        r->device = kr->device;
+        r->dev = kr->dev;
+        if (r->dev.kind == SCHED_DEV_CPU) {
+            r->cpus = kr->cpus;
+            r->n_cpus = CPU_COUNT(&r->cpus);
+            for (int c = 0; c < CPU_SETSIZE; c++)
+                if (CPU_ISSET(c, &r->cpus))
+                    core_use[c]++;
         }
     }
 
@@ -289,7 +328,7 @@ int sched_place(const struct sched_config *cfg, const struct sched_machine *m,
             order[k2++] = c;
     for (size_t i = 0; i < n && m->n_cpus > 0; i++) {
         struct sched_replica *r = &plan->replicas[i];
-        if (r->dev.kind != SCHED_DEV_CPU)
+        if (r->dev.kind != SCHED_DEV_CPU || kept[i])
             continue;
         int want = cfg->models[r->model].threads;
         if (want > m->n_cpus)
@@ -325,6 +364,7 @@ fail:
     free(core_use);
     free(order);
     free(said);
+    free(kept);
     return rc;
 }
 

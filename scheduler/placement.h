@@ -74,6 +74,8 @@ struct sched_replica {
     int n_cpus;                   /* CPU_COUNT(&cpus) */
     char cuda_visible[SCHED_GPU_ID_MAX]; /* GPU replicas: its CUDA_VISIBLE_DEVICES */
     int shared;    /* shares a core or a GPU with another replica (only with oversubscribe) */
+    int from_keep;     /* sched_place_keep: this slot is keep[keep_index], running already */
+    size_t keep_index;
 };
 
 struct sched_plan {
@@ -92,6 +94,17 @@ struct sched_plan {
  */
 int sched_place(const struct sched_config *cfg, const struct sched_machine *m,
                 struct sched_plan *plan, struct sched_errs *errs);
+/*
+ * As sched_place, for a cluster that runs already: `keep` (n_keep entries, `model`
+ * indexing cfg->models) are running replicas that keep their device entry and cores;
+ * each takes one slot of its model (the fit is checked for the whole config as
+ * always), and new "cpu" replicas pick among the cores they leave. A slot given to a
+ * kept replica says so (from_keep, keep_index); a kept replica beyond its model's
+ * count gets no slot (the caller stops it).
+ */
+int sched_place_keep(const struct sched_config *cfg, const struct sched_machine *m,
+                     const struct sched_replica *keep, size_t n_keep, struct sched_plan *plan,
+                     struct sched_errs *errs);
 void sched_plan_free(struct sched_plan *plan);
 
 /* A core set as "cpu:0-1,4" ("cpu:" and nothing else for an empty set). */

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
@@ -28,7 +29,9 @@ struct child {
     int is_router;
     char name[SCHED_NAME_MAX + 16]; /* "router", "digits#0" */
     char log_path[4200];
-    const struct sched_replica *rep; /* replicas only */
+    struct sched_replica rep;        /* replicas only: its placement (rep.model indexes cfg) */
+    struct sched_model m;            /* replicas only: its model's entry, as it was started */
+    int retiring;                    /* apply scaled it away: out of the table, then stopped */
     enum child_state state;
     pid_t pid;                       /* 0: none */
     long started_ms, ready_ms, next_start_ms, retry_ms;
@@ -53,9 +56,11 @@ struct child {
 
 struct sup {
     const struct sched_sup_opts *o;
+    struct sched_config *cfg;  /* the config in force: o->cfg, then the last one applied */
+    int cfg_owned;             /* cfg is ours to free (not o->cfg) */
     struct child router;
-    struct child *reps;
-    size_t n;
+    struct child **reps;       /* each allocated on its own: a probe's aio points into it */
+    size_t n, cap;
     int stopping, status;
     int http_port, rpc_port, ctl_port; /* learned from the router's log; 0: not yet */
     int seen_http, seen_ctl;           /* this run of the router said so */
@@ -125,7 +130,7 @@ static void fmt_addr(char *buf, size_t len, const char *host, int port)
 
 static void start_router(struct sup *s, long now)
 {
-    const struct sched_config *cfg = s->o->cfg;
+    const struct sched_config *cfg = s->cfg;
     struct child *c = &s->router;
     char listen[SCHED_HOST_MAX + 16], ctl[SCHED_HOST_MAX + 16], rpc[SCHED_HOST_MAX + 32];
     char threads[16], drain[32];
@@ -174,9 +179,9 @@ static void start_router(struct sup *s, long now)
 
 static void start_replica(struct sup *s, struct child *c, long now)
 {
-    const struct sched_config *cfg = s->o->cfg;
-    const struct sched_replica *r = c->rep;
-    const struct sched_model *m = &cfg->models[r->model];
+    const struct sched_config *cfg = s->cfg;
+    const struct sched_replica *r = &c->rep;
+    const struct sched_model *m = &c->m;
     char version[32], threads[16], drain[32], where[300];
     struct cerr e = {0};
     int gpu = r->dev.kind == SCHED_DEV_CUDA;
@@ -281,7 +286,7 @@ static void mark_down(struct sup *s, struct child *c, int st, long now)
         c->unhealthy = 0;
     }
     c->misses = 0;
-    if (s->stopping) {
+    if (s->stopping || c->retiring) {
         LOG_INFO("%s: exited (pid %d, %s)", c->name, (int)pid, how);
         c->state = C_DOWN;
         return;
@@ -294,7 +299,7 @@ static void mark_down(struct sup *s, struct child *c, int st, long now)
         /* Its table went with it; a new router starts empty and every ready replica
          * is added again. */
         for (size_t i = 0; i < s->n; i++)
-            s->reps[i].in_table = 0;
+            s->reps[i]->in_table = 0;
     }
     if (c->crashes >= SCHED_CRASH_LIMIT) {
         char last[1024];
@@ -346,13 +351,13 @@ static void step_router(struct sup *s, long now)
     c->state = C_READY;
     c->ready_ms = now;
     LOG_INFO("router: ready (pid %d): http://%s:%d, control http://%s:%d%s", (int)c->pid,
-             s->o->cfg->router.listen.host, s->http_port, s->ctl_host, s->ctl_port,
+             s->cfg->router.listen.host, s->http_port, s->ctl_host, s->ctl_port,
              c->crashes ? "; its table starts empty, so every ready replica is added again" : "");
 }
 
 static void step_replica(struct sup *s, struct child *c, long now)
 {
-    const struct sched_model *m = &s->o->cfg->models[c->rep->model];
+    const struct sched_model *m = &c->m;
     char why[700];
 
     /* Out of the table before anything else: a replica that is gone must not be
@@ -405,7 +410,7 @@ static void step_replica(struct sup *s, struct child *c, long now)
  * and, once reaped, restarted like any exit (backoff, crash count). */
 static void step_health(struct sup *s, struct child *c, long now)
 {
-    const struct sched_config *cfg = s->o->cfg;
+    const struct sched_config *cfg = s->cfg;
     struct sched_health h;
     char why[700];
 
@@ -482,6 +487,52 @@ static void reset_when_stable(struct child *c, long now)
     }
 }
 
+static void stop_child(struct sup *s, struct child *c, long now);
+
+/* A replica that apply scaled away (rule 2): out of the router's table (acknowledged)
+ * before it is told to stop, so no new request is sent to it; then SIGTERM (its own
+ * drain answers what it holds) and waited for. One not ready yet is not in the table
+ * and is only stopped. */
+static void step_retire(struct sup *s, struct child *c, long now)
+{
+    char why[700];
+    if (c->in_table) {
+        if (!router_ready(s) || now < c->retry_ms)
+            return;
+        if (control(s, "/v1/replicas/remove", sched_ctl_url_body(c->url), 404, why,
+                    sizeof why) != 0) {
+            c->retry_ms = now + 1000;
+            LOG_WARN("%s: removing %s from the router's table failed: %s; again in 1 s",
+                     c->name, c->url, why);
+            return;
+        }
+        c->in_table = 0;
+        LOG_INFO("%s: scaled down: removed %s from the router's table (acknowledged: %s)",
+                 c->name, c->url, why);
+    }
+    if (c->pid) {
+        sched_probe_close(&c->probe);
+        stop_child(s, c, now);
+    }
+}
+
+/* Frees the retired replicas that are gone and out of the table. */
+static void drop_retired(struct sup *s)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *c = s->reps[i];
+        if (c->retiring && !c->pid && !c->in_table) {
+            LOG_INFO("%s: scaled down: stopped and gone", c->name);
+            sched_probe_close(&c->probe);
+            free(c);
+            continue;
+        }
+        s->reps[k++] = c;
+    }
+    s->n = k;
+}
+
 static void reconcile(struct sup *s, long now)
 {
     if (s->router.state == C_FAILED) {
@@ -493,10 +544,16 @@ static void reconcile(struct sup *s, long now)
     step_router(s, now);
     reset_when_stable(&s->router, now);
     for (size_t i = 0; i < s->n; i++) {
-        step_replica(s, &s->reps[i], now);
-        step_health(s, &s->reps[i], now);
-        reset_when_stable(&s->reps[i], now);
+        struct child *c = s->reps[i];
+        if (c->retiring) {
+            step_retire(s, c, now);
+            continue;
+        }
+        step_replica(s, c, now);
+        step_health(s, c, now);
+        reset_when_stable(c, now);
     }
+    drop_retired(s);
 }
 
 /* SIGTERM once; SIGKILL when it outlives the drain timeout and a grace period. */
@@ -507,7 +564,7 @@ static void stop_child(struct sup *s, struct child *c, long now)
         c->term_sent = 1;
         c->term_ms = now;
         LOG_INFO("%s: SIGTERM sent (pid %d); waiting for it to exit", c->name, (int)c->pid);
-    } else if (!c->killed && now - c->term_ms > s->o->cfg->rollout.drain_timeout_ms +
+    } else if (!c->killed && now - c->term_ms > s->cfg->rollout.drain_timeout_ms +
                                                     SCHED_STOP_GRACE_MS) {
         kill(c->pid, SIGKILL);
         c->killed = 1;
@@ -522,7 +579,7 @@ static int shut_down(struct sup *s, long now)
     char why[700];
     int left = 0;
     for (size_t i = 0; i < s->n; i++) {
-        struct child *c = &s->reps[i];
+        struct child *c = s->reps[i];
         if (!c->pid)
             continue;
         left++;
@@ -554,7 +611,7 @@ static const char *state_name(const struct sup *s, const struct child *c)
 {
     if (c->state == C_FAILED)
         return "failed";
-    if (s->stopping || c->unhealthy || c->term_sent)
+    if (s->stopping || c->unhealthy || c->term_sent || c->retiring)
         return "stopping";
     switch (c->state) {
     case C_READY:
@@ -598,7 +655,7 @@ static void put_common(json_t *o, const struct sup *s, const struct child *c, lo
 static json_t *sup_status(void *arg)
 {
     struct sup *s = arg;
-    const struct sched_config *cfg = s->o->cfg;
+    const struct sched_config *cfg = s->cfg;
     long now = now_ms();
     char url[SCHED_HOST_MAX + 64];
     json_t *root = json_object(), *router = json_object(), *reps = json_array(),
@@ -637,9 +694,9 @@ static json_t *sup_status(void *arg)
     json_object_set_new(root, "router", router);
 
     for (size_t i = 0; i < s->n; i++) {
-        const struct child *c = &s->reps[i];
-        const struct sched_replica *r = c->rep;
-        const struct sched_model *m = &cfg->models[r->model];
+        const struct child *c = s->reps[i];
+        const struct sched_replica *r = &c->rep;
+        const struct sched_model *m = &c->m;
         char dev[64], cores[256];
         json_t *o = json_object();
         if (!o)
@@ -669,8 +726,8 @@ static json_t *sup_status(void *arg)
         const struct sched_model *m = &cfg->models[k];
         long long ready = 0, restarts = 0, failed = 0;
         for (size_t i = 0; i < s->n; i++) {
-            const struct child *c = &s->reps[i];
-            if (c->rep->model != k)
+            const struct child *c = s->reps[i];
+            if (c->retiring || strcmp(c->m.name, m->name) != 0)
                 continue;
             ready += strcmp(state_name(s, c), "ready") == 0;
             failed += c->state == C_FAILED;
@@ -697,28 +754,381 @@ static void init_child(struct child *c, const char *state_dir, const char *name,
     sched_probe_init(&c->probe);
 }
 
+/* A new replica child of model m placed as r, named "MODEL#N" with the lowest N no
+ * running child of that model has; started by the next reconciliation step. */
+static struct child *add_child(struct sup *s, const struct sched_model *m,
+                               const struct sched_replica *r)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 8;
+        struct child **g = realloc(s->reps, cap * sizeof *g);
+        if (!g)
+            return NULL;
+        s->reps = g;
+        s->cap = cap;
+    }
+    struct child *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    int idx = 0;
+    for (int taken = 1; taken; idx += taken) {
+        char want[SCHED_NAME_MAX + 16];
+        snprintf(want, sizeof want, "%s#%d", m->name, idx);
+        taken = 0;
+        for (size_t i = 0; i < s->n && !taken; i++)
+            taken = strcmp(s->reps[i]->name, want) == 0;
+    }
+    char name[SCHED_NAME_MAX + 16], file[SCHED_NAME_MAX + 24];
+    snprintf(name, sizeof name, "%s#%d", m->name, idx);
+    snprintf(file, sizeof file, "%s-%d.log", m->name, idx);
+    init_child(c, s->o->state_dir, name, file);
+    c->rep = *r;
+    c->m = *m;
+    s->reps[s->n++] = c;
+    return c;
+}
+
+/* ---- apply (issue 12, item 6) ------------------------------------------------------ */
+
+static void add_line(json_t *arr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_line(json_t *arr, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    json_array_append_new(arr, jtext(buf));
+}
+
+static int same_str(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+static int same_devices(const struct sched_model *a, const struct sched_model *b)
+{
+    if (a->n_devices != b->n_devices)
+        return 0;
+    for (size_t d = 0; d < a->n_devices; d++) {
+        char x[64], y[64];
+        sched_device_format(&a->devices[d], x, sizeof x);
+        sched_device_format(&b->devices[d], y, sizeof y);
+        if (strcmp(x, y) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* What this slice cannot change on a running cluster, each as "PATH: why". */
+static void refusals(const struct sched_config *o, const struct sched_config *n, json_t *errs)
+{
+#define RESTART(path, differ, was, now)                                                       \
+    do {                                                                                      \
+        if (differ)                                                                           \
+            add_line(errs, "%s: changing it needs a restart of corral-scheduler; not applied " \
+                     "(running %s, the new config says %s)", path, was, now);                 \
+    } while (0)
+    char a[64], b[64];
+    RESTART("model_repository", strcmp(o->model_repository, n->model_repository) != 0,
+            o->model_repository, n->model_repository);
+    RESTART("router.listen", strcmp(o->router.listen.text, n->router.listen.text) != 0,
+            o->router.listen.text, n->router.listen.text);
+    RESTART("router.rpc_listen", strcmp(o->router.rpc_url, n->router.rpc_url) != 0,
+            o->router.rpc_url, n->router.rpc_url);
+    RESTART("router.control_listen", strcmp(o->router.control.text, n->router.control.text) != 0,
+            o->router.control.text, n->router.control.text);
+    snprintf(a, sizeof a, "%d", o->router.threads);
+    snprintf(b, sizeof b, "%d", n->router.threads);
+    RESTART("router.threads", o->router.threads != n->router.threads, a, b);
+    RESTART("admin.listen", strcmp(o->admin.listen.text, n->admin.listen.text) != 0,
+            o->admin.listen.text, n->admin.listen.text);
+    RESTART("admin.token_file", !same_str(o->admin.token_file, n->admin.token_file),
+            o->admin.token_file ? o->admin.token_file : "none",
+            n->admin.token_file ? n->admin.token_file : "none");
+#define NUM(path, field)                                                                      \
+    do {                                                                                      \
+        snprintf(a, sizeof a, "%ld", (long)o->field);                                         \
+        snprintf(b, sizeof b, "%ld", (long)n->field);                                         \
+        RESTART(path, o->field != n->field, a, b);                                            \
+    } while (0)
+    NUM("health.interval_ms", health.interval_ms);
+    NUM("health.timeout_ms", health.timeout_ms);
+    NUM("health.failure_threshold", health.failure_threshold);
+    NUM("rollout.max_surge", rollout.max_surge);
+    NUM("rollout.drain_timeout_ms", rollout.drain_timeout_ms);
+    NUM("rollout.soak_ms", rollout.soak_ms);
+    NUM("oversubscribe", oversubscribe);
+    for (size_t i = 0; i < n->n_models; i++) {
+        const struct sched_model *nm = &n->models[i];
+        for (size_t k = 0; k < o->n_models; k++) {
+            const struct sched_model *om = &o->models[k];
+            if (strcmp(om->name, nm->name) != 0)
+                continue;
+            if (om->version != nm->version)
+                add_line(errs, "models[%zu].version: changing %s's version (running %ld, the new "
+                         "config says %ld) needs a rolling update, which is not built yet; not "
+                         "applied", i, nm->name, om->version, nm->version);
+            if (om->threads != nm->threads)
+                add_line(errs, "models[%zu].threads: changing %s's threads (running %d, the new "
+                         "config says %d) needs its replicas replaced, which is not built yet; "
+                         "not applied", i, nm->name, om->threads, nm->threads);
+            if (!same_devices(om, nm))
+                add_line(errs, "models[%zu].devices: changing %s's devices needs its replicas "
+                         "replaced, which is not built yet; not applied", i, nm->name);
+        }
+    }
+#undef NUM
+#undef RESTART
+}
+
+/* Orders a model's running replicas for scaling down: the last ones are stopped first,
+ * so those that take no traffic yet (not in the table) sort last, and among equals the
+ * highest name index. */
+static int retire_order(const void *x, const void *y)
+{
+    const struct child *a = *(struct child *const *)x, *b = *(struct child *const *)y;
+    if (a->in_table != b->in_table)
+        return b->in_table - a->in_table;
+    size_t la = strlen(a->name), lb = strlen(b->name);
+    return la != lb ? (la < lb ? -1 : 1) : strcmp(a->name, b->name);
+}
+
+/*
+ * Applies n (parsed, its validation errors in verrs) to the running cluster, or with
+ * dry_run only says what it would do. Takes n (heap; freed unless it becomes the
+ * config in force). Returns the answer and sets *http: 200 applied (or nothing to
+ * do, or dry run), 400 invalid or does not fit, 409 a change this slice cannot make,
+ * 503 stopping.
+ */
+static json_t *apply_cfg(struct sup *s, struct sched_config *n, struct sched_errs *verrs,
+                         int dry_run, int *http)
+{
+    json_t *ans = json_object(), *errs = json_array(), *changes = json_array();
+    struct child **list = NULL;
+    struct sched_replica *keep = NULL;
+    struct child **keep_child = NULL;
+    size_t nk = 0, nl = 0;
+    struct sched_plan plan = {0};
+    struct sched_errs perrs = {0};
+    int adopted = 0;
+    *http = 500;
+    if (!ans || !errs || !changes)
+        goto oom;
+    for (size_t i = 0; i < verrs->n; i++)
+        json_array_append_new(errs, jtext(verrs->lines[i]));
+    if (verrs->dropped)
+        add_line(errs, "... and %zu more errors", verrs->dropped);
+    if (s->stopping) {
+        add_line(errs, "the cluster is stopping; not applied");
+        *http = 503;
+        goto refuse;
+    }
+    if (json_array_size(errs)) {
+        *http = 400;
+        goto refuse;
+    }
+    refusals(s->cfg, n, errs);
+    if (json_array_size(errs)) {
+        *http = 409;
+        goto refuse;
+    }
+
+    /* Per model of the new config: which running replicas stay (keep) and which go. */
+    list = calloc(s->n ? s->n : 1, sizeof *list);
+    keep = calloc(s->n ? s->n : 1, sizeof *keep);
+    keep_child = calloc(s->n ? s->n : 1, sizeof *keep_child);
+    if (!list || !keep || !keep_child)
+        goto oom;
+    for (size_t k = 0; k < n->n_models; k++) {
+        const struct sched_model *nm = &n->models[k];
+        nl = 0;
+        for (size_t i = 0; i < s->n; i++)
+            if (!s->reps[i]->retiring && strcmp(s->reps[i]->m.name, nm->name) == 0)
+                list[nl++] = s->reps[i];
+        qsort(list, nl, sizeof *list, retire_order);
+        int found = 0;
+        for (size_t o = 0; o < s->cfg->n_models; o++)
+            found |= strcmp(s->cfg->models[o].name, nm->name) == 0;
+        if (!found)
+            add_line(changes, "models[%zu] (%s): new model, %d replica%s to start", k, nm->name,
+                     nm->replicas, nm->replicas == 1 ? "" : "s");
+        else if ((int)nl != nm->replicas)
+            add_line(changes, "models[%zu] (%s): replicas %zu -> %d (%s)", k, nm->name, nl,
+                     nm->replicas, (int)nl < nm->replicas ? "scale up: start more"
+                                                          : "scale down: drain and stop");
+        for (size_t j = 0; j < nl && (int)j < nm->replicas; j++) {
+            keep_child[nk] = list[j];
+            keep[nk] = list[j]->rep;
+            keep[nk].model = k;
+            nk++;
+        }
+    }
+    for (size_t o = 0; o < s->cfg->n_models; o++) {
+        const struct sched_model *om = &s->cfg->models[o];
+        int found = 0;
+        for (size_t k = 0; k < n->n_models; k++)
+            found |= strcmp(n->models[k].name, om->name) == 0;
+        if (!found)
+            add_line(changes, "models (%s): removed, its replicas drained and stopped", om->name);
+    }
+
+    /* Placed around the cores and GPUs the staying replicas hold. */
+    int prc = sched_place_keep(n, s->o->mach, keep, nk, &plan, &perrs);
+    if (prc) {
+        for (size_t i = 0; i < perrs.n; i++)
+            json_array_append_new(errs, jtext(perrs.lines[i]));
+        if (!perrs.n)
+            add_line(errs, "models: cannot place the replicas (out of memory)");
+        *http = 400;
+        goto refuse;
+    }
+    json_object_set_new(ans, "changes", json_incref(changes));
+    if (json_array_size(changes) == 0) {
+        json_object_set_new(ans, "applied", json_false());
+        json_object_set_new(ans, "message", json_string("no changes"));
+        *http = 200;
+        goto done;
+    }
+    if (dry_run) {
+        json_object_set_new(ans, "applied", json_false());
+        json_object_set_new(ans, "dry_run", json_true());
+        json_object_set_new(ans, "message", json_string("dry run: nothing was changed"));
+        *http = 200;
+        goto done;
+    }
+
+    /* Act: the replicas that no slot kept retire; kept ones take their new slot's model
+     * index; the other slots are new replicas. */
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *c = s->reps[i];
+        int kept = 0;
+        for (size_t q = 0; q < nk && !kept; q++)
+            kept = keep_child[q] == c;
+        if (!kept && !c->retiring) {
+            c->retiring = 1;
+            c->retry_ms = 0;
+            LOG_INFO("%s: scaling down (pid %d, %s): out of the router's table first, then "
+                     "stopped", c->name, (int)c->pid, c->in_table ? "in the table" : "not ready");
+        }
+    }
+    for (size_t i = 0; i < plan.n; i++) {
+        const struct sched_replica *r = &plan.replicas[i];
+        if (r->from_keep) {
+            keep_child[r->keep_index]->rep = *r;
+            keep_child[r->keep_index]->m = n->models[r->model];
+            continue;
+        }
+        struct child *c = add_child(s, &n->models[r->model], r);
+        if (!c)
+            goto oom; /* what was added stays; the answer says out of memory */
+        LOG_INFO("%s: scaling up: a new replica of %s", c->name, c->m.name);
+    }
+    if (s->cfg_owned) {
+        sched_config_free(s->cfg);
+        free(s->cfg);
+    }
+    s->cfg = n;
+    s->cfg_owned = 1;
+    adopted = 1;
+    json_object_set_new(ans, "applied", json_true());
+    *http = 200;
+    goto done;
+
+oom:
+    json_decref(ans);
+    ans = json_pack("{s:b, s:[s]}", "applied", 0, "errors", "out of memory applying the config");
+    *http = 500;
+    goto done;
+refuse:
+    json_object_set_new(ans, "applied", json_false());
+    json_object_set_new(ans, "errors", json_incref(errs));
+done:
+    json_decref(errs);
+    json_decref(changes);
+    free(list);
+    free(keep);
+    free(keep_child);
+    sched_plan_free(&plan);
+    sched_errs_free(&perrs);
+    if (!adopted) {
+        sched_config_free(n);
+        free(n);
+    }
+    return ans;
+}
+
+/* Logs an apply's answer, one line per change or error. */
+static void log_apply(const char *how, const json_t *ans, int http)
+{
+    const json_t *v;
+    size_t i;
+    LOG_INFO("%s: %s (%d)", how, json_is_true(json_object_get(ans, "applied")) ? "applied"
+                                : json_array_size(json_object_get(ans, "errors")) ? "refused"
+                                                                                    : "no changes",
+             http);
+    json_array_foreach(json_object_get(ans, "changes"), i, v)
+        LOG_INFO("%s: change: %s", how, json_string_value(v));
+    json_array_foreach(json_object_get(ans, "errors"), i, v)
+        LOG_WARN("%s: refused: %s", how, json_string_value(v));
+}
+
+/* POST /v1/apply (admin.h). */
+static json_t *sup_apply(void *arg, const char *body, size_t len, int dry_run, int *http)
+{
+    struct sup *s = arg;
+    struct sched_errs errs = {0};
+    struct sched_config *n = calloc(1, sizeof *n);
+    if (!n) {
+        *http = 500;
+        return json_pack("{s:b, s:[s]}", "applied", 0, "errors", "out of memory");
+    }
+    sched_config_parse(body, len, s->cfg->path, n, &errs);
+    json_t *ans = apply_cfg(s, n, &errs, dry_run, http);
+    sched_errs_free(&errs);
+    if (ans)
+        log_apply(dry_run ? "POST /v1/apply?dry_run=1" : "POST /v1/apply", ans, *http);
+    return ans;
+}
+
+/* SIGHUP: the same file, read again. */
+static void sup_reload(struct sup *s)
+{
+    struct sched_errs errs = {0};
+    struct sched_config *n = calloc(1, sizeof *n);
+    int http = 0;
+    char path[4200];
+    snprintf(path, sizeof path, "%s", s->cfg->path);
+    if (!n) {
+        LOG_ERROR("SIGHUP: out of memory; not applied");
+        return;
+    }
+    LOG_INFO("SIGHUP: reading %s again", path);
+    sched_config_load(path, n, &errs);
+    json_t *ans = apply_cfg(s, n, &errs, 0, &http);
+    sched_errs_free(&errs);
+    if (ans)
+        log_apply("SIGHUP", ans, http);
+    json_decref(ans);
+}
+
 int sched_sup_run(const struct sched_sup_opts *o)
 {
-    struct sup s = {.o = o};
+    struct sup s = {.o = o, .cfg = (struct sched_config *)o->cfg};
     sigset_t mask, old;
     int sfd = -1;
 
-    s.n = o->plan->n;
-    s.reps = calloc(s.n ? s.n : 1, sizeof *s.reps);
-    if (!s.reps) {
-        LOG_ERROR("out of memory");
-        return 1;
-    }
     init_child(&s.router, o->state_dir, "router", "router.log");
     s.router.is_router = 1;
-    for (size_t i = 0; i < s.n; i++) {
+    for (size_t i = 0; i < o->plan->n; i++) {
         const struct sched_replica *r = &o->plan->replicas[i];
-        const char *model = o->cfg->models[r->model].name;
-        char name[SCHED_NAME_MAX + 16], file[SCHED_NAME_MAX + 24];
-        snprintf(name, sizeof name, "%s#%d", model, r->index);
-        snprintf(file, sizeof file, "%s-%d.log", model, r->index);
-        init_child(&s.reps[i], o->state_dir, name, file);
-        s.reps[i].rep = r;
+        if (!add_child(&s, &o->cfg->models[r->model], r)) {
+            LOG_ERROR("out of memory");
+            for (size_t k = 0; k < s.n; k++)
+                free(s.reps[k]);
+            free(s.reps);
+            return 1;
+        }
     }
     /* The control endpoint is dialled on loopback when the router listens on every
      * address. */
@@ -732,10 +1142,13 @@ int sched_sup_run(const struct sched_sup_opts *o)
     sigaddset(&mask, SIGTERM);
     sigaddset(&mask, SIGINT);
     sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGHUP);
     signal(SIGPIPE, SIG_IGN);
     if (sigprocmask(SIG_BLOCK, &mask, &old) != 0 ||
         (sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
         LOG_ERROR("signalfd: %s", strerror(errno));
+        for (size_t i = 0; i < s.n; i++)
+            free(s.reps[i]);
         free(s.reps);
         return 1;
     }
@@ -745,12 +1158,16 @@ int sched_sup_run(const struct sched_sup_opts *o)
         LOG_ERROR("%s; nothing was started", ae.msg);
         close(sfd);
         sigprocmask(SIG_SETMASK, &old, NULL);
+        for (size_t i = 0; i < s.n; i++)
+            free(s.reps[i]);
         free(s.reps);
         return 1;
     }
     LOG_INFO("running %s: %zu replica%s; state and logs in %s; SIGTERM or SIGINT stops the "
              "cluster (drained first)", o->cfg->path, s.n, s.n == 1 ? "" : "s", o->state_dir);
 
+    s.admin.apply = sup_apply;
+    int hup = 0;
     for (;;) {
         /* The signals and the admin API's sockets; the admin server never blocks. */
         struct pollfd p[1 + SCHED_ADMIN_MAX_CONNS + 1];
@@ -766,13 +1183,18 @@ int sched_sup_run(const struct sched_sup_opts *o)
                              "table, then stopped; then the router", strsignal((int)si.ssi_signo));
                     s.stopping = 1;
                 }
+                if (si.ssi_signo == SIGHUP)
+                    hup = 1;
             }
         }
         long now = now_ms();
+        if (hup && !s.stopping)
+            sup_reload(&s);
+        hup = 0;
         sched_admin_serve(&s.admin, now);
         reap(&s, &s.router, now);
         for (size_t i = 0; i < s.n; i++)
-            reap(&s, &s.reps[i], now);
+            reap(&s, s.reps[i], now);
         if (!s.stopping)
             reconcile(&s, now);
         if (s.stopping && shut_down(&s, now))
@@ -783,7 +1205,13 @@ int sched_sup_run(const struct sched_sup_opts *o)
     close(sfd);
     sigprocmask(SIG_SETMASK, &old, NULL);
     for (size_t i = 0; i < s.n; i++)
-        sched_probe_close(&s.reps[i].probe);
+        sched_probe_close(&s.reps[i]->probe);
+    for (size_t i = 0; i < s.n; i++)
+        free(s.reps[i]);
     free(s.reps);
+    if (s.cfg_owned) {
+        sched_config_free(s.cfg);
+        free(s.cfg);
+    }
     return s.status;
 }

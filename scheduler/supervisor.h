@@ -37,8 +37,13 @@
  *    SIGTERM and waited for (it answers what it holds), then the router; status 0.
  * Every step is logged on one line (log.h, on stderr).
  *
- * Not here yet (issue 12): adopting children of a
- * previous scheduler, rollouts, apply/SIGHUP, the admin API.
+ *  - SIGHUP re-reads the config file, and POST /v1/apply (admin.h) takes an edited
+ *    one: validated completely, then a changed replica count, an added or a removed
+ *    model is applied (new replicas placed around the cores in use and started;
+ *    extra ones out of the table, acknowledged, then stopped, those not ready first);
+ *    any other difference is refused by key, nothing applied.
+ *
+ * Not here yet (issue 12): adopting children of a previous scheduler, rollouts.
  */
 #ifndef CORRAL_SCHEDULER_SUPERVISOR_H
 #define CORRAL_SCHEDULER_SUPERVISOR_H
@@ -57,6 +62,7 @@
 struct sched_sup_opts {
     const struct sched_config *cfg;
     const struct sched_plan *plan;
+    const struct sched_machine *mach; /* what plan was placed on; apply places there too */
     const char *router_bin;
     const char *replica_bin;
     const char *state_dir; /* exists; the children's logs go here */

@@ -24,6 +24,17 @@ this test (every request started is counted back):
   exits 0; /metrics' desired/ready/restarts equal the status and what the test
   did; with admin.token_file a missing or wrong token is 401 on every path, the
   right one 200, corralctl --token-file works, and the token is in no log.
+- Scaling under load (issue 12 item 6): 2 -> 3 -> 1 with `corralctl apply` and
+  1 -> 2 with SIGHUP after rewriting the file; no request fails, the scheduler's
+  corral-replica children, the admin status and the router's table hold the desired
+  count at each step; a scaled-down replica is out of the router's table
+  (acknowledged) before its SIGTERM, and the one kept is one that was serving; a dry
+  run changes nothing; the same file twice says "no changes"; a malformed edit and a
+  change that needs a restart are refused with their paths, the cluster untouched
+  (same pids).
+- Without oversubscribe, a scale-up beyond this process's cores is refused (nothing
+  changes); one that fits gives the new replicas the cores the running one leaves
+  (its own unchanged, every replica on a core of its own).
 
 Usage: test_scheduler_run.py BUILD_DIR REPO_ROOT
        test_scheduler_run.py BUILD_DIR REPO_ROOT --promtool PATH
@@ -195,7 +206,7 @@ class SchedulerRun(unittest.TestCase):
             self.sched.kill_all()
         self.tmp.cleanup()
 
-    def start(self, repo, models, token_file=None):
+    def start(self, repo, models, token_file=None, oversubscribe=True):
         admin = {"listen": "127.0.0.1:0"}
         if token_file:
             admin["token_file"] = token_file
@@ -203,11 +214,13 @@ class SchedulerRun(unittest.TestCase):
                "router": {"listen": "127.0.0.1:0", "rpc_listen": "off",
                           "control_listen": "127.0.0.1:0"},
                "admin": admin,
-               "oversubscribe": True,  # two replicas on whatever cores this machine lends
+               # two replicas on whatever cores this machine lends
+               "oversubscribe": oversubscribe,
                "models": models}
         path = os.path.join(self.tmp.name, "cluster.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
+        self.cfg, self.cfg_path = cfg, path
         self.state = os.path.join(self.tmp.name, "state")
         self.sched = Scheduler(path, self.state)
         m = self.sched.wait_for("the router ready", r"router: ready \(pid \d+\): "
@@ -515,6 +528,12 @@ class SchedulerRun(unittest.TestCase):
         self.assertEqual(self.admin("/v1/health", token)[0], 200)
         self.assertEqual(self.admin("/metrics", token)[0], 200)
         self.assertEqual(self.admin("/v1/nope", token)[0], 404)
+        # Apply is refused without the token before its body is looked at, and the
+        # cluster keeps its one replica.
+        for kw in ({}, {"token": "not-" + token}):
+            code, body = self.admin("/v1/apply", method="POST", **kw)
+            self.assertEqual(code, 401, (kw, body))
+        self.assertEqual(self.status(token)["models"][0]["desired"], 1)
 
         p = self.corralctl_status("--token-file", tf)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
@@ -552,6 +571,159 @@ class SchedulerRun(unittest.TestCase):
         p = subprocess.run([PROMTOOL, "check", "metrics"], input=text, capture_output=True,
                            text=True, timeout=60)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+
+    def apply(self, cfg, *extra):
+        """corralctl apply of cfg (a dict, or text as is) written to the config file."""
+        with open(self.cfg_path, "w") as f:
+            f.write(cfg if isinstance(cfg, str) else json.dumps(cfg))
+        return subprocess.run([CORRALCTL, "apply", "--admin", "127.0.0.1:%d" % self.admin_port]
+                              + list(extra) + [self.cfg_path], capture_output=True, text=True,
+                              timeout=60)
+
+    def with_replicas(self, n):
+        cfg = json.loads(json.dumps(self.cfg))
+        cfg["models"][0]["replicas"] = n
+        return cfg
+
+    def wait_scaled(self, n):
+        """n corral-replica children, n ready in the router's table, the admin status
+        desired == ready == n, every replica in the status ready."""
+        def done():
+            st = self.status()
+            m = st["models"][0]
+            return (len(self.replica_children()) == n and
+                    len(self.ready_replicas("digits")) == n and
+                    (m["desired"], m["ready"]) == (n, n) and len(st["replicas"]) == n and
+                    all(r["state"] == "ready" for r in st["replicas"])) and st
+        st = wait_until("%d replicas: processes, router table and admin status" % n, done, 90)
+        self.assertEqual(sorted(r["pid"] for r in st["replicas"]), self.replica_children())
+        self.assertEqual(sorted(r["url"] for r in st["replicas"]),
+                         sorted(self.ready_replicas("digits")))
+        return st
+
+    def assert_removed_before_sigterm(self, out, names):
+        for name in names:
+            removed = out.find("%s: scaled down: removed " % name)
+            term = out.find("%s: SIGTERM sent" % name, removed)
+            self.assertGreaterEqual(removed, 0, "%s never left the table first:\n%s"
+                                    % (name, out[-4000:]))
+            self.assertGreater(term, removed, out[-4000:])
+
+    def test_scale_apply_and_sighup_under_load(self):
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        self.wait_scaled(2)
+        self.load = Load(self.c, self.body, clients=3)
+        self.load.more(50)
+
+        # A dry run says what it would do and does nothing.
+        pids = self.replica_children()
+        p = self.apply(self.with_replicas(3), "--dry-run")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("dry run", p.stdout)
+        self.assertIn("models[0] (digits): replicas 2 -> 3", p.stdout)
+        self.load.more(30)
+        self.assertEqual(self.replica_children(), pids)
+        self.assertEqual(self.status()["models"][0]["desired"], 2)
+
+        # 2 -> 3 with corralctl apply.
+        p = self.apply(self.with_replicas(3))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("applied", p.stdout)
+        self.assertIn("models[0] (digits): replicas 2 -> 3", p.stdout)
+        st = self.wait_scaled(3)
+        self.assertTrue(set(pids) <= set(self.replica_children()), (pids, st))
+        new = [r for r in st["replicas"] if r["pid"] not in pids]
+        self.assertEqual(len(new), 1, st)
+        wait_until("the new replica taking traffic",
+                   lambda: self.replica_requests(new[0]["url"]) > 0)
+        self.load.more(50)
+
+        # The same file again: nothing to do.
+        pids = self.replica_children()
+        p = self.apply(self.with_replicas(3))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(p.stdout.strip(), "no changes")
+        self.assertEqual(self.replica_children(), pids)
+
+        # A malformed edit, and one that needs a restart: refused with their paths,
+        # the cluster untouched.
+        bad = self.with_replicas("two")
+        bad["models"][0]["thread"] = 1
+        p = self.apply(bad)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn('models[0].replicas: expected an integer >= 0, got "two"', p.stderr)
+        self.assertIn("models[0].thread", p.stderr)
+        p = self.apply("{\"models\": [")
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        restart = self.with_replicas(1)
+        restart["router"]["threads"] = 2
+        p = self.apply(restart)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("router.threads: changing it needs a restart", p.stderr)
+        self.load.more(30)
+        self.assertEqual(self.replica_children(), pids)
+        st = self.status()
+        self.assertEqual((st["models"][0]["desired"], st["models"][0]["ready"]), (3, 3), st)
+
+        # 3 -> 1 with corralctl apply: two drained out of the table, then stopped; the
+        # one kept was serving all along.
+        before = {r["name"]: r["pid"] for r in st["replicas"]}
+        p = self.apply(self.with_replicas(1))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("models[0] (digits): replicas 3 -> 1", p.stdout)
+        st = self.wait_scaled(1)
+        self.assertIn(st["replicas"][0]["pid"], before.values())
+        gone = [n for n in before if n != st["replicas"][0]["name"]]
+        self.assertEqual(len(gone), 2)
+        self.load.more(50)
+        self.assert_removed_before_sigterm(self.sched.output(), gone)
+        self.assertTrue(all(not alive(before[n]) for n in gone))
+
+        # 1 -> 2 with SIGHUP after rewriting the file.
+        with open(self.cfg_path, "w") as f:
+            json.dump(self.with_replicas(2), f)
+        self.sched.p.send_signal(signal.SIGHUP)
+        self.sched.wait_for("the SIGHUP applied", r"SIGHUP: applied")
+        self.wait_scaled(2)
+        self.load.more(50)
+        self.assertIn("SIGHUP: change: models[0] (digits): replicas 1 -> 2", self.sched.output())
+
+        self.load.stop()
+        self.assertEqual(self.load.bad, [])
+        self.assertEqual(self.load.answered, self.load.started)
+        print("%d requests answered under load across scaling 2 -> 3 -> 1 -> 2, none failed"
+              % self.load.answered)
+        self.load = None
+        self.sched.p.send_signal(signal.SIGTERM)
+        self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+
+    def test_scale_up_places_around_cores_in_use_or_refuses(self):
+        cores = len(os.sched_getaffinity(0))
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 1, "threads": 1}],
+                   oversubscribe=False)
+        st = self.wait_scaled(1)
+        first = st["replicas"][0]
+        pids = self.replica_children()
+        # More cores than this process may use: refused, nothing changed.
+        p = self.apply(self.with_replicas(cores + 1))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("models: the CPU replicas need %d cores" % (cores + 1), p.stderr)
+        self.assertEqual(self.replica_children(), pids)
+        self.assertEqual(self.status()["models"][0]["desired"], 1)
+        if cores < 2:
+            print("one core: the scale-up onto free cores is not checked here")
+        else:
+            # Every core: the new replicas get the ones the first leaves, each its own.
+            p = self.apply(self.with_replicas(cores))
+            self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+            st = self.wait_scaled(cores)
+            by_pid = {r["pid"]: r["cores"] for r in st["replicas"]}
+            self.assertEqual(by_pid[first["pid"]], first["cores"], st)
+            self.assertEqual(len(set(by_pid.values())), cores, st)
         self.sched.p.send_signal(signal.SIGTERM)
         self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
 
