@@ -73,6 +73,14 @@ static int dial(const char *host, int port, long deadline, struct cerr *e)
 int sched_ctl_post(const char *host, int port, const char *path, const char *json,
                    long timeout_ms, int *status, char *body, size_t body_len, struct cerr *e)
 {
+    return sched_ctl_request(host, port, "POST", path, json, timeout_ms, status, body, body_len,
+                             e);
+}
+
+int sched_ctl_request(const char *host, int port, const char *method, const char *path,
+                      const char *json, long timeout_ms, int *status, char *body,
+                      size_t body_len, struct cerr *e)
+{
     long deadline = now_ms() + timeout_ms;
     char head[512], resp[8192];
     size_t got = 0, len = strlen(json);
@@ -81,8 +89,9 @@ int sched_ctl_post(const char *host, int port, const char *path, const char *jso
     if (fd < 0)
         return CORRAL_EIO;
     int hl = snprintf(head, sizeof head,
-                      "POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-                      "Content-Length: %zu\r\nConnection: close\r\n\r\n", path, host, port, len);
+                      "%s %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                      "Content-Length: %zu\r\nConnection: close\r\n\r\n", method, path, host,
+                      port, len);
     /* Header and body as one buffer written in pieces, each bounded by the deadline. */
     const char *parts[2] = {head, json};
     size_t sizes[2] = {(size_t)hl, len};

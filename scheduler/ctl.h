@@ -29,6 +29,11 @@
 int sched_ctl_post(const char *host, int port, const char *path, const char *json,
                    long timeout_ms, int *status, char *body, size_t body_len, struct cerr *e);
 
+/* The same with another method: GET /v1/replicas (json "") reads the router's table. */
+int sched_ctl_request(const char *host, int port, const char *method, const char *path,
+                      const char *json, long timeout_ms, int *status, char *body,
+                      size_t body_len, struct cerr *e);
+
 /* The JSON bodies the control endpoint takes; malloc'd, NULL when out of memory. */
 char *sched_ctl_add_body(const char *model, long version, const char *url);
 char *sched_ctl_url_body(const char *url);

@@ -43,7 +43,13 @@
  *    extra ones out of the table, acknowledged, then stopped, those not ready first);
  *    any other difference is refused by key, nothing applied.
  *
- * Not here yet (issue 12): adopting children of a previous scheduler, rollouts.
+ *  - at start, the state file a previous scheduler left (STATE_DIR/scheduler-state.json,
+ *    rewritten through a temporary file, fsync and rename on every change) is read and
+ *    the router and replicas still running (same pid and /proc start time) are adopted
+ *    instead of started again; adopted children are watched by pid and start time
+ *    (never waitpid) and health probes, and stopped like the others at SIGTERM.
+ *
+ * Not here yet (issue 12): rollouts.
  */
 #ifndef CORRAL_SCHEDULER_SUPERVISOR_H
 #define CORRAL_SCHEDULER_SUPERVISOR_H
@@ -65,7 +71,7 @@ struct sched_sup_opts {
     const struct sched_machine *mach; /* what plan was placed on; apply places there too */
     const char *router_bin;
     const char *replica_bin;
-    const char *state_dir; /* exists; the children's logs go here */
+    const char *state_dir; /* exists; the children's logs and the state file go here */
 };
 
 /* Runs the cluster until SIGTERM/SIGINT. Returns the scheduler's exit status. */

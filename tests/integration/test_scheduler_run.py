@@ -32,6 +32,14 @@ this test (every request started is counted back):
   run changes nothing; the same file twice says "no changes"; a malformed edit and a
   change that needs a restart are refused with their paths, the cluster untouched
   (same pids).
+- Re-adoption (issue 12 item 4) under load: SIGKILL the scheduler: the router and
+  replicas it started keep running and serving (no request fails); a scheduler
+  started again with the same config and state dir reads its state file and adopts
+  them: the same router and replica processes of this cluster (found on the machine
+  by their log files in this test's state dir), none started, none duplicated; its
+  admin status shows them ready with those pids; an adopted replica SIGKILLed is
+  replaced (no failed request); SIGTERM then drains and stops every one of them,
+  though they are not its children (no process of the cluster left).
 - Without oversubscribe, a scale-up beyond this process's cores is refused (nothing
   changes); one that fits gives the new replicas the cores the running one leaves
   (its own unchanged, every replica on a core of its own).
@@ -82,6 +90,26 @@ def children(pid):
         comm = stat[stat.index("(") + 1:stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
         if fields[0] != "Z" and int(fields[1]) == pid:
+            out[int(d)] = comm
+    return out
+
+
+def cluster_procs(state_dir):
+    """{pid: comm} of the corral-router and corral-replica processes on this machine whose
+    output goes to a log file in state_dir: this test's cluster, whoever their parent."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/comm" % d) as f:
+                comm = f.read().strip()
+            if comm not in ("corral-router", "corral-replica") or not alive(int(d)):
+                continue
+            log = os.readlink("/proc/%s/fd/1" % d)
+        except OSError:
+            continue
+        if log.startswith(state_dir + os.sep):
             out[int(d)] = comm
     return out
 
@@ -204,6 +232,12 @@ class SchedulerRun(unittest.TestCase):
             self.c.close()
         if self.sched:
             self.sched.kill_all()
+        # Children adopted by a second scheduler are not its children.
+        for pid in cluster_procs(getattr(self, "state", "/nonexistent")):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         self.tmp.cleanup()
 
     def start(self, repo, models, token_file=None, oversubscribe=True):
@@ -726,6 +760,91 @@ class SchedulerRun(unittest.TestCase):
             self.assertEqual(len(set(by_pid.values())), cores, st)
         self.sched.p.send_signal(signal.SIGTERM)
         self.assertEqual(self.sched.p.wait(90), 0, self.sched.output()[-3000:])
+
+    def test_scheduler_sigkilled_then_restarted_adopts(self):
+        self.start(os.path.join(ROOT, "models"),
+                   [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        wait_until("2 ready replicas", lambda: len(self.ready_replicas("digits")) == 2, 60)
+        state_file = os.path.join(self.state, "scheduler-state.json")
+        wait_until("the state file listing both replicas in the table", lambda: os.path.exists(
+            state_file) and sum(r["in_table"] for r in json.load(open(state_file))["replicas"]) == 2)
+        procs = cluster_procs(self.state)
+        self.assertEqual(sorted(procs.values()), ["corral-replica"] * 2 + ["corral-router"], procs)
+        self.assertEqual(set(procs), set(children(self.sched.p.pid)))
+        urls = sorted(self.ready_replicas("digits"))
+
+        self.load = Load(self.c, self.body, clients=3)
+        self.load.more(50)
+        # The scheduler dies; its children were in their own process groups and keep serving.
+        self.sched.p.kill()
+        self.sched.p.wait(30)
+        self.load.more(100)
+        self.assertEqual(cluster_procs(self.state), procs)
+        self.assertEqual(sorted(self.ready_replicas("digits")), urls)
+        self.assertEqual(self.load.bad, [])
+
+        # The same config and state dir: it observes first and adopts.
+        self.sched = Scheduler(self.cfg_path, self.state)
+        a = self.sched.wait_for("the admin API listening",
+                                r"corral-scheduler admin listening on http://127\.0\.0\.1:(\d+)")
+        self.admin_port = int(a.group(1))
+        router_pid = [p for p, comm in procs.items() if comm == "corral-router"][0]
+        self.sched.wait_for("the router adopted", r"router: adopted \(pid %d," % router_pid)
+        for i in (0, 1):
+            self.sched.wait_for("digits#%d adopted" % i, r"digits#%d: adopted \(pid \d+" % i)
+
+        def all_ready():
+            st = self.status()
+            return st["router"]["state"] == "ready" and \
+                [r["state"] for r in st["replicas"]] == ["ready", "ready"]
+        wait_until("the adopted replicas ready in the admin status", all_ready)
+        st = self.status()
+        self.assertEqual(st["router"]["pid"], router_pid, st)
+        self.assertEqual(sorted(r["pid"] for r in st["replicas"]),
+                         sorted(p for p, comm in procs.items() if comm == "corral-replica"), st)
+        self.assertEqual(sorted(r["url"] for r in st["replicas"]), urls, st)
+        self.load.more(100)
+        out = self.sched.output()
+        self.assertNotRegex(out, r"(router|digits#\d): started", out)
+        # No duplicate: exactly the processes that ran before, and no child of its own.
+        self.assertEqual(cluster_procs(self.state), procs)
+        self.assertEqual(children(self.sched.p.pid), {})
+        self.assertEqual(sorted(self.ready_replicas("digits")), urls)
+
+        # An adopted replica that dies is replaced (watched by pid and start time).
+        victim = [r for r in st["replicas"] if r["name"] == "digits#0"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+        m = self.sched.wait_for("the replacement added to the router's table",
+                                r"digits#0: added (tcp://\S+) to the router's table")
+        new_url = m.group(1)
+        self.assertNotIn(new_url, urls)
+        out = self.sched.output()
+        removed = out.find("digits#0: removed %s from the router's table" % victim["url"])
+        self.assertGreaterEqual(removed, 0, out)
+        self.assertLess(removed, out.find("digits#0: started"), out)
+        wait_until("the replacement taking traffic", lambda: self.replica_requests(new_url) > 0)
+        self.load.more(100)
+        now = cluster_procs(self.state)
+        self.assertEqual(sorted(now.values()), ["corral-replica"] * 2 + ["corral-router"], now)
+        self.assertNotIn(victim["pid"], now)
+        self.load.stop()
+        self.assertEqual(self.load.bad, [])
+        self.assertEqual(self.load.answered, self.load.started)
+        answered = self.load.answered
+        self.load = None
+
+        # SIGTERM stops everything, adopted or not.
+        self.sched.p.send_signal(signal.SIGTERM)
+        rc = self.sched.p.wait(90)
+        self.sched.t.join(10)
+        out = self.sched.output()
+        self.assertEqual(rc, 0, out[-4000:])
+        self.assertEqual(cluster_procs(self.state), {})
+        self.assertEqual([p for p in set(procs) | set(now) if alive(p)], [])
+        self.assertRegex(out, r"digits#1: drained %s in the router's table" %
+                         re.escape([r for r in st["replicas"] if r["name"] == "digits#1"][0]["url"]))
+        print("%d requests answered across a SIGKILLed scheduler, its re-adoption and a "
+              "SIGKILLed adopted replica, none failed" % answered)
 
     def test_crash_loop_marked_failed_others_serve(self):
         repo = os.path.join(self.tmp.name, "repo")
