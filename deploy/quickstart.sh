@@ -1,48 +1,65 @@
 #!/usr/bin/env bash
 # Installs corral's packages, builds it (Release) and runs a local cluster in the
-# foreground: corral-router on 127.0.0.1:8000 in front of two CPU replicas of the
-# bundled digits model. Ctrl-C stops every process it started.
+# foreground through corral-scheduler: corral-router on 127.0.0.1:8000 in front of
+# two CPU replicas of the bundled digits model, supervised (restarted when they die).
+# Ctrl-C stops everything: the scheduler drains the replicas and the router first.
 #
 # Environment: CORRAL_PORT (default 8000), CORRAL_RPC_PORT (default 8001),
-# CORRAL_REPLICA_PORTS (default "9101 9102").
+# CORRAL_ADMIN_PORT (default 8002), CORRAL_CONTROL_PORT (default 8003).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 port="${CORRAL_PORT:-8000}"
 rpc_port="${CORRAL_RPC_PORT:-8001}"
-read -r -a rports <<< "${CORRAL_REPLICA_PORTS:-9101 9102}"
+admin_port="${CORRAL_ADMIN_PORT:-8002}"
+control_port="${CORRAL_CONTROL_PORT:-8003}"
 
 ./deploy/setup.sh
 echo "quickstart: building (Release) in build/" >&2
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build -j "$(nproc)" --target corral-router corral-replica corralctl >/dev/null
+cmake --build build -j "$(nproc)" --target corral-router corral-replica corralctl \
+    corral-scheduler >/dev/null
 
-pids=()
-cleanup() {
+# deploy/cluster.json with this run's ports; oversubscribe, so that a one-core machine
+# still runs both replicas.
+config="$root/build/quickstart-cluster.json"
+cat > "$config" <<JSON
+{
+  "model_repository": "$root/models",
+  "router": {"listen": "127.0.0.1:$port", "rpc_listen": "tcp://127.0.0.1:$rpc_port",
+             "control_listen": "127.0.0.1:$control_port", "threads": 1},
+  "admin": {"listen": "127.0.0.1:$admin_port"},
+  "oversubscribe": true,
+  "models": [{"name": "digits", "version": 1, "replicas": 2, "devices": ["cpu"], "threads": 1}]
+}
+JSON
+
+sched=""
+# Ctrl-C reaches the scheduler too (same process group): it drains and stops the
+# cluster, so this script only waits for it. Any other exit sends it SIGTERM.
+on_int() {
     trap - INT TERM EXIT
     echo >&2
-    echo "quickstart: stopping ${#pids[@]} processes" >&2
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
+    echo "quickstart: stopping the cluster (the scheduler drains every process)" >&2
+    [ -n "$sched" ] && wait "$sched" 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+cleanup() {
+    trap - INT TERM EXIT
+    if [ -n "$sched" ] && kill -0 "$sched" 2>/dev/null; then
+        echo "quickstart: stopping the cluster (the scheduler drains every process)" >&2
+        kill -TERM "$sched" 2>/dev/null || true
+        wait "$sched" 2>/dev/null || true
+    fi
+}
+trap on_int INT
+trap cleanup TERM EXIT
 
-replica_args=()
-for p in "${rports[@]}"; do
-    ./build/replica/corral-replica --model-repo models --model digits \
-        --listen "tcp://127.0.0.1:$p" --device cpu &
-    pids+=($!)
-    replica_args+=(--replica "digits=tcp://127.0.0.1:$p")
-done
-./build/router/corral-router --listen "127.0.0.1:$port" --rpc-listen "tcp://127.0.0.1:$rpc_port" \
-    "${replica_args[@]}" &
-pids+=($!)
+./build/scheduler/corral-scheduler --config "$config" --state-dir "$root/build/quickstart-state" &
+sched=$!
 
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     if curl -fs "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1; then break; fi
-    for pid in "${pids[@]}"; do
-        kill -0 "$pid" 2>/dev/null || { echo "quickstart: a process exited during start-up" >&2; exit 1; }
-    done
+    kill -0 "$sched" 2>/dev/null || { echo "quickstart: corral-scheduler exited during start-up" >&2; exit 1; }
     sleep 0.1
 done
 curl -fs "http://127.0.0.1:$port/v2/health/ready" >/dev/null \
@@ -51,7 +68,8 @@ curl -fs "http://127.0.0.1:$port/v2/health/ready" >/dev/null \
 label="$(cat models/digits/sample.label 2>/dev/null || echo '?')"
 cat <<MSG
 
-corral is serving the digits model on http://127.0.0.1:$port (2 replicas).
+corral is serving the digits model on http://127.0.0.1:$port (2 replicas, supervised by
+corral-scheduler: a replica that dies is replaced).
 Classify a bundled sample (a handwritten $label) by pasting:
 
   curl -s -X POST http://127.0.0.1:$port/v2/models/digits/infer \\
@@ -68,7 +86,12 @@ Services can use the RPC endpoint tcp://127.0.0.1:$rpc_port (libcorral), e.g.:
 
   ./build/client/corralctl infer --rpc tcp://127.0.0.1:$rpc_port --model digits models/digits/sample.json
 
-Metrics: http://127.0.0.1:$port/metrics. Press Ctrl-C to stop.
+Metrics: http://127.0.0.1:$port/metrics. Cluster status, as corral-scheduler sees it:
+
+  ./build/client/corralctl status --admin 127.0.0.1:$admin_port
+
+Logs: $root/build/quickstart-state/. Press Ctrl-C to stop.
 MSG
-wait -n "${pids[@]}" || true
-echo "quickstart: a process exited; stopping the rest" >&2
+./build/client/corralctl status --admin "127.0.0.1:$admin_port" || true
+wait "$sched" || true
+echo "quickstart: corral-scheduler exited" >&2

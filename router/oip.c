@@ -256,11 +256,20 @@ static int check_model(struct oip_ctx *ctx, struct http_request *req, const stru
     return 1;
 }
 
+/*
+ * Ready when every model in the replica table has a replica taking traffic. A model
+ * whose replicas all left the table no longer counts, and an empty table is not ready:
+ * such a router has nothing to serve.
+ */
 static void handle_ready(struct oip_ctx *ctx, struct http_request *req)
 {
     struct buf b = {0};
+    int models = 0;
     for (size_t i = 0; i < upstream_model_count(ctx->up); i++) {
         const char *m = upstream_model_name(ctx->up, i);
+        if (!upstream_model_in_table(ctx->up, m))
+            continue;
+        models++;
         if (!upstream_model_ready(ctx->up, m, NULL)) {
             char msg[400];
             snprintf(msg, sizeof msg, "model '%s' has no ready replica", m);
@@ -271,6 +280,14 @@ static void handle_ready(struct oip_ctx *ctx, struct http_request *req)
             respond_json(req, 503, &b, NULL);
             return;
         }
+    }
+    if (!models) {
+        static const char msg[] = "the replica table is empty: no model to serve yet";
+        buf_puts(&b, "{\"ready\":false,\"error\":");
+        buf_json_string(&b, msg, strlen(msg));
+        buf_putc(&b, '}');
+        respond_json(req, 503, &b, NULL);
+        return;
     }
     buf_puts(&b, "{\"ready\":true}");
     respond_json(req, 200, &b, NULL);

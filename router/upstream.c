@@ -438,6 +438,15 @@ int upstream_model_known(const struct upstream *u, const char *model)
     return up_find_model(u, model) != NULL;
 }
 
+int upstream_model_in_table(const struct upstream *u, const char *model)
+{
+    const struct up_model *m = up_find_model(u, model);
+    int n = 0;
+    for (size_t i = 0; m && i < m->n; i++)
+        n += !m->replicas[i]->removed;
+    return n;
+}
+
 int upstream_model_ready(const struct upstream *u, const char *model, const char *version)
 {
     const struct up_model *m = up_find_model(u, model);

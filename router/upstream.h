@@ -111,6 +111,8 @@ void upstream_close(struct upstream *u);
 size_t upstream_model_count(const struct upstream *u);
 const char *upstream_model_name(const struct upstream *u, size_t i);
 int upstream_model_known(const struct upstream *u, const char *model);
+/* Number of the model's replicas in the replica table (draining ones included). */
+int upstream_model_in_table(const struct upstream *u, const char *model);
 /* Number of replicas taking traffic for the model (and `version` when not NULL or ""). */
 int upstream_model_ready(const struct upstream *u, const char *model, const char *version);
 /*

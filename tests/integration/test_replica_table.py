@@ -226,6 +226,27 @@ class ReplicaTable(unittest.TestCase):
         self.assertEqual(self.table()["generation"], g0)
         self.assertEqual([e["url"] for e in self.table()["replicas"]], [a])
 
+    def test_readiness_follows_the_table(self):
+        # A router with an empty table has nothing to serve: not ready. A model whose
+        # replicas all left the table stops counting; the others decide.
+        d = self.c.replica("digits")
+        t = self.c.replica("dtypes")
+        procs, self.c.replicas = self.c.replicas, []
+        self.c.router("--threads", "1", "--health-interval-ms", "100")
+        self.c.replicas = procs  # stopped with the cluster
+        st, r = self.c.http("GET", "/v2/health/ready")
+        self.assertEqual(st, 503, r)
+        self.assertIn("table is empty", r["error"])
+        self.change("/v1/replicas", {"model": "digits", "url": d})
+        self.change("/v1/replicas", {"model": "dtypes", "url": t})
+        self.c.wait_ready()
+        self.change("/v1/replicas/remove", {"url": t})
+        self.assertEqual(self.c.http("GET", "/v2/health/ready")[0], 200)
+        self.change("/v1/replicas/remove", {"url": d})
+        st, r = self.c.http("GET", "/v2/health/ready")
+        self.assertEqual(st, 503, r)
+        self.assertIn("table is empty", r["error"])
+
     def test_token(self):
         tok = os.path.join(self.tmp.name, "token")
         with open(tok, "w") as f:
