@@ -170,12 +170,6 @@ static int parse_uint(const char *s, unsigned long lo, unsigned long hi, unsigne
     return 0;
 }
 
-/* Splits "HOST:PORT" or "[V6]:PORT" into host (without brackets) and port. */
-static int parse_listen(const char *s, char *host, size_t hlen, int *port)
-{
-    return hostport_parse(s, host, hlen, port);
-}
-
 static void on_event(void *arg, enum upstream_event ev, const char *model, const char *replica)
 {
     struct worker *w = arg;
@@ -593,10 +587,10 @@ static int parse_args(int argc, char **argv, struct options *o)
         return bad_args("unexpected argument '%s'", argv[optind]);
     if (!o->listen)
         return bad_args("%s", "--listen HOST:PORT is required");
-    if (parse_listen(o->listen, o->host, sizeof o->host, &o->port))
+    if (hostport_parse(o->listen, o->host, sizeof o->host, &o->port))
         return bad_args("--listen '%s' is not HOST:PORT (e.g. 127.0.0.1:8000, or [::1]:8000)",
                         o->listen);
-    if (o->control && parse_listen(o->control, o->control_host, sizeof o->control_host,
+    if (o->control && hostport_parse(o->control, o->control_host, sizeof o->control_host,
                                    &o->control_port))
         return bad_args("--control-listen '%s' is not HOST:PORT or off (e.g. 127.0.0.1:8003)",
                         o->control);

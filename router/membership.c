@@ -83,6 +83,16 @@ static struct membership_entry *find(struct membership *m, const char *url)
     return NULL;
 }
 
+/* The entry of `url`, or NULL with e saying so. Caller holds the lock. */
+static struct membership_entry *lookup(struct membership *m, const char *url, struct cerr *e)
+{
+    struct membership_entry *x = url ? find(m, url) : NULL;
+    if (!x)
+        cerr_set(e, CORRAL_ENOTFOUND, "replica '%s' is not in the table (GET /v1/replicas lists "
+                 "it)", url ? url : "");
+    return x;
+}
+
 int membership_add(struct membership *m, const char *model, const char *version, const char *url,
                    uint64_t *generation, struct cerr *e)
 {
@@ -122,35 +132,29 @@ out:
 int membership_set_draining(struct membership *m, const char *url, int draining,
                             uint64_t *generation, struct cerr *e)
 {
-    int rc = CORRAL_OK;
     pthread_mutex_lock(&m->mu);
-    struct membership_entry *x = url ? find(m, url) : NULL;
-    if (!x) {
-        rc = cerr_set(e, CORRAL_ENOTFOUND, "replica '%s' is not in the table", url ? url : "");
-    } else {
+    struct membership_entry *x = lookup(m, url, e);
+    if (x) {
         x->draining = draining;
         *generation = ++m->generation;
     }
     pthread_mutex_unlock(&m->mu);
-    return rc;
+    return x ? CORRAL_OK : e->code;
 }
 
 int membership_remove(struct membership *m, const char *url, uint64_t *generation,
                       struct cerr *e)
 {
-    int rc = CORRAL_OK;
     pthread_mutex_lock(&m->mu);
-    struct membership_entry *x = url ? find(m, url) : NULL;
-    if (!x) {
-        rc = cerr_set(e, CORRAL_ENOTFOUND, "replica '%s' is not in the table", url ? url : "");
-    } else {
+    struct membership_entry *x = lookup(m, url, e);
+    if (x) {
         size_t i = (size_t)(x - m->e);
         memmove(&m->e[i], &m->e[i + 1], (m->n - i - 1) * sizeof *m->e);
         m->n--;
         *generation = ++m->generation;
     }
     pthread_mutex_unlock(&m->mu);
-    return rc;
+    return x ? CORRAL_OK : e->code;
 }
 
 int membership_snapshot(struct membership *m, struct membership_snapshot *out, struct cerr *e)

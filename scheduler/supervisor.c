@@ -79,13 +79,32 @@ static void fmt_addr(char *buf, size_t len, const char *host, int port)
         snprintf(buf, len, "%s:%d", host, port);
 }
 
+/* Starts c's process with its log tail; on failure the next try waits out its backoff. */
+static int spawn_child(struct child *c, const struct sched_spawn *sp, long now)
+{
+    struct cerr e = {0};
+    sched_logtail_start(&c->tail, c->log_path);
+    c->started_ms = now;
+    if (sched_spawn(sp, &c->pid, &e)) {
+        LOG_ERROR("%s: cannot start %s: %s", c->name, sp->argv[0], e.msg);
+        snprintf(c->last_error, sizeof c->last_error, "cannot start: %s", e.msg);
+        c->pid = 0;
+        c->next_start_ms = now + c->backoff_ms;
+        return -1;
+    }
+    c->state = C_STARTING;
+    c->starts++;
+    c->adopted = 0;
+    c->start_time = sup_proc_start_time(c->pid);
+    return 0;
+}
+
 static void start_router(struct sup *s, long now)
 {
     const struct sched_config *cfg = s->cfg;
     struct child *c = &s->router;
     char listen[SCHED_HOST_MAX + 16], ctl[SCHED_HOST_MAX + 16], rpc[SCHED_HOST_MAX + 32];
     char threads[16], drain[32];
-    struct cerr e = {0};
 
     /* A port 0 in the config was chosen by the first router; its successors take the
      * same one, so that clients and the scheduler find the router where it was. */
@@ -110,20 +129,9 @@ static void start_router(struct sup *s, long now)
                     "--threads", threads, "--control-listen", ctl, "--drain-timeout-ms", drain,
                     "--health-interval-ms", health, NULL};
     struct sched_spawn sp = {.argv = argv, .log_path = c->log_path};
-    sched_logtail_start(&c->tail, c->log_path);
-    c->started_ms = now;
     s->seen_http = s->seen_ctl = 0;
-    if (sched_spawn(&sp, &c->pid, &e)) {
-        LOG_ERROR("router: cannot start %s: %s", s->o->router_bin, e.msg);
-        snprintf(c->last_error, sizeof c->last_error, "cannot start: %s", e.msg);
-        c->pid = 0;
-        c->next_start_ms = now + c->backoff_ms;
+    if (spawn_child(c, &sp, now))
         return;
-    }
-    c->state = C_STARTING;
-    c->starts++;
-    c->adopted = 0;
-    c->start_time = sup_proc_start_time(c->pid);
     LOG_INFO("router: started (pid %d): %s --listen %s --rpc-listen %s --threads %s "
              "--control-listen %s --drain-timeout-ms %s --health-interval-ms %s; log %s",
              (int)c->pid, s->o->router_bin, listen, rpc, threads, ctl, drain, health,
@@ -136,7 +144,6 @@ static void start_replica(struct sup *s, struct child *c, long now)
     const struct sched_replica *r = &c->rep;
     const struct sched_model *m = &c->m;
     char version[32], threads[16], drain[32], where[300];
-    struct cerr e = {0};
     int gpu = r->dev.kind == SCHED_DEV_CUDA;
 
     snprintf(version, sizeof version, "%ld", m->version);
@@ -156,20 +163,9 @@ static void start_replica(struct sup *s, struct child *c, long now)
         sched_cpuset_format(&r->cpus, cores, sizeof cores);
         snprintf(where, sizeof where, "cores %s, --threads %d", cores, m->threads);
     }
-    sched_logtail_start(&c->tail, c->log_path);
-    c->started_ms = now;
     c->url[0] = '\0';
-    if (sched_spawn(&sp, &c->pid, &e)) {
-        LOG_ERROR("%s: cannot start %s: %s", c->name, s->o->replica_bin, e.msg);
-        snprintf(c->last_error, sizeof c->last_error, "cannot start: %s", e.msg);
-        c->pid = 0;
-        c->next_start_ms = now + c->backoff_ms;
+    if (spawn_child(c, &sp, now))
         return;
-    }
-    c->state = C_STARTING;
-    c->starts++;
-    c->adopted = 0;
-    c->start_time = sup_proc_start_time(c->pid);
     LOG_INFO("%s: started (pid %d): %s version %s on %s%s; log %s", c->name, (int)c->pid,
              m->name, version, where, r->shared ? " (shared, oversubscribe)" : "", c->log_path);
 }

@@ -189,6 +189,19 @@ class Cluster:
         raise ProcessFailed("router never became ready at %s" % path)
 
 
+def wait_until(what, cond, timeout=30.0, every=0.02):
+    """Polls cond() every `every` s until it returns something true, and returns that;
+    fails (AssertionError naming `what`) after `timeout` s. Tests wait for what a step
+    caused with this, never for a fixed time."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+
+
 def replica_counts(cluster, model):
     """(requests received, queue depth) of MODEL's replicas, summed, from the router's
     /metrics: what the replicas themselves counted, for tests that order requests."""

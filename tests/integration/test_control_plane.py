@@ -24,21 +24,11 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster, replica_counts  # noqa: E402
+from cluster import Cluster, replica_counts, wait_until  # noqa: E402
 from test_protocol_util import make_repo  # noqa: E402
 import testrun  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
-
-
-def wait_until(what, cond, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
 
 
 class Load:

@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster, Proc  # noqa: E402
+from cluster import Cluster, Proc, wait_until  # noqa: E402
 from test_protocol_util import stop_and_check, make_repo, start_cluster  # noqa: E402
 import testrun  # noqa: E402
 
@@ -33,17 +33,6 @@ HTTP_CLIENTS = 6
 RPC_CLIENTS = 2
 RPC_REPEAT = 5
 STALL_MS = 40
-
-
-def wait_for(what, cond, timeout=30.0, every=0.01):
-    """Polls cond() until it returns something true; fails the test after `timeout` s."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError("timed out waiting for %s" % what)
 
 
 class Load:
@@ -144,16 +133,16 @@ class Failover(unittest.TestCase):
                 victim_url = c.replicas[0][1].match.group(1)
                 other_url = c.replicas[1][1].match.group(1)
                 load = Load(c, rows, want, tmp)
-                wait_for("40 answers before the kill", lambda: load.count() >= 40)
+                wait_until("40 answers before the kill", lambda: load.count() >= 40)
                 # Kill the victim while it holds several requests (queued and running).
-                held = wait_for("requests in flight on the victim",
+                held = wait_until("requests in flight on the victim",
                                 lambda: self.table(c)[victim_url]["outstanding"] >= 3 and
                                 self.table(c)[victim_url]["outstanding"])
                 c.replicas[0][1].kill(signal.SIGKILL)
                 at_kill = load.count()
-                wait_for("the victim out of rotation",
+                wait_until("the victim out of rotation",
                          lambda: self.table(c)[victim_url]["state"] in ("ejected", "not_ready"))
-                wait_for("60 answers after the kill", lambda: load.count() >= at_kill + 60)
+                wait_until("60 answers after the kill", lambda: load.count() >= at_kill + 60)
                 self.assertEqual(self.table(c)[other_url]["state"], "ready")
 
                 # Restart on the same address: re-admitted, then given requests again.
@@ -161,12 +150,12 @@ class Failover(unittest.TestCase):
                 argv = argv[:argv.index("--listen") + 1] + [victim_url] + \
                     argv[argv.index("--listen") + 2:]
                 c.replicas[0] = ("digits", Proc(argv, r" on (tcp://127\.0\.0\.1:\d+)"))
-                wait_for("the restarted replica ready",
+                wait_until("the restarted replica ready",
                          lambda: self.table(c)[victim_url]["state"] == "ready")
-                wait_for("requests in flight on the restarted replica",
+                wait_until("requests in flight on the restarted replica",
                          lambda: self.table(c)[victim_url]["outstanding"] >= 1)
                 before_stop = load.count()
-                wait_for("20 more answers", lambda: load.count() >= before_stop + 20)
+                wait_until("20 more answers", lambda: load.count() >= before_stop + 20)
                 stuck = load.stop()
                 self.assertEqual(stuck, [], "client threads did not finish")
 

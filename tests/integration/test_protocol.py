@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_protocol_util import stop_and_check, DTYPES, make_repo, sample, start_cluster  # noqa: E402
 import testrun  # noqa: E402
-from cluster import replica_counts  # noqa: E402
+from cluster import replica_counts, wait_until  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
 
@@ -59,16 +59,6 @@ def raw_request(port, data, timeout=10, read=True):
         return status, hdrs, body
     finally:
         s.close()
-
-
-def wait_until(what, cond, timeout=30.0):
-    """Polls cond() every 20 ms until it is true; fails after `timeout` seconds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
 
 
 def to_le_bytes(arr):

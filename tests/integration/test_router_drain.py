@@ -21,7 +21,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import replica_counts  # noqa: E402
+from cluster import replica_counts, wait_until  # noqa: E402
 from test_protocol_util import make_repo, start_cluster  # noqa: E402
 import testrun  # noqa: E402
 
@@ -29,15 +29,6 @@ BUILD, ROOT = sys.argv[1], sys.argv[2]
 HTTP_REQ = 8
 RPC_REQ = 2
 STALL_MS = 1500
-
-
-def wait_until(what, cond, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
 
 
 class RouterDrain(unittest.TestCase):

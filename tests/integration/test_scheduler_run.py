@@ -63,8 +63,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster  # noqa: E402
-from test_control_plane import Load, wait_until  # noqa: E402
+from cluster import Cluster, wait_until  # noqa: E402
+from test_control_plane import Load  # noqa: E402
 import testrun  # noqa: E402
 
 BUILD, ROOT = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
