@@ -22,7 +22,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster, wait_until  # noqa: E402
+from cluster import Cluster, Proc, wait_until  # noqa: E402
 from test_protocol_util import make_repo  # noqa: E402
 import testrun  # noqa: E402
 
@@ -215,6 +215,38 @@ class ReplicaTable(unittest.TestCase):
         # Nothing refused changed the table.
         self.assertEqual(self.table()["generation"], g0)
         self.assertEqual([e["url"] for e in self.table()["replicas"]], [a])
+
+    def test_starting_replica_in_the_table_gets_no_traffic(self):
+        # Rule 1: a replica takes traffic only after it said ready. One is put in the table
+        # while it is still starting (held by a test hook): under load, the router sends it
+        # nothing and no request fails; once it is ready it takes its share. A router that
+        # sent it work early would get "replica is starting" refusals, which are not
+        # retried, so the load would see them.
+        a, = self.start(1, 1)
+        gate = os.path.join(self.tmp.name, "go")
+        argv = [os.path.join(BUILD, "replica", "corral-replica"), "--model-repo", self.tmp.name,
+                "--model", "digits", "--listen", "tcp://127.0.0.1:0", "--device", "cpu",
+                "--test-hooks", "--test-hold-start", gate, "--log-level", "debug"]
+        held = Proc(argv, r"answering health at (tcp://127\.0\.0\.1:\d+)")
+        self.c.replicas.append(("digits", held))
+        url = held.match.group(1)
+        self.load = Load(self.c, self.x)
+        self.change("/v1/replicas", {"model": "digits", "url": url})
+        def entry():
+            return [r for r in self.c.http("GET", "/v2/corral/replicas")[1]["replicas"]
+                    if r["url"] == url]
+        wait_until("the held replica's first health answer",
+                   lambda: entry() and entry()[0]["state"] == "not_ready")
+        self.load.more(100)
+        self.assertEqual(sent(self.c).get(url, 0), 0)
+        self.assertEqual(self.load.bad, [])
+        self.assertIn("starting", entry()[0]["why"])
+        with open(gate, "w"):
+            pass
+        wait_until("traffic on the replica once ready", lambda: sent(self.c).get(url, 0) > 0)
+        self.load.stop()
+        self.assertEqual(self.load.bad, [])
+        self.assertEqual(self.load.answered, self.load.started)
 
     def test_readiness_follows_the_table(self):
         # A router with an empty table has nothing to serve: not ready. A model whose
