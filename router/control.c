@@ -89,6 +89,15 @@ static void answer_generation(struct control *c, struct http_request *req, uint6
     respond(req, 200, &b);
 }
 
+/* Opens the i-th item of a list with its "model" and "version". */
+static void put_model_version(struct buf *b, size_t i, const char *model, const char *version)
+{
+    buf_puts(b, i ? ",{\"model\":" : "{\"model\":");
+    buf_json_string(b, model, strlen(model));
+    buf_puts(b, ",\"version\":");
+    buf_json_string(b, version, strlen(version));
+}
+
 static void list_table(struct control *c, struct http_request *req)
 {
     struct membership_snapshot s;
@@ -102,13 +111,16 @@ static void list_table(struct control *c, struct http_request *req)
                (unsigned long long)s.generation, (unsigned long long)membership_acked(c->table));
     for (size_t i = 0; i < s.n; i++) {
         const struct membership_entry *x = &s.entries[i];
-        buf_puts(&b, i ? ",{\"model\":" : "{\"model\":");
-        buf_json_string(&b, x->model, strlen(x->model));
-        buf_puts(&b, ",\"version\":");
-        buf_json_string(&b, x->version, strlen(x->version));
+        put_model_version(&b, i, x->model, x->version);
         buf_puts(&b, ",\"url\":");
         buf_json_string(&b, x->url, strlen(x->url));
         buf_printf(&b, ",\"state\":\"%s\"}", x->draining ? "draining" : "active");
+    }
+    buf_puts(&b, "],\"canaries\":[");
+    for (size_t i = 0; i < s.n_canaries; i++) {
+        const struct membership_canary *x = &s.canaries[i];
+        put_model_version(&b, i, x->model, x->version);
+        buf_printf(&b, ",\"percent\":%d}", x->percent);
     }
     buf_puts(&b, "]}");
     membership_snapshot_free(&s);
@@ -149,17 +161,37 @@ static void wait_for_ack(struct control *c, struct http_request *req, uint64_t g
     c->waiters = w;
 }
 
-static void change(struct control *c, struct http_request *req, const char *op)
+/* The body as a JSON object: NULL (and a 400 sent, with `example`) when it is not one. */
+static json_t *body_object(struct http_request *req, const char *example)
 {
     json_error_t je;
     json_t *body = json_loadb((const char *)req->body, req->body_len, 0, &je);
-    if (!body || !json_is_object(body)) {
-        respond_error(req, 400, "the body is not a JSON object (%s): expected e.g. "
-                      "{\"model\": \"digits\", \"url\": \"tcp://127.0.0.1:9101\"}",
-                      body ? "another JSON value" : je.text);
-        json_decref(body);
+    if (body && json_is_object(body))
+        return body;
+    respond_error(req, 400, "the body is not a JSON object (%s): expected e.g. %s",
+                  body ? "another JSON value" : je.text, example);
+    json_decref(body);
+    return NULL;
+}
+
+/* Answers a change to the table: its refusal, or its generation once every thread has it. */
+static void submit(struct control *c, struct http_request *req, int rc, uint64_t g,
+                   const struct cerr *e, const char *op, const char *what)
+{
+    if (rc) {
+        respond_error(req, corral_err_http_status(rc), "%s", e->msg);
         return;
     }
+    LOG_INFO("control: %s %s: replica table generation %llu", op, what, (unsigned long long)g);
+    c->changed(c->arg);
+    wait_for_ack(c, req, g);
+}
+
+static void change(struct control *c, struct http_request *req, const char *op)
+{
+    json_t *body = body_object(req, "{\"model\": \"digits\", \"url\": \"tcp://127.0.0.1:9101\"}");
+    if (!body)
+        return;
     int answered = 0;
     uint64_t g = 0;
     struct cerr e = {0};
@@ -178,15 +210,55 @@ static void change(struct control *c, struct http_request *req, const char *op)
     } else {
         rc = membership_remove(c->table, url, &g, &e);
     }
-    if (rc) {
-        respond_error(req, corral_err_http_status(rc), "%s", e.msg);
-        goto out;
-    }
-    LOG_INFO("control: %s %s: replica table generation %llu", op, url, (unsigned long long)g);
-    c->changed(c->arg);
-    wait_for_ack(c, req, g);
+    submit(c, req, rc, g, &e, op, url);
 out:
     json_decref(body);
+}
+
+/* The body's "percent": an integer from 0 to 100, else -1 (and a 400 sent). */
+static int percent_member(struct http_request *req, json_t *body)
+{
+    json_t *v = json_object_get(body, "percent");
+    if (v && json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= 100)
+        return (int)json_integer_value(v);
+    char *got = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+    respond_error(req, 400, "percent: expected an integer from 0 to 100, got %.80s",
+                  got ? got : "nothing (the field is missing)");
+    free(got);
+    return -1;
+}
+
+/* POST /v1/canary (set) and /v1/canary/clear. */
+static void change_canary(struct control *c, struct http_request *req, int clear)
+{
+    json_t *body = body_object(req, "{\"model\": \"digits\", \"version\": \"2\", "
+                               "\"percent\": 10}");
+    if (!body)
+        return;
+    int answered = 0, rc, percent = 0;
+    uint64_t g = 0;
+    struct cerr e = {0};
+    const char *model = member(req, body, "model", 0, &answered);
+    const char *version = model && !clear ? member(req, body, "version", 0, &answered) : NULL;
+    if (!model || (!clear && (!version || (percent = percent_member(req, body)) < 0)))
+        goto out;
+    if (clear)
+        rc = membership_clear_canary(c->table, model, &g, &e);
+    else
+        rc = membership_set_canary(c->table, model, version, percent, &g, &e);
+    submit(c, req, rc, g, &e, clear ? "canary clear" : "canary", model);
+out:
+    json_decref(body);
+}
+
+/* The changes that take POST only. */
+static void post_change(struct control *c, struct http_request *req)
+{
+    const char *p = req->path;
+    if (strncmp(p, "/v1/canary", 10) == 0)
+        change_canary(c, req, p[10] == '/');
+    else
+        change(c, req, strrchr(p, '/') + 1);
 }
 
 static void handle(void *arg, struct http_request *req)
@@ -210,16 +282,18 @@ static void handle(void *arg, struct http_request *req)
                           req->method_name, p);
         return;
     }
-    if (strcmp(p, "/v1/replicas/drain") == 0 || strcmp(p, "/v1/replicas/remove") == 0) {
+    if (strcmp(p, "/v1/replicas/drain") == 0 || strcmp(p, "/v1/replicas/remove") == 0 ||
+        strcmp(p, "/v1/canary") == 0 || strcmp(p, "/v1/canary/clear") == 0) {
         if (post)
-            change(c, req, strrchr(p, '/') + 1);
+            post_change(c, req);
         else
             respond_error(req, 405, "method %s not allowed on %s (allowed: POST)",
                           req->method_name, p);
         return;
     }
     respond_error(req, 404, "no such endpoint: %s %s (the control endpoint serves "
-                  "/v1/replicas, /v1/replicas/drain and /v1/replicas/remove)", req->method_name, p);
+                  "/v1/replicas, /v1/replicas/drain, /v1/replicas/remove, /v1/canary and "
+                  "/v1/canary/clear)", req->method_name, p);
 }
 
 void control_acked(struct control *c)

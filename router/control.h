@@ -5,11 +5,19 @@
  * main thread's loop:
  *
  *   GET  /v1/replicas          {"generation": G, "acked": A, "replicas":
- *                               [{"model", "version", "url", "state"}]}
+ *                               [{"model", "version", "url", "state"}],
+ *                               "canaries": [{"model", "version", "percent"}]}
  *                               state: "active" or "draining"
  *   POST /v1/replicas          {"model": M, "version": V (optional), "url": U}
  *   POST /v1/replicas/drain    {"url": U}   no new requests; in flight answered
  *   POST /v1/replicas/remove   {"url": U}   gone once its requests are answered
+ *   POST /v1/canary            {"model": M, "version": V, "percent": P}  P (0..100)
+ *                               percent of M's requests that name no version go
+ *                               to replicas of V, the rest to M's other replicas
+ *                               (either side falls back to the other when it has
+ *                               no replica to take a request); V may have no
+ *                               replica yet. Replaces M's split if it has one.
+ *   POST /v1/canary/clear      {"model": M}  404 when M has no split
  *
  * A change is answered ({"generation": G, "acked": A}) only once every router
  * thread has applied it (A >= G), so a caller that got the answer knows no

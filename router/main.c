@@ -204,6 +204,23 @@ static void worker_stop(struct worker *w)
     uv_close((uv_handle_t *)&w->apply_timer, NULL);
 }
 
+/* Applies the snapshot's canary splits to this thread's upstream. */
+static int worker_apply_canaries(struct worker *w, const struct membership_snapshot *snap,
+                                 struct cerr *e)
+{
+    struct upstream_canary *t = calloc(snap->n_canaries ? snap->n_canaries : 1, sizeof *t);
+    if (!t)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory applying the replica table");
+    for (size_t i = 0; i < snap->n_canaries; i++) {
+        t[i].model = snap->canaries[i].model;
+        t[i].version = snap->canaries[i].version;
+        t[i].percent = snap->canaries[i].percent;
+    }
+    int rc = upstream_sync_canaries(w->up, t, snap->n_canaries, e);
+    free(t);
+    return rc;
+}
+
 /* Brings this thread's upstream in line with the replica table, then says which
  * generation it now serves. */
 static int worker_apply_table(struct worker *w, struct cerr *e)
@@ -224,6 +241,9 @@ static int worker_apply_table(struct worker *w, struct cerr *e)
         t[i].draining = snap.entries[i].draining;
     }
     rc = upstream_sync(w->up, t, snap.n, e);
+    /* After the replicas, so a model that just got its first replica gets its split too. */
+    if (rc == CORRAL_OK)
+        rc = worker_apply_canaries(w, &snap, e);
     if (rc == CORRAL_OK)
         membership_applied(w->table, w->idx, snap.generation);
     free(t);

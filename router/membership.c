@@ -11,6 +11,8 @@ struct membership {
     pthread_mutex_t mu;
     struct membership_entry *e;
     size_t n, cap;
+    struct membership_canary *c; /* one per model at most */
+    size_t nc, ccap;
     uint64_t generation;
     unsigned threads;
     uint64_t *applied; /* per thread */
@@ -37,6 +39,7 @@ void membership_free(struct membership *m)
         return;
     pthread_mutex_destroy(&m->mu);
     free(m->e);
+    free(m->c);
     free(m->applied);
     free(m);
 }
@@ -75,6 +78,20 @@ static int check_url(const char *url, struct cerr *e)
     return CORRAL_OK;
 }
 
+/* Makes room for one more element in an array of n (of `size` bytes each). */
+static int grow(void **arr, size_t *cap, size_t n, size_t size, struct cerr *e)
+{
+    if (n < *cap)
+        return CORRAL_OK;
+    size_t ncap = *cap ? 2 * *cap : 8;
+    void *na = realloc(*arr, ncap * size);
+    if (!na)
+        return cerr_set(e, CORRAL_ENOMEM, "out of memory growing the replica table");
+    *arr = na;
+    *cap = ncap;
+    return CORRAL_OK;
+}
+
 static struct membership_entry *find(struct membership *m, const char *url)
 {
     for (size_t i = 0; i < m->n; i++)
@@ -107,16 +124,8 @@ int membership_add(struct membership *m, const char *model, const char *version,
                       "change its model or version)", url);
         goto out;
     }
-    if (m->n == m->cap) {
-        size_t cap = m->cap ? 2 * m->cap : 8;
-        struct membership_entry *ne = realloc(m->e, cap * sizeof *ne);
-        if (!ne) {
-            rc = cerr_set(e, CORRAL_ENOMEM, "out of memory growing the replica table");
-            goto out;
-        }
-        m->e = ne;
-        m->cap = cap;
-    }
+    if ((rc = grow((void **)&m->e, &m->cap, m->n, sizeof *m->e, e)))
+        goto out;
     struct membership_entry *x = &m->e[m->n++];
     memset(x, 0, sizeof *x);
     snprintf(x->model, sizeof x->model, "%s", model);
@@ -157,17 +166,79 @@ int membership_remove(struct membership *m, const char *url, uint64_t *generatio
     return x ? CORRAL_OK : e->code;
 }
 
+static struct membership_canary *find_canary(struct membership *m, const char *model)
+{
+    for (size_t i = 0; i < m->nc; i++)
+        if (strcmp(m->c[i].model, model) == 0)
+            return &m->c[i];
+    return NULL;
+}
+
+int membership_set_canary(struct membership *m, const char *model, const char *version,
+                          int percent, uint64_t *generation, struct cerr *e)
+{
+    int rc;
+    if ((rc = check_name("model", model, MEMBER_MODEL_MAX, 0, e)) ||
+        (rc = check_name("version", version, MEMBER_VERSION_MAX, 0, e)))
+        return rc;
+    if (percent < 0 || percent > 100)
+        return cerr_set(e, CORRAL_EINVAL, "percent: expected an integer from 0 to 100, got %d",
+                        percent);
+    pthread_mutex_lock(&m->mu);
+    struct membership_canary *x = find_canary(m, model);
+    if (!x && !(rc = grow((void **)&m->c, &m->ccap, m->nc, sizeof *m->c, e))) {
+        x = &m->c[m->nc++];
+        snprintf(x->model, sizeof x->model, "%s", model);
+    }
+    if (x) {
+        snprintf(x->version, sizeof x->version, "%s", version);
+        x->percent = percent;
+        *generation = ++m->generation;
+    }
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+int membership_clear_canary(struct membership *m, const char *model, uint64_t *generation,
+                            struct cerr *e)
+{
+    pthread_mutex_lock(&m->mu);
+    struct membership_canary *x = model ? find_canary(m, model) : NULL;
+    if (x) {
+        size_t i = (size_t)(x - m->c);
+        memmove(&m->c[i], &m->c[i + 1], (m->nc - i - 1) * sizeof *m->c);
+        m->nc--;
+        *generation = ++m->generation;
+    } else {
+        cerr_set(e, CORRAL_ENOTFOUND, "model '%s' has no canary split (GET /v1/replicas lists "
+                 "them)", model ? model : "");
+    }
+    pthread_mutex_unlock(&m->mu);
+    return x ? CORRAL_OK : e->code;
+}
+
+/* A copy of n elements of `size` bytes (never NULL when it succeeds, also for n = 0). */
+static void *copy_array(const void *src, size_t n, size_t size)
+{
+    void *p = malloc(n ? n * size : 1);
+    if (p && n) /* an empty table may have no array yet */
+        memcpy(p, src, n * size);
+    return p;
+}
+
 int membership_snapshot(struct membership *m, struct membership_snapshot *out, struct cerr *e)
 {
     int rc = CORRAL_OK;
+    memset(out, 0, sizeof *out);
     pthread_mutex_lock(&m->mu);
-    out->entries = malloc((m->n ? m->n : 1) * sizeof *out->entries);
-    if (!out->entries) {
+    out->entries = copy_array(m->e, m->n, sizeof *m->e);
+    out->canaries = copy_array(m->c, m->nc, sizeof *m->c);
+    if (!out->entries || !out->canaries) {
+        membership_snapshot_free(out);
         rc = cerr_set(e, CORRAL_ENOMEM, "out of memory copying the replica table");
     } else {
-        if (m->n) /* an empty table has no array yet */
-            memcpy(out->entries, m->e, m->n * sizeof *m->e);
         out->n = m->n;
+        out->n_canaries = m->nc;
         out->generation = m->generation;
     }
     pthread_mutex_unlock(&m->mu);
@@ -177,8 +248,10 @@ int membership_snapshot(struct membership *m, struct membership_snapshot *out, s
 void membership_snapshot_free(struct membership_snapshot *s)
 {
     free(s->entries);
+    free(s->canaries);
     s->entries = NULL;
-    s->n = 0;
+    s->canaries = NULL;
+    s->n = s->n_canaries = 0;
 }
 
 void membership_applied(struct membership *m, unsigned thread, uint64_t generation)

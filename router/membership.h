@@ -2,19 +2,26 @@
  * membership: the router's replica table, shared by its threads.
  *
  * Usage: membership_new(&m, threads). The control endpoint (any thread)
- * changes the table with membership_add(), membership_set_draining() and
- * membership_remove(); each change bumps the table's generation and returns
- * it. Every router thread, told of a change, copies the table with
- * membership_snapshot(), applies the copy to its own upstream
- * (upstream_sync) and reports membership_applied(m, thread, generation).
- * membership_acked() is the generation that every thread has applied: a
- * change is in force, in the whole router, once the acknowledged generation
- * reaches it (the rule that lets a scheduler stop a replica safely).
+ * changes the table with membership_add(), membership_set_draining(),
+ * membership_remove(), membership_set_canary() and membership_clear_canary();
+ * each change bumps the table's generation and returns it. Every router
+ * thread, told of a change, copies the table with membership_snapshot(),
+ * applies the copy to its own upstream (upstream_sync, upstream_sync_canaries)
+ * and reports membership_applied(m, thread, generation). membership_acked() is
+ * the generation that every thread has applied: a change is in force, in the
+ * whole router, once the acknowledged generation reaches it (the rule that
+ * lets a scheduler stop a replica safely).
  *
- * Entries are unique by URL. A change that is refused (a URL given twice, an
- * unknown URL, a malformed name) leaves the table and its generation as they
- * were. All functions are thread-safe (one mutex, never held in a callback);
- * a snapshot is the caller's copy, freed with membership_snapshot_free().
+ * The table holds replicas and canary splits. Replicas are unique by URL. A
+ * canary split, at most one per model, sends `percent` of the model's requests
+ * that name no version to replicas of `version` and the rest to its other
+ * replicas; it may name a version (or a model) that no replica in the table
+ * serves yet, so a canary can be set before its replica is added. A change
+ * that is refused (a URL given twice, an unknown URL, a malformed name, a
+ * percent outside 0..100, clearing a split that is not set) leaves the table
+ * and its generation as they were. All functions are thread-safe (one mutex,
+ * never held in a callback); a snapshot is the caller's copy, freed with
+ * membership_snapshot_free().
  */
 #ifndef CORRAL_ROUTER_MEMBERSHIP_H
 #define CORRAL_ROUTER_MEMBERSHIP_H
@@ -37,9 +44,18 @@ struct membership_entry {
     int draining;
 };
 
+/* A model's canary split: `percent` (0..100) of its unversioned requests go to `version`. */
+struct membership_canary {
+    char model[MEMBER_MODEL_MAX];
+    char version[MEMBER_VERSION_MAX]; /* never "" */
+    int percent;
+};
+
 struct membership_snapshot {
     struct membership_entry *entries;
     size_t n;
+    struct membership_canary *canaries;
+    size_t n_canaries;
     uint64_t generation;
 };
 
@@ -53,6 +69,12 @@ int membership_set_draining(struct membership *m, const char *url, int draining,
                             uint64_t *generation, struct cerr *e);
 int membership_remove(struct membership *m, const char *url, uint64_t *generation,
                       struct cerr *e);
+/* Sets (or replaces) the model's canary split. */
+int membership_set_canary(struct membership *m, const char *model, const char *version,
+                          int percent, uint64_t *generation, struct cerr *e);
+/* CORRAL_ENOTFOUND when the model has no split. */
+int membership_clear_canary(struct membership *m, const char *model, uint64_t *generation,
+                            struct cerr *e);
 
 int membership_snapshot(struct membership *m, struct membership_snapshot *out, struct cerr *e);
 void membership_snapshot_free(struct membership_snapshot *s);

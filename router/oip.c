@@ -396,6 +396,24 @@ static void handle_server_meta(struct http_request *req)
     respond_json(req, 200, &b, NULL);
 }
 
+/* The canary splits in force on this thread, as {"model", "version", "percent"} items. */
+static void put_canaries(struct buf *b, const struct upstream *up)
+{
+    int first = 1;
+    for (size_t i = 0; i < upstream_model_count(up); i++) {
+        const char *m = upstream_model_name(up, i), *v = NULL;
+        int pct = upstream_model_canary(up, m, &v);
+        if (pct < 0)
+            continue;
+        buf_puts(b, first ? "{\"model\":" : ",{\"model\":");
+        buf_json_string(b, m, strlen(m));
+        buf_puts(b, ",\"version\":");
+        buf_json_string(b, v, strlen(v));
+        buf_printf(b, ",\"percent\":%d}", pct);
+        first = 0;
+    }
+}
+
 static void handle_replicas(struct oip_ctx *ctx, struct http_request *req)
 {
     struct buf b = {0};
@@ -420,6 +438,8 @@ static void handle_replicas(struct oip_ctx *ctx, struct http_request *req)
         buf_json_string(&b, ri.why, strlen(ri.why));
         buf_printf(&b, ",\"outstanding\":%u,\"fail_streak\":%u}", ri.outstanding, ri.fail_streak);
     }
+    buf_puts(&b, "],\"canaries\":[");
+    put_canaries(&b, ctx->up);
     buf_puts(&b, "]}");
     respond_json(req, 200, &b, NULL);
 }

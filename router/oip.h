@@ -12,8 +12,9 @@
  * readiness with or without /versions/{v}, infer, statistics) with the
  * binary_tensor_data, classification, statistics and schedule_policy
  * extensions; POST /v1/models/{m}:predict ({"instances"} -> {"predictions"});
- * GET /metrics (Prometheus text); GET /v2/corral/replicas (the replica table,
- * for corralctl status). The request id is the OIP `id`, else the X-Request-ID
+ * GET /metrics (Prometheus text); GET /v2/corral/replicas (the replica table
+ * as this thread applies it, with the canary splits of the models it has
+ * replicas of, for corralctl status). The request id is the OIP `id`, else the X-Request-ID
  * header; it is echoed in the X-Request-ID answer header and in the log line.
  *
  * The conversion functions are separate so they can be tested alone:

@@ -1,4 +1,5 @@
-/* The choice of replica for each request (power of two choices) and the one retry. */
+/* The choice of replica for each request (canary split, power of two choices) and the one
+ * retry. */
 #include "upstream_internal.h"
 
 #include <stdio.h>
@@ -7,13 +8,27 @@
 
 #include "log.h"
 
+/* Which replicas a request may go to, besides being eligible at all. */
+struct want {
+    const char *version;               /* the version the request names, NULL or "" for any */
+    const char *side;                  /* a canary version, NULL for no split */
+    int on_side;                       /* 1: replicas of `side` only; 0: all but those */
+    const struct up_replica *exclude;  /* the replica a retry leaves */
+};
+
+static int wanted(const struct up_replica *r, const struct want *w)
+{
+    return r != w->exclude && up_version_matches(r, w->version) &&
+           (!w->side || (strcmp(r->version, w->side) == 0) == w->on_side);
+}
+
 /*
  * Power of two choices over the eligible replicas, drawn in one pass by
  * reservoir sampling (each pair equally likely); *capped tells whether some
  * replica was skipped only for its in-flight cap.
  */
-static struct up_replica *pick(struct upstream *u, struct up_model *m, const char *version,
-                               const struct up_replica *exclude, int *capped)
+static struct up_replica *pick(struct upstream *u, struct up_model *m, const struct want *w,
+                               int *capped)
 {
     struct up_replica *a = NULL, *b = NULL;
     size_t seen = 0;
@@ -22,7 +37,7 @@ static struct up_replica *pick(struct upstream *u, struct up_model *m, const cha
     for (size_t i = 0; i < m->n; i++) {
         struct up_replica *r = m->replicas[i];
         /* A connection seen closing is skipped before its replica is marked not ready. */
-        if (!up_takes_traffic(r) || r == exclude || !up_version_matches(r, version) || !up_connected(r))
+        if (!up_takes_traffic(r) || !wanted(r, w) || !up_connected(r))
             continue;
         if (cap && r->outstanding >= cap) {
             *capped = 1;
@@ -48,6 +63,27 @@ static struct up_replica *pick(struct upstream *u, struct up_model *m, const cha
     return a->outstanding < b->outstanding ? a : b;
 }
 
+/*
+ * The first choice for a request: a request that names no version first draws its side of
+ * the model's canary split, then falls back to any eligible replica when that side has none,
+ * so the split never fails a request.
+ */
+static struct up_replica *pick_first(struct upstream *u, struct up_model *m, const char *version,
+                                     int *capped)
+{
+    struct want w = {.version = version};
+    if ((!version || !version[0]) && m->canary_version[0]) {
+        w.side = m->canary_version;
+        /* The high bits of xorshift64* are its best. */
+        w.on_side = (int)((up_rng_next(u) >> 32) % 100) < m->canary_percent;
+        struct up_replica *r = pick(u, m, &w, capped);
+        if (r)
+            return r;
+        w.side = NULL;
+    }
+    return pick(u, m, &w, capped);
+}
+
 static void finish(struct up_call *c, struct upstream_done *d)
 {
     d->replica = c->r ? c->r->url : "";
@@ -66,7 +102,8 @@ static int retry_elsewhere(struct up_replica *r, struct up_call *c, const char *
 {
     struct upstream *u = c->u;
     int capped = 0;
-    struct up_replica *alt = c->attempts < 2 ? pick(u, r->model, c->version, r, &capped) : NULL;
+    struct want w = {.version = c->version, .exclude = r};
+    struct up_replica *alt = c->attempts < 2 ? pick(u, r->model, &w, &capped) : NULL;
     if (!alt || uv_now(u->loop) >= c->deadline)
         return 0;
     LOG_WARN("retrying a request for model '%s' on %s after %s failed: %s", r->model->name,
@@ -226,7 +263,7 @@ static int start_infer(struct upstream *u, const char *model, const char *versio
         rc = cerr_set(e, CORRAL_ENOTFOUND, "unknown model '%s'", model);
         goto fail;
     }
-    struct up_replica *r = pick(u, m, version, NULL, &capped);
+    struct up_replica *r = pick_first(u, m, version, &capped);
     if (!r) {
         rc = no_replica(u, m, version, capped, e);
         goto fail;

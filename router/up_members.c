@@ -163,3 +163,56 @@ int upstream_sync(struct upstream *u, const struct upstream_member *t, size_t n,
     up_reap_removed(u);
     return CORRAL_OK;
 }
+
+/* *out: the split the table names for `m`, NULL for none; an error when it does not fit. */
+static int canary_of(const struct up_model *m, const struct upstream_canary *t, size_t n,
+                     const struct upstream_canary **out, struct cerr *e)
+{
+    *out = NULL;
+    for (size_t i = 0; i < n && !*out; i++)
+        if (strcmp(t[i].model, m->name) == 0)
+            *out = &t[i];
+    const struct upstream_canary *c = *out;
+    if (c && (!c->version[0] || strlen(c->version) >= sizeof m->canary_version ||
+              c->percent < 0 || c->percent > 100))
+        return cerr_set(e, CORRAL_EINVAL, "canary split of model '%s' (version '%s', %d%%) is "
+                        "not valid: expected a version of at most %zu bytes and 0 to 100 percent",
+                        m->name, c->version, c->percent, sizeof m->canary_version - 1);
+    return CORRAL_OK;
+}
+
+int upstream_sync_canaries(struct upstream *u, const struct upstream_canary *t, size_t n,
+                           struct cerr *e)
+{
+    const struct upstream_canary *c;
+    int rc;
+    /* Checked first, so a refusal changes no model's split. */
+    for (size_t i = 0; i < u->n_models; i++)
+        if ((rc = canary_of(&u->models[i], t, n, &c, e)))
+            return rc;
+    for (size_t i = 0; i < u->n_models; i++) {
+        struct up_model *m = &u->models[i];
+        canary_of(m, t, n, &c, NULL);
+        const char *v = c ? c->version : "";
+        int pct = c ? c->percent : 0;
+        if (strcmp(m->canary_version, v) == 0 && m->canary_percent == pct)
+            continue;
+        if (c)
+            LOG_INFO("model '%s': %d%% of the requests that name no version go to version %s",
+                     m->name, pct, v);
+        else
+            LOG_INFO("model '%s': canary split cleared", m->name);
+        snprintf(m->canary_version, sizeof m->canary_version, "%s", v);
+        m->canary_percent = pct;
+    }
+    return CORRAL_OK;
+}
+
+int upstream_model_canary(const struct upstream *u, const char *model, const char **version)
+{
+    const struct up_model *m = up_find_model(u, model);
+    if (!m || !m->canary_version[0])
+        return -1;
+    *version = m->canary_version;
+    return m->canary_percent;
+}

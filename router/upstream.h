@@ -31,7 +31,12 @@
  * Balancing: least outstanding requests with power-of-two choices: two
  * distinct eligible replicas (ready, not ejected, version matching, below
  * max_inflight) are drawn at random and the one with fewer calls in flight
- * wins. A call that fails before the replica answered (unreachable, connection
+ * wins. A model with a canary split (upstream_sync_canaries) first draws the
+ * side of a request that names no version: the canary version with the
+ * split's percent, its other versions otherwise; when that side has no
+ * eligible replica, any eligible replica of the model takes it, so the split
+ * never fails a request. Requests that name a version, and retries, ignore
+ * the split. A call that fails before the replica answered (unreachable, connection
  * lost, declared unhealthy) is sent once more to another replica if the
  * deadline allows; a late answer from the first is dropped (each request
  * carries its own id). An error the replica answered is never retried.
@@ -104,6 +109,22 @@ struct upstream_member {
  * in flight are answered. Loop thread only; safe to repeat with the same table.
  */
 int upstream_sync(struct upstream *u, const struct upstream_member *t, size_t n, struct cerr *e);
+/* A canary split of the replica table (router/membership.h). */
+struct upstream_canary {
+    const char *model;
+    const char *version; /* not "" */
+    int percent;         /* 0..100 of the model's requests that name no version */
+};
+/*
+ * Makes the models' canary splits match the table's: every model named gets
+ * its split, every other model loses its own. A split for a model with no
+ * replica here does nothing until the model has one (call it after
+ * upstream_sync, with the whole table, each time). Loop thread only.
+ */
+int upstream_sync_canaries(struct upstream *u, const struct upstream_canary *t, size_t n,
+                           struct cerr *e);
+/* The model's canary split in force here: its percent with *version set, or -1 for none. */
+int upstream_model_canary(const struct upstream *u, const char *model, const char **version);
 int upstream_start(struct upstream *u, struct cerr *e);
 void upstream_close(struct upstream *u);
 

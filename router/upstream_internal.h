@@ -57,6 +57,10 @@ struct up_model {
     char *name;
     struct up_replica **replicas;
     size_t n;
+    /* The table's canary split: canary_percent of the requests that name no version go to
+     * replicas reporting canary_version, the others to the rest; "" for no split. */
+    char canary_version[64];
+    int canary_percent;
 };
 
 struct up_call {

@@ -126,12 +126,14 @@ class Cluster:
         return self.port
 
     def control(self, method, path, body=None, token=None):
-        """One request to the router's control endpoint; (status, parsed JSON body)."""
+        """One request to the router's control endpoint; (status, parsed JSON body). A str
+        or bytes body is sent as it is (for malformed JSON), anything else as JSON."""
         conn = http.client.HTTPConnection("127.0.0.1", self.control_port, timeout=30)
         try:
             headers = {"Authorization": "Bearer " + token} if token else {}
-            conn.request(method, path, body=json.dumps(body) if body is not None else None,
-                         headers=headers)
+            if body is not None and not isinstance(body, (str, bytes)):
+                body = json.dumps(body)
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, json.loads(data) if data else None

@@ -1,7 +1,8 @@
 # Router tests: JSON <-> tensor conversion, the JSON reader, URL routing, the HTTP server over
-# loopback sockets, and the real corral-router process on its own.
+# loopback sockets, the replica table (membership), and the real corral-router process on its
+# own.
 if(TARGET PkgConfig::CMOCKA AND TARGET corral_router_core)
-  foreach(t test_oip_convert test_oip_route test_http test_jdoc test_jnum_format)
+  foreach(t test_oip_convert test_oip_route test_http test_jdoc test_jnum_format test_membership)
     add_executable(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c)
     target_link_libraries(${t} PRIVATE corral_router_core PkgConfig::CMOCKA PkgConfig::JANSSON)
     add_test(NAME router_${t} COMMAND ${t})
