@@ -17,6 +17,10 @@
  *         the changes it makes (or, with --dry-run, would make), "no changes", or why
  *         it was refused (every error with its JSON path). Exit 0 applied, dry run or
  *         no changes; 1 refused or no answer.
+ *     corralctl promote --admin HOST:PORT [--token-file F] MODEL
+ *         Finishes MODEL's canary (POST /v1/promote): the router's split is cleared
+ *         and the rolling update goes on. Exit 0 promoted; 1 no canary waits or no
+ *         answer.
  *     corralctl replicas --control HOST:PORT [--token-file F]
  *                        [add MODEL VERSION URL | drain URL | remove URL]
  *         Lists the router's replica table (its control endpoint), or changes it;
@@ -51,6 +55,7 @@ static const char synopsis[] =
     "       corralctl status --http HOST:PORT\n"
     "       corralctl status --admin HOST:PORT [--token-file F]\n"
     "       corralctl apply --admin HOST:PORT [--token-file F] [--dry-run] FILE\n"
+    "       corralctl promote --admin HOST:PORT [--token-file F] MODEL\n"
     "       corralctl replicas --control HOST:PORT [--token-file F]\n"
     "                          [add MODEL VERSION URL | drain URL | remove URL]\n";
 
@@ -440,6 +445,28 @@ static const char *cell(const json_t *o, const char *key)
     return v && v[0] ? v : "-";
 }
 
+/* A model's last rollout, one line (and its reason when aborted). */
+static void print_rollout(const char *model, const json_t *ro)
+{
+    if (!json_is_object(ro))
+        return;
+    const json_t *pct = json_object_get(ro, "canary_percent");
+    printf("  rollout %s %lld -> %lld: %s after %.1f s, %lld on the new version and %lld on the "
+           "old serving, %lld started, %lld drained%s",
+           model, json_integer_value(json_object_get(ro, "from")),
+           json_integer_value(json_object_get(ro, "to")), cell(ro, "state"),
+           (double)json_integer_value(json_object_get(ro, "duration_ms")) / 1000.0,
+           json_integer_value(json_object_get(ro, "serving_to")),
+           json_integer_value(json_object_get(ro, "serving_from")),
+           json_integer_value(json_object_get(ro, "started")),
+           json_integer_value(json_object_get(ro, "drained")),
+           json_is_integer(pct) ? "" : "\n");
+    if (json_is_integer(pct))
+        printf("; canary at %lld%% until corralctl promote\n", json_integer_value(pct));
+    if (json_is_string(json_object_get(ro, "reason")))
+        printf("  reason: %s\n", json_string_value(json_object_get(ro, "reason")));
+}
+
 /* status --admin: corral-scheduler's GET /v1/status as a table. */
 static int status_admin(const char *hp, const char *token_file)
 {
@@ -517,6 +544,7 @@ static int status_admin(const char *hp, const char *token_file)
                want == 1 ? "" : "s");
         if (want > 0 && ready < 1)
             all_ready = 0;
+        print_rollout(cell(r, "name"), json_object_get(r, "rollout"));
     }
     json_decref(root);
     return all_ready ? 0 : 3;
@@ -599,6 +627,70 @@ static int cmd_status(int argc, char **argv)
 }
 
 /* apply --admin: POST /v1/apply with FILE; prints the changes or the errors. */
+/* POSTs `text` to the admin API at `path`, with the token of `token_file` when given;
+ * the answer's body (malloc'd) and *status, or NULL after saying why on stderr. */
+static char *admin_post(const char *admin, const char *token_file, const char *path,
+                        const char *text, int *status)
+{
+    char *token = NULL;
+    struct cerr e = {0};
+    if (token_file && token_read(token_file, &token, &e)) {
+        fprintf(stderr, "corralctl: %s\n", e.msg);
+        return NULL;
+    }
+    char *body = http_call(admin, "POST", path, token, text, status);
+    free(token);
+    if (!body)
+        fprintf(stderr, "corralctl: no answer from the admin API at http://%s\n", admin);
+    return body;
+}
+
+/* promote --admin: POST /v1/promote {"model": MODEL}. */
+static int cmd_promote(int argc, char **argv)
+{
+    static const struct option opts[] = {{"admin", required_argument, NULL, 'a'},
+                                         {"token-file", required_argument, NULL, 't'},
+                                         {NULL, 0, NULL, 0}};
+    const char *admin = NULL, *token_file = NULL;
+    int ch;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'a': admin = optarg; break;
+        case 't': token_file = optarg; break;
+        default: return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (!admin || optind != argc - 1)
+        return usage_error("%s", "promote needs --admin HOST:PORT (corral-scheduler's admin "
+                                 "API) and one MODEL");
+    json_t *req = json_pack("{s:s}", "model", argv[optind]);
+    char *text = req ? json_dumps(req, JSON_COMPACT) : NULL;
+    json_decref(req);
+    int status = 0;
+    char *body = text ? admin_post(admin, token_file, "/v1/promote", text, &status) : NULL;
+    free(text);
+    if (!body)
+        return 1;
+    json_t *root = json_loads(body, 0, NULL);
+    int rc = 1;
+    if (status == 200 && json_is_true(json_object_get(root, "promoted"))) {
+        printf("promoted: %s version %lld; the rolling update from %lld goes on\n", argv[optind],
+               json_integer_value(json_object_get(root, "to")),
+               json_integer_value(json_object_get(root, "from")));
+        rc = 0;
+    } else if (status == 401) {
+        print_error("the admin API refused the token (401 Unauthorized; give the right one "
+                    "with --token-file)", status, body);
+    } else {
+        const char *err = json_string_value(json_object_get(root, "error"));
+        fprintf(stderr, "corralctl: promote refused (%d): %s\n", status, err ? err : body);
+    }
+    json_decref(root);
+    free(body);
+    return rc;
+}
+
 static int cmd_apply(int argc, char **argv)
 {
     static const struct option opts[] = {{"admin", required_argument, NULL, 'a'},
@@ -630,22 +722,12 @@ static int cmd_apply(int argc, char **argv)
         free(text);
         return 1;
     }
-    char *token = NULL;
-    struct cerr e = {0};
-    if (token_file && token_read(token_file, &token, &e)) {
-        fprintf(stderr, "corralctl: %s\n", e.msg);
-        free(text);
-        return 1;
-    }
     int status = 0;
-    char *body = http_call(admin, "POST", dry ? "/v1/apply?dry_run=1" : "/v1/apply", token,
-                           text, &status);
-    free(token);
+    char *body = admin_post(admin, token_file, dry ? "/v1/apply?dry_run=1" : "/v1/apply", text,
+                            &status);
     free(text);
-    if (!body) {
-        fprintf(stderr, "corralctl: no answer from the admin API at http://%s\n", admin);
+    if (!body)
         return 1;
-    }
     json_t *root = json_loads(body, 0, NULL);
     const json_t *changes = json_object_get(root, "changes"), *errors = json_object_get(root,
                                                                                        "errors");
@@ -694,6 +776,9 @@ int main(int argc, char **argv)
         return cmd_replicas(argc - 1, argv + 1);
     if (strcmp(argv[1], "apply") == 0)
         return cmd_apply(argc - 1, argv + 1);
-    return usage_error("unknown command '%s' (expected infer, health, status, apply or replicas)",
+    if (strcmp(argv[1], "promote") == 0)
+        return cmd_promote(argc - 1, argv + 1);
+    return usage_error("unknown command '%s' (expected infer, health, status, apply, promote "
+                       "or replicas)",
                        argv[1]);
 }

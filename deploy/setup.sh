@@ -22,7 +22,7 @@ done
 pkgs=(build-essential cmake pkg-config curl ca-certificates
       libuv1-dev libhttp-parser-dev libnng-dev libjansson-dev
       libprotobuf-c-dev protobuf-c-compiler libonnx-dev libdnnl-dev
-      libcmocka-dev libonnx-testdata prometheus wrk
+      libcmocka-dev libonnx-testdata prometheus wrk chromium
       python3 python3-venv python3-dev)
 
 missing=()

@@ -11,8 +11,20 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "httphead.h"
 #include "log.h"
 #include "token.h"
+
+/* The operator page (admin_page.html), generated at build time by embed.cmake. */
+extern const char sched_admin_page[];
+
+/* Headers of the page: it runs its own inline script and style, fetches only from this
+ * server, and is never framed; nothing else loads. */
+#define PAGE_HEADERS                                                                          \
+    "Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; "              \
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; "        \
+    "form-action 'none'; frame-ancestors 'none'\r\n"                                          \
+    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n"
 
 /* ---- a growable string --------------------------------------------------------------- */
 
@@ -75,6 +87,7 @@ int sched_admin_open(struct sched_admin *a, const struct sched_addr *where,
 {
     memset(a, 0, sizeof *a);
     a->fd = -1;
+    sched_scrape_init(&a->scrape);
     a->status = status;
     a->arg = arg;
     for (size_t i = 0; i < SCHED_ADMIN_MAX_CONNS; i++)
@@ -141,6 +154,7 @@ void sched_admin_close(struct sched_admin *a)
     if (a->fd >= 0)
         close(a->fd);
     a->fd = -1;
+    sched_scrape_free(&a->scrape);
     if (a->token) {
         /* Not left in freed memory. */
         volatile char *t = a->token;
@@ -170,6 +184,8 @@ size_t sched_admin_pollfds(const struct sched_admin *a, struct pollfd *fds, size
         fds[n].revents = 0;
         n++;
     }
+    if (n < cap && sched_scrape_pollfd(&a->scrape, &fds[n]))
+        n++;
     return n;
 }
 
@@ -247,7 +263,8 @@ static long long int_of(const json_t *o, const char *key)
 
 char *sched_admin_metrics(const json_t *st)
 {
-    static const char *const states[] = {"starting", "ready", "restarting", "failed", "stopping"};
+    static const char *const states[] = {"starting", "soaking", "ready", "restarting", "failed",
+                                         "stopping"};
     struct str s = {0};
     const json_t *models = json_object_get(st, "models");
     const json_t *reps = json_object_get(st, "replicas");
@@ -279,6 +296,19 @@ char *sched_admin_metrics(const json_t *st)
         str_printf(&s, "corral_scheduler_replicas_ready{model=\"");
         str_label(&s, json_string_value(json_object_get(m, "name")));
         str_printf(&s, "\"} %lld\n", int_of(m, "ready"));
+    }
+    str_printf(&s, "# HELP corral_scheduler_rollout_state A model's last rolling update: 1 on "
+                   "the state it is in.\n# TYPE corral_scheduler_rollout_state gauge\n");
+    static const char *const ro_states[] = {"rolling", "canary", "aborting", "done", "aborted"};
+    json_array_foreach(models, i, m)
+    {
+        const char *now = json_string_value(json_object_get(json_object_get(m, "rollout"),
+                                                            "state"));
+        for (size_t k = 0; now && k < sizeof ro_states / sizeof *ro_states; k++) {
+            str_printf(&s, "corral_scheduler_rollout_state{model=\"");
+            str_label(&s, json_string_value(json_object_get(m, "name")));
+            str_printf(&s, "\",state=\"%s\"} %d\n", ro_states[k], strcmp(now, ro_states[k]) == 0);
+        }
     }
     str_printf(&s, "# HELP corral_scheduler_replicas Replicas by state.\n"
                    "# TYPE corral_scheduler_replicas gauge\n");
@@ -320,44 +350,54 @@ static int models_ready(const json_t *st)
     return 1;
 }
 
-/* The value of header `name` (case-insensitive) in the NUL-terminated head, copied into
- * out; 0 when present. Lines end with \r\n (a bare \n is accepted). */
-static int header(const char *head, const char *name, char *out, size_t out_len)
-{
-    size_t nl = strlen(name);
-    const char *line = strchr(head, '\n');
-    while (line) {
-        line++;
-        const char *end = strchr(line, '\n');
-        size_t len = end ? (size_t)(end - line) : strlen(line);
-        if (len > nl && strncasecmp(line, name, nl) == 0 && line[nl] == ':') {
-            const char *v = line + nl + 1;
-            const char *ve = line + len;
-            while (v < ve && (*v == ' ' || *v == '\t'))
-                v++;
-            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
-                ve--;
-            if ((size_t)(ve - v) >= out_len)
-                return -1;
-            memcpy(out, v, (size_t)(ve - v));
-            out[ve - v] = '\0';
-            return 0;
-        }
-        line = end;
-    }
-    return -1;
-}
-
-/* header() within the request head only, never in a body that follows it. */
+/* A header of the request head only, never of a body that follows it (httphead.h). */
 static int head_header(struct sched_admin_conn *c, const char *name, char *out, size_t out_len)
 {
-    if (!c->head_len || c->head_len > c->in_len)
-        return header(c->in, name, out, out_len);
-    char saved = c->in[c->head_len];
-    c->in[c->head_len] = '\0';
-    int rc = header(c->in, name, out, out_len);
-    c->in[c->head_len] = saved;
-    return rc;
+    size_t len = c->head_len && c->head_len <= c->in_len ? c->head_len : c->in_len;
+    return sched_http_header(c->in, len, name, out, out_len);
+}
+
+/* Each model's request rate and p99 from the router's metrics, merged into the
+ * snapshot; reading the status keeps the scraper going (scrape.h). */
+static void add_traffic(struct sched_admin *a, json_t *st)
+{
+    size_t i;
+    json_t *m;
+    sched_scrape_wanted(&a->scrape, a->now_ms);
+    json_array_foreach(json_object_get(st, "models"), i, m)
+    {
+        const char *name = json_string_value(json_object_get(m, "name"));
+        if (name)
+            json_object_set_new(m, "traffic", sched_scrape_traffic(&a->scrape, name));
+    }
+}
+
+/* POST /v1/promote {"model": NAME}: finishes that model's canary. */
+static void promote(struct sched_admin *a, struct sched_admin_conn *c, const char *method)
+{
+    if (strcmp(method, "POST") != 0) {
+        answer_error(c, 405, "Allow: POST\r\n", "/v1/promote takes POST only, not %.15s",
+                     method);
+        return;
+    }
+    json_error_t je;
+    json_t *req = json_loadb(c->in + c->head_len, c->body_len, 0, &je);
+    const char *model = json_string_value(json_object_get(req, "model"));
+    if (!model || !model[0]) {
+        answer_error(c, 400, NULL, "%s: expected a JSON object {\"model\": NAME}",
+                     req ? "model: missing or not a non-empty string" : je.text);
+        json_decref(req);
+        return;
+    }
+    int status = 500;
+    json_t *ans = a->promote(a->arg, model, &status);
+    json_decref(req);
+    if (!ans) {
+        answer_error(c, 500, NULL, "out of memory promoting");
+        return;
+    }
+    answer_json(c, status, ans, NULL);
+    json_decref(ans);
 }
 
 static void handle(struct sched_admin *a, struct sched_admin_conn *c)
@@ -379,6 +419,11 @@ static void handle(struct sched_admin *a, struct sched_admin_conn *c)
     target[sp2 - sp1 - 1] = '\0';
     target[strcspn(target, "?#")] = '\0';
 
+    /* The page holds no data; it asks for the token itself when /v1/status wants one. */
+    if (strcmp(target, "/") == 0 && strcmp(method, "GET") == 0) {
+        answer(c, 200, "text/html; charset=utf-8", sched_admin_page, PAGE_HEADERS);
+        return;
+    }
     if (a->token) {
         char auth[TOKEN_MAX + 64];
         const char *why = NULL;
@@ -417,11 +462,16 @@ static void handle(struct sched_admin *a, struct sched_admin_conn *c)
         json_decref(ans);
         return;
     }
+    if (a->promote && strcmp(target, "/v1/promote") == 0) {
+        promote(a, c, method);
+        return;
+    }
     int known = strcmp(target, "/v1/status") == 0 || strcmp(target, "/v1/health") == 0 ||
-                strcmp(target, "/metrics") == 0;
+                strcmp(target, "/metrics") == 0 || strcmp(target, "/") == 0;
     if (!known) {
-        answer_error(c, 404, NULL, "no such path; the admin API serves GET /v1/status, "
-                                   "GET /v1/health, GET /metrics and POST /v1/apply");
+        answer_error(c, 404, NULL, "no such path; the admin API serves GET / (the operator "
+                                   "page), GET /v1/status, GET /v1/health, GET /metrics, "
+                                   "POST /v1/apply and POST /v1/promote");
         return;
     }
     if (strcmp(method, "GET") != 0) {
@@ -434,6 +484,7 @@ static void handle(struct sched_admin *a, struct sched_admin_conn *c)
         return;
     }
     if (strcmp(target, "/v1/status") == 0) {
+        add_traffic(a, st);
         answer_json(c, 200, st, NULL);
     } else if (strcmp(target, "/v1/health") == 0) {
         json_t *h = json_pack("{s:b, s:b}", "live", 1, "models_ready", models_ready(st));
@@ -608,10 +659,25 @@ static void conn_drain(struct sched_admin_conn *c)
     }
 }
 
+/* A scrape is due: the router's HTTP address from a fresh snapshot (null while the
+ * router is not up, which only schedules the next try). */
+static void scrape(struct sched_admin *a, long now)
+{
+    if (sched_scrape_due(&a->scrape, now)) {
+        json_t *st = a->status(a->arg);
+        const char *url = json_string_value(json_object_get(json_object_get(st, "router"),
+                                                            "http"));
+        sched_scrape_start(&a->scrape, url, now);
+        json_decref(st);
+    }
+    sched_scrape_step(&a->scrape, now);
+}
+
 void sched_admin_serve(struct sched_admin *a, long now)
 {
     if (a->fd < 0)
         return;
+    a->now_ms = now;
     accept_all(a, now);
     for (size_t i = 0; i < SCHED_ADMIN_MAX_CONNS; i++) {
         struct sched_admin_conn *c = &a->conns[i];
@@ -626,4 +692,5 @@ void sched_admin_serve(struct sched_admin *a, long now)
         if (c->fd >= 0 && now > c->deadline_ms)
             conn_close(c); /* too slow a client: its slot goes to the next */
     }
+    scrape(a, now);
 }

@@ -417,12 +417,15 @@ static void parse_health(const json_t *root, struct sched_config *cfg, struct sc
 
 static void parse_rollout(const json_t *root, struct sched_config *cfg, struct sched_errs *errs)
 {
-    static const char *const keys[] = {"max_surge", "drain_timeout_ms", "soak_ms", NULL};
+    static const char *const keys[] = {"max_surge", "drain_timeout_ms", "soak_ms",
+                                       "canary_percent", "ready_timeout_ms", NULL};
     const json_t *o = get_obj(root, "rollout", errs);
     long v;
     cfg->rollout.max_surge = 1;
     cfg->rollout.drain_timeout_ms = 30000;
     cfg->rollout.soak_ms = 2000;
+    cfg->rollout.canary_percent = 0;
+    cfg->rollout.ready_timeout_ms = 300000;
     if (!o)
         return;
     check_keys(o, "rollout", keys, errs);
@@ -433,6 +436,10 @@ static void parse_rollout(const json_t *root, struct sched_config *cfg, struct s
     get_int(o, "rollout", "drain_timeout_ms", 0, SCHED_MAX_MS, 30000, 0,
             &cfg->rollout.drain_timeout_ms, errs);
     get_int(o, "rollout", "soak_ms", 0, SCHED_MAX_MS, 2000, 0, &cfg->rollout.soak_ms, errs);
+    if (get_int(o, "rollout", "canary_percent", 0, 100, 0, 0, &v, errs) == 0)
+        cfg->rollout.canary_percent = (int)v;
+    get_int(o, "rollout", "ready_timeout_ms", 1, SCHED_MAX_MS, 300000, 0,
+            &cfg->rollout.ready_timeout_ms, errs);
 }
 
 /* The characters the replica accepts in a directory name, minus the surprising ones:

@@ -121,6 +121,10 @@ struct sched_config {
         int max_surge;         /* default 1 */
         long drain_timeout_ms; /* default 30000 */
         long soak_ms;          /* default 2000 */
+        int canary_percent;    /* 0..100, default 0 (no canary): the share of a model's
+                                  unversioned traffic the new version takes until promoted */
+        long ready_timeout_ms; /* default 300000: a new version's replica not ready by then
+                                  aborts the rollout */
     } rollout;
     int oversubscribe;         /* default 0 */
     size_t n_models;

@@ -109,6 +109,9 @@ static void print_plan(const struct sched_config *cfg, const struct sched_machin
     printf("%-27s %d\n", "rollout.max_surge", cfg->rollout.max_surge);
     printf("%-27s %ld\n", "rollout.drain_timeout_ms", cfg->rollout.drain_timeout_ms);
     printf("%-27s %ld\n", "rollout.soak_ms", cfg->rollout.soak_ms);
+    printf("%-27s %d%s\n", "rollout.canary_percent", cfg->rollout.canary_percent,
+           cfg->rollout.canary_percent ? "" : " (no canary)");
+    printf("%-27s %ld\n", "rollout.ready_timeout_ms", cfg->rollout.ready_timeout_ms);
     printf("%-27s %s\n", "oversubscribe", cfg->oversubscribe ? "true" : "false");
     sched_cpuset_format(&m->cpus, cores, sizeof cores);
     printf("%-27s %d core%s this process may use (%s), %d GPU%s (%s)\n", "machine", m->n_cpus,

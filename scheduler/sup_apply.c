@@ -46,8 +46,9 @@ static int same_devices(const struct sched_model *a, const struct sched_model *b
 }
 
 /* What this slice cannot change on a running cluster, each as "PATH: why". */
-static void refusals(const struct sched_config *o, const struct sched_config *n, json_t *errs)
+static void refusals(struct sup *sup, const struct sched_config *n, json_t *errs)
 {
+    const struct sched_config *o = sup->cfg;
 #define RESTART(path, differ, was, now)                                                       \
     do {                                                                                      \
         if (differ)                                                                           \
@@ -80,9 +81,7 @@ static void refusals(const struct sched_config *o, const struct sched_config *n,
     NUM("health.interval_ms", health.interval_ms);
     NUM("health.timeout_ms", health.timeout_ms);
     NUM("health.failure_threshold", health.failure_threshold);
-    NUM("rollout.max_surge", rollout.max_surge);
     NUM("rollout.drain_timeout_ms", rollout.drain_timeout_ms);
-    NUM("rollout.soak_ms", rollout.soak_ms);
     NUM("oversubscribe", oversubscribe);
     for (size_t i = 0; i < n->n_models; i++) {
         const struct sched_model *nm = &n->models[i];
@@ -90,10 +89,20 @@ static void refusals(const struct sched_config *o, const struct sched_config *n,
             const struct sched_model *om = &o->models[k];
             if (strcmp(om->name, nm->name) != 0)
                 continue;
-            if (om->version != nm->version)
-                add_line(errs, "models[%zu].version: changing %s's version (running %ld, the new "
-                         "config says %ld) needs a rolling update, which is not built yet; not "
-                         "applied", i, nm->name, om->version, nm->version);
+            const struct rollout *ro = sup_rollout_active(sup, nm->name);
+            if (ro && nm->version != ro->to && nm->version != ro->from)
+                add_line(errs, "models[%zu].version: %s is rolling out from version %ld to %ld "
+                         "(%s); apply %ld to roll back, or %ld again after it finished; not "
+                         "applied", i, nm->name, ro->from, ro->to,
+                         sup_rollout_state_name(ro->state), ro->from, ro->to);
+            if (ro && om->replicas != nm->replicas)
+                add_line(errs, "models[%zu].replicas: %s is rolling out from version %ld to %ld; "
+                         "change its replica count after it finished; not applied", i, nm->name,
+                         ro->from, ro->to);
+            if (!ro && om->version != nm->version && om->replicas != nm->replicas)
+                add_line(errs, "models[%zu]: %s's version and replica count both changed; apply "
+                         "one change at a time (the version rolls out at the running count); "
+                         "not applied", i, nm->name);
             if (om->threads != nm->threads)
                 add_line(errs, "models[%zu].threads: changing %s's threads (running %d, the new "
                          "config says %d) needs its replicas replaced, which is not built yet; "
@@ -105,6 +114,30 @@ static void refusals(const struct sched_config *o, const struct sched_config *n,
     }
 #undef NUM
 #undef RESTART
+}
+
+/* What applying nm does to its model's version, or NULL when nothing: a rolling
+ * update, or a rollback of the one in progress. */
+static const char *version_change(struct sup *s, const struct sched_model *nm)
+{
+    static char line[512];
+    const struct rollout *ro = sup_rollout_active(s, nm->name);
+    long running = 0;
+    for (size_t o = 0; o < s->cfg->n_models; o++)
+        if (strcmp(s->cfg->models[o].name, nm->name) == 0)
+            running = s->cfg->models[o].version;
+    if (ro && ro->state != RO_ABORTING && nm->version == ro->from)
+        snprintf(line, sizeof line, "version %ld -> %ld: rollback of the rolling update in "
+                 "progress (version %ld's replicas go, %ld's at full count)", ro->to, ro->from,
+                 ro->to, ro->from);
+    else if (nm->version != running)
+        snprintf(line, sizeof line, "version %ld -> %ld: rolling update of %d replica%s "
+                 "(max_surge %d, soak %ld ms%s)", running, nm->version, nm->replicas,
+                 nm->replicas == 1 ? "" : "s", s->cfg->rollout.max_surge,
+                 s->cfg->rollout.soak_ms, s->cfg->rollout.canary_percent ? ", canary" : "");
+    else
+        return NULL;
+    return line;
 }
 
 /* Orders a model's running replicas for scaling down: the last ones are stopped first,
@@ -153,7 +186,7 @@ static json_t *apply_cfg(struct sup *s, struct sched_config *n, struct sched_err
         *http = 400;
         goto refuse;
     }
-    refusals(s->cfg, n, errs);
+    refusals(s, n, errs);
     if (json_array_size(errs)) {
         *http = 409;
         goto refuse;
@@ -178,6 +211,8 @@ static json_t *apply_cfg(struct sup *s, struct sched_config *n, struct sched_err
         if (!found)
             add_line(changes, "models[%zu] (%s): new model, %d replica%s to start", k, nm->name,
                      nm->replicas, nm->replicas == 1 ? "" : "s");
+        else if (version_change(s, nm))
+            add_line(changes, "models[%zu] (%s): %s", k, nm->name, version_change(s, nm));
         else if ((int)nl != nm->replicas)
             add_line(changes, "models[%zu] (%s): replicas %zu -> %d (%s)", k, nm->name, nl,
                      nm->replicas, (int)nl < nm->replicas ? "scale up: start more"
@@ -189,6 +224,18 @@ static json_t *apply_cfg(struct sup *s, struct sched_config *n, struct sched_err
             nk++;
         }
     }
+    /* The rollout settings take effect for the rollouts that start from now on. */
+#define ROLLOUT_KEY(key, fmt)                                                                 \
+    do {                                                                                      \
+        if (s->cfg->rollout.key != n->rollout.key)                                            \
+            add_line(changes, "rollout." #key ": " fmt " -> " fmt, s->cfg->rollout.key,       \
+                     n->rollout.key);                                                         \
+    } while (0)
+    ROLLOUT_KEY(max_surge, "%d");
+    ROLLOUT_KEY(soak_ms, "%ld");
+    ROLLOUT_KEY(canary_percent, "%d");
+    ROLLOUT_KEY(ready_timeout_ms, "%ld");
+#undef ROLLOUT_KEY
     for (size_t o = 0; o < s->cfg->n_models; o++) {
         const struct sched_model *om = &s->cfg->models[o];
         int found = 0;
@@ -240,8 +287,12 @@ static json_t *apply_cfg(struct sup *s, struct sched_config *n, struct sched_err
     for (size_t i = 0; i < plan.n; i++) {
         const struct sched_replica *r = &plan.replicas[i];
         if (r->from_keep) {
-            keep_child[r->keep_index]->rep = *r;
-            keep_child[r->keep_index]->m = n->models[r->model];
+            /* It keeps the version it runs: a changed one rolls out (sup_rollout.c). */
+            struct child *kc = keep_child[r->keep_index];
+            long v = kc->m.version;
+            kc->rep = *r;
+            kc->m = n->models[r->model];
+            kc->m.version = v;
             continue;
         }
         struct child *c = sup_add_child(s, &n->models[r->model], r);
@@ -256,6 +307,15 @@ static json_t *apply_cfg(struct sup *s, struct sched_config *n, struct sched_err
     s->cfg = n;
     s->cfg_owned = 1;
     adopted = 1;
+    for (size_t k = 0; k < n->n_models; k++) {
+        struct rollout *ro = sup_rollout_active(s, n->models[k].name);
+        if (ro && ro->state != RO_ABORTING && n->models[k].version == ro->from) {
+            char why[256];
+            snprintf(why, sizeof why, "rolled back: an applied config asks for version %ld again",
+                     ro->from);
+            sup_rollout_abort(s, ro, why);
+        }
+    }
     json_object_set_new(ans, "applied", json_true());
     *http = 200;
     goto done;

@@ -234,6 +234,48 @@ static int rec_alive(const json_t *rec, pid_t *pid, unsigned long long *start)
     return sup_same_process(*pid, *start);
 }
 
+static int model_index(const struct sup *s, const char *model)
+{
+    for (size_t k = 0; k < s->cfg->n_models; k++)
+        if (strcmp(s->cfg->models[k].name, model) == 0)
+            return (int)k;
+    return -1;
+}
+
+/* A child for a running replica of `model` that no child of the config matched (a
+ * rollout's old version or surge replica): a slot of that model nothing claimed, else
+ * a new child; it takes the record's version, and its name when free. */
+static struct child *take_slot(struct sup *s, const char *model, long version,
+                               const char *name)
+{
+    int k = model_index(s, model);
+    struct child *c = NULL;
+    for (size_t i = 0; i < s->n && !c; i++)
+        if (strcmp(s->reps[i]->m.name, model) == 0 && !s->reps[i]->pid && !s->reps[i]->in_table)
+            c = s->reps[i];
+    if (!c) {
+        struct sched_replica r = {0};
+        for (size_t i = 0; i < s->n; i++)
+            if (strcmp(s->reps[i]->m.name, model) == 0)
+                r = s->reps[i]->rep;
+        r.model = (size_t)k;
+        r.shared = 1;
+        if (!(c = sup_add_child(s, &s->cfg->models[k], &r)))
+            return NULL;
+    }
+    c->m.version = version;
+    int taken = 0;
+    for (size_t i = 0; i < s->n && !taken; i++)
+        taken = s->reps[i] != c && strcmp(s->reps[i]->name, name) == 0;
+    const char *hash = strrchr(name, '#');
+    if (!taken && hash && strlen(name) < sizeof c->name) {
+        snprintf(c->name, sizeof c->name, "%s", name);
+        snprintf(c->log_path, sizeof c->log_path, "%s/%.*s-%s.log", s->o->state_dir,
+                 (int)(hash - name), name, hash + 1);
+    }
+    return c;
+}
+
 /*
  * Observes before acting (item 4): reads the state file a previous scheduler left,
  * and adopts the router and the replicas that still run (same pid and start time),
@@ -294,17 +336,34 @@ void sup_adopt(struct sup *s, long now)
     json_t *claimed = json_array();
     size_t i;
     json_t *rec;
-    json_array_foreach(json_object_get(st, "replicas"), i, rec) {
+    /* Two passes: first each record that matches its child of the config (name, model,
+     * version); then the other live ones of a model in the config, which a rollout left
+     * (another version, or a surge replica): they take a child slot of their model
+     * that nothing claimed, or a new one, and keep their version, so the rollout goes
+     * on from where it was instead of stopping what serves. */
+    json_t *recs = json_object_get(st, "replicas");
+    char *deferred = calloc(json_array_size(recs) + 1, 1);
+    for (int pass = 0; pass < 2; pass++)
+    json_array_foreach(recs, i, rec) {
         const char *name = json_string_value(json_object_get(rec, "name")) ?: "";
         const char *model = json_string_value(json_object_get(rec, "model")) ?: "";
         const char *url = json_string_value(json_object_get(rec, "url")) ?: "";
         long version = (long)json_integer_value(json_object_get(rec, "version"));
         int live = rec_alive(rec, &pid, &start);
         struct child *c = NULL;
-        for (size_t k = 0; k < s->n && !c; k++)
+        if (pass == 1 && !(deferred && deferred[i]))
+            continue;
+        for (size_t k = 0; k < s->n && !c && pass == 0; k++)
             if (strcmp(s->reps[k]->name, name) == 0 && strcmp(s->reps[k]->m.name, model) == 0 &&
                 s->reps[k]->m.version == version && !s->reps[k]->pid)
                 c = s->reps[k];
+        if (pass == 0 && !c && live && url[0] && deferred &&
+            !json_is_true(json_object_get(rec, "retiring")) && model_index(s, model) >= 0) {
+            deferred[i] = 1;
+            continue;
+        }
+        if (pass == 1)
+            c = take_slot(s, model, version, name);
         int listed = url[0] && (table ? table_has(table, url)
                                       : router_adopted &&
                                             json_is_true(json_object_get(rec, "in_table")));
@@ -358,6 +417,7 @@ void sup_adopt(struct sup *s, long now)
         else
             LOG_WARN("router: removing the unknown %s from its table failed: %s", url, why);
     }
+    free(deferred);
     json_decref(claimed);
     json_decref(table);
     json_decref(st);

@@ -24,7 +24,7 @@ const char *sup_state_name(const struct sup *s, const struct child *c)
     switch (c->state) {
     case C_READY:
         /* A replica is ready once it takes traffic: in the router's table. */
-        return c->is_router || c->in_table ? "ready" : "starting";
+        return c->is_router || c->in_table ? "ready" : c->hold ? "soaking" : "starting";
     case C_STARTING: return c->starts > 1 ? "restarting" : "starting";
     case C_DOWN: return c->starts ? "restarting" : "starting";
     default: return "failed";
@@ -81,13 +81,17 @@ json_t *sup_status(void *arg)
 
     put_common(router, s, &s->router, now);
     if (s->http_port) {
-        snprintf(url, sizeof url, "http://%s:%d", cfg->router.listen.host, s->http_port);
+        char a[SCHED_HOST_MAX + 16];
+        sup_fmt_addr(a, sizeof a, cfg->router.listen.host, s->http_port);
+        snprintf(url, sizeof url, "http://%s", a);
         json_object_set_new(router, "http", json_string(url));
     } else {
         json_object_set_new(router, "http", json_null());
     }
     if (s->ctl_port) {
-        snprintf(url, sizeof url, "http://%s:%d", s->ctl_host, s->ctl_port);
+        char a[SCHED_HOST_MAX + 16];
+        sup_fmt_addr(a, sizeof a, s->ctl_host, s->ctl_port);
+        snprintf(url, sizeof url, "http://%s", a);
         json_object_set_new(router, "control", json_string(url));
     } else {
         json_object_set_new(router, "control", json_null());
@@ -95,8 +99,10 @@ json_t *sup_status(void *arg)
     if (cfg->router.rpc_off) {
         json_object_set_new(router, "rpc", json_string("off"));
     } else {
-        snprintf(url, sizeof url, "tcp://%s:%d", cfg->router.rpc.host,
-                 sup_port_or_learned(cfg->router.rpc.port, s->rpc_port));
+        char a[SCHED_HOST_MAX + 16];
+        sup_fmt_addr(a, sizeof a, cfg->router.rpc.host,
+                     sup_port_or_learned(cfg->router.rpc.port, s->rpc_port));
+        snprintf(url, sizeof url, "tcp://%s", a);
         json_object_set_new(router, "rpc", json_string(url));
     }
     json_object_set_new(root, "router", router);
@@ -145,8 +151,10 @@ json_t *sup_status(void *arg)
                               (json_int_t)m->version, "desired", m->replicas, "ready",
                               (json_int_t)ready, "failed", (json_int_t)failed, "restarts",
                               (json_int_t)restarts);
-        if (o)
+        if (o) {
+            json_object_set_new(o, "rollout", sup_rollout_json(s, m->name, now));
             json_array_append_new(models, o);
+        }
     }
     json_object_set_new(root, "models", models);
     return root;

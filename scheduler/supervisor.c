@@ -71,7 +71,7 @@ int sup_port_or_learned(int configured, int learned)
     return configured == 0 && learned ? learned : configured;
 }
 
-static void fmt_addr(char *buf, size_t len, const char *host, int port)
+void sup_fmt_addr(char *buf, size_t len, const char *host, int port)
 {
     if (strchr(host, ':'))
         snprintf(buf, len, "[%s]:%d", host, port);
@@ -108,15 +108,15 @@ static void start_router(struct sup *s, long now)
 
     /* A port 0 in the config was chosen by the first router; its successors take the
      * same one, so that clients and the scheduler find the router where it was. */
-    fmt_addr(listen, sizeof listen, cfg->router.listen.host,
+    sup_fmt_addr(listen, sizeof listen, cfg->router.listen.host,
              sup_port_or_learned(cfg->router.listen.port, s->http_port));
-    fmt_addr(ctl, sizeof ctl, cfg->router.control.host,
+    sup_fmt_addr(ctl, sizeof ctl, cfg->router.control.host,
              sup_port_or_learned(cfg->router.control.port, s->ctl_port));
     if (cfg->router.rpc_off) {
         snprintf(rpc, sizeof rpc, "off");
     } else {
         char a[SCHED_HOST_MAX + 16];
-        fmt_addr(a, sizeof a, cfg->router.rpc.host, sup_port_or_learned(cfg->router.rpc.port, s->rpc_port));
+        sup_fmt_addr(a, sizeof a, cfg->router.rpc.host, sup_port_or_learned(cfg->router.rpc.port, s->rpc_port));
         snprintf(rpc, sizeof rpc, "tcp://%s", a);
     }
     snprintf(threads, sizeof threads, "%d", cfg->router.threads);
@@ -125,17 +125,54 @@ static void start_router(struct sup *s, long now)
      * leaves rotation on the schedule the config names. */
     char health[24];
     snprintf(health, sizeof health, "%ld", (long)cfg->health.interval_ms);
-    char *argv[] = {(char *)s->o->router_bin, "--listen", listen, "--rpc-listen", rpc,
-                    "--threads", threads, "--control-listen", ctl, "--drain-timeout-ms", drain,
-                    "--health-interval-ms", health, NULL};
+    char *fixed[] = {(char *)s->o->router_bin, "--listen", listen, "--rpc-listen", rpc,
+                     "--threads", threads, "--control-listen", ctl, "--drain-timeout-ms", drain,
+                     "--health-interval-ms", health};
+    size_t nf = sizeof fixed / sizeof *fixed, na = nf;
+    /* A restarted router starts with the replicas that serve already (--replica seeds
+     * its table), so it has somewhere to send its first requests. */
+    char **argv = calloc(nf + 2 * s->n + 1, sizeof *argv);
+    char **seeds = calloc(s->n + 1, sizeof *seeds);
+    int nseed = 0;
+    if (!argv || !seeds) {
+        LOG_ERROR("router: out of memory starting it; again in %ld ms", c->backoff_ms);
+        c->next_start_ms = now + c->backoff_ms;
+        free(argv);
+        free(seeds);
+        return;
+    }
+    memcpy(argv, fixed, sizeof fixed);
+    for (size_t i = 0; i < s->n; i++) {
+        struct child *r = s->reps[i];
+        if (r->retiring || r->state != C_READY || r->unhealthy || r->hold || !r->url[0] ||
+            !r->pid)
+            continue;
+        size_t len = strlen(r->m.name) + strlen(r->url) + 2;
+        if (!(seeds[nseed] = malloc(len)))
+            continue;
+        snprintf(seeds[nseed], len, "%s=%s", r->m.name, r->url);
+        argv[na++] = "--replica";
+        argv[na++] = seeds[nseed++];
+    }
     struct sched_spawn sp = {.argv = argv, .log_path = c->log_path};
     s->seen_http = s->seen_ctl = 0;
-    if (spawn_child(c, &sp, now))
-        return;
-    LOG_INFO("router: started (pid %d): %s --listen %s --rpc-listen %s --threads %s "
-             "--control-listen %s --drain-timeout-ms %s --health-interval-ms %s; log %s",
-             (int)c->pid, s->o->router_bin, listen, rpc, threads, ctl, drain, health,
-             c->log_path);
+    if (spawn_child(c, &sp, now) == 0) {
+        LOG_INFO("router: started (pid %d): %s --listen %s --rpc-listen %s --threads %s "
+                 "--control-listen %s --drain-timeout-ms %s --health-interval-ms %s and %d "
+                 "serving replica%s (--replica); log %s", (int)c->pid, s->o->router_bin, listen,
+                 rpc, threads, ctl, drain, health, nseed, nseed == 1 ? "" : "s", c->log_path);
+        /* Those are in its table from its start. */
+        for (size_t i = 0; i < s->n; i++)
+            for (int k = 0; k < nseed; k++) {
+                const char *eq = strchr(seeds[k], '=');
+                if (strcmp(eq + 1, s->reps[i]->url) == 0)
+                    s->reps[i]->in_table = 1;
+            }
+    }
+    for (int k = 0; k < nseed; k++)
+        free(seeds[k]);
+    free(seeds);
+    free(argv);
 }
 
 static void start_replica(struct sup *s, struct child *c, long now)
@@ -252,8 +289,8 @@ static void mark_down(struct sup *s, struct child *c, int st, long now)
     snprintf(c->last_error, sizeof c->last_error, "exited (pid %d, %s) after %ld ms", (int)pid,
              how, up);
     if (c->is_router) {
-        /* Its table went with it; a new router starts empty and every ready replica
-         * is added again. */
+        /* Its table went with it; the next router starts with the replicas that
+         * serve (--replica, start_router) and the others are added once ready. */
         for (size_t i = 0; i < s->n; i++)
             s->reps[i]->in_table = 0;
     }
@@ -314,7 +351,7 @@ static void step_router(struct sup *s, long now)
     c->ready_ms = now;
     LOG_INFO("router: ready (pid %d): http://%s:%d, control http://%s:%d%s", (int)c->pid,
              s->cfg->router.listen.host, s->http_port, s->ctl_host, s->ctl_port,
-             c->crashes ? "; its table starts empty, so every ready replica is added again" : "");
+             c->crashes ? "; its table starts with the replicas that served (--replica), the others are added once ready" : "");
 }
 
 static void step_replica(struct sup *s, struct child *c, long now)
@@ -351,7 +388,8 @@ static void step_replica(struct sup *s, struct child *c, long now)
                      (int)c->pid, c->url, m->name, m->version, now - c->started_ms);
         }
     }
-    if (c->state == C_READY && !c->in_table && router_ready(s) && now >= c->retry_ms) {
+    if (c->state == C_READY && !c->in_table && !c->hold && router_ready(s) &&
+        now >= c->retry_ms) {
         if (sup_control(s, "/v1/replicas", sched_ctl_add_body(m->name, m->version, c->url), 0, why,
                     sizeof why) == 0) {
             c->in_table = 1;
@@ -505,6 +543,7 @@ static void reconcile(struct sup *s, long now)
     }
     step_router(s, now);
     reset_when_stable(&s->router, now);
+    sup_rollout_step(s, now);
     for (size_t i = 0; i < s->n; i++) {
         struct child *c = s->reps[i];
         if (c->retiring) {
@@ -669,6 +708,7 @@ int sched_sup_run(const struct sched_sup_opts *o)
              "cluster (drained first)", o->cfg->path, s.n, s.n == 1 ? "" : "s", o->state_dir);
 
     s.admin.apply = sup_apply;
+    s.admin.promote = sup_promote;
     int hup = 0;
     for (;;) {
         /* The signals and the admin API's sockets; the admin server never blocks. */
@@ -714,6 +754,7 @@ int sched_sup_run(const struct sched_sup_opts *o)
     for (size_t i = 0; i < s.n; i++)
         free(s.reps[i]);
     free(s.reps);
+    free(s.ro);
     if (s.cfg_owned) {
         sched_config_free(s.cfg);
         free(s.cfg);

@@ -26,8 +26,8 @@
  *    once it stayed ready for SCHED_STABLE_MS). A replica is removed from the table
  *    (acknowledged) before its successor starts. After SCHED_CRASH_LIMIT exits in a
  *    row it is marked failed, its last log lines logged as the reason, and the others
- *    keep serving. A router that exits is restarted, and every ready replica is added
- *    to its new table again; a router that fails SCHED_CRASH_LIMIT times stops the
+ *    keep serving. A router that exits is restarted with the replicas that serve in its
+ *    table from its start (--replica); a router that fails SCHED_CRASH_LIMIT times stops the
  *    cluster (exit 1);
  *  - each ready replica is asked for its own health (probe.h) every
  *    health.interval_ms, with health.timeout_ms for the answer; no answer or "not
@@ -49,7 +49,9 @@
  *    instead of started again; adopted children are watched by pid and start time
  *    (never waitpid) and health probes, and stopped like the others at SIGTERM.
  *
- * Not here yet (issue 12): rollouts.
+ *  - a model whose replicas run another version than the config asks for rolls out
+ *    (sup_rollout.c): surge first, soak, join, then one old replica drains; a new
+ *    version that fails aborts it and the old version is restored at full count.
  */
 #ifndef CORRAL_SCHEDULER_SUPERVISOR_H
 #define CORRAL_SCHEDULER_SUPERVISOR_H

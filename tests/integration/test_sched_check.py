@@ -112,6 +112,8 @@ class Check(unittest.TestCase):
             "rollout.max_surge": "1",
             "rollout.drain_timeout_ms": "30000",
             "rollout.soak_ms": "2000",
+            "rollout.canary_percent": "0 (no canary)",
+            "rollout.ready_timeout_ms": "300000",
             "oversubscribe": "false",
         }
         for k, v in expected.items():
@@ -146,7 +148,7 @@ class Check(unittest.TestCase):
     def test_bad_config_lists_every_error(self):
         path = self.write({"model_repository": MODELS,
                            "router": {"listen": "localhost", "rpc_listen": "ipc:///tmp/x"},
-                           "rollout": {"max_surge": 1, "canary_percent": 10},
+                           "rollout": {"max_surge": 1, "canary_percent": 10, "canary": 5},
                            "models": [{"name": "digits", "version": 7, "replicas": 1},
                                       {"name": "nosuch", "version": 1, "replicas": 1},
                                       {"name": "digits2", "version": 1, "replicas": "two",
@@ -160,8 +162,8 @@ class Check(unittest.TestCase):
             "127.0.0.1:8000, [::1]:8000), got \"localhost\"",
             "router.rpc_listen: expected tcp://HOST:PORT or \"off\" (e.g. tcp://127.0.0.1:8001), "
             "got \"ipc:///tmp/x\"",
-            "rollout.canary_percent: unknown key (expected one of max_surge, drain_timeout_ms, "
-            "soak_ms)",
+            "rollout.canary: unknown key (expected one of max_surge, drain_timeout_ms, "
+            "soak_ms, canary_percent, ready_timeout_ms)",
             "models[0].version: no version 7 of model 'digits': %s/digits/7/model.onnx does "
             "not exist" % MODELS,
             "models[1].name: no model 'nosuch' in the model repository: %s/nosuch/config.json "

@@ -244,11 +244,11 @@ static void test_unknown_keys(void **state)
 {
     EXPECT("{'model_repository': '../repo', 'modles': [], 'models': [{'name': 'm', "
            "'version': 1, 'replicas': 1, 'replica': 2}], 'rollout': {'max_surge': 1, "
-           "'canary_percent': 10}}",
+           "'canary': 10}}",
            "modles: unknown key (expected one of model_repository, router, admin, health, "
            "rollout, models, oversubscribe)",
-           "rollout.canary_percent: unknown key (expected one of max_surge, drain_timeout_ms, "
-           "soak_ms)",
+           "rollout.canary: unknown key (expected one of max_surge, drain_timeout_ms, "
+           "soak_ms, canary_percent, ready_timeout_ms)",
            "models[0].replica: unknown key (expected one of name, version, replicas, devices, "
            "threads)");
     /* A key with a newline in it still makes one line. */
@@ -265,13 +265,16 @@ static void test_negative_and_out_of_range(void **state)
            "models[0].threads: expected an integer >= 1, got 0");
     EXPECT("{'model_repository': '../repo', 'models': [], 'health': {'interval_ms': 0, "
            "'timeout_ms': 3600001, 'failure_threshold': -3}, 'rollout': {'max_surge': 0, "
-           "'drain_timeout_ms': -1, 'soak_ms': 99999999}}",
+           "'drain_timeout_ms': -1, 'soak_ms': 99999999, 'canary_percent': 101, "
+           "'ready_timeout_ms': 0}}",
            "health.interval_ms: expected an integer >= 10, got 0",
            "health.timeout_ms: expected an integer <= 3600000, got 3600001",
            "health.failure_threshold: expected an integer >= 1, got -3",
            "rollout.max_surge: expected an integer >= 1, got 0",
            "rollout.drain_timeout_ms: expected an integer >= 0, got -1",
-           "rollout.soak_ms: expected an integer <= 3600000, got 99999999");
+           "rollout.soak_ms: expected an integer <= 3600000, got 99999999",
+           "rollout.canary_percent: expected an integer <= 100, got 101",
+           "rollout.ready_timeout_ms: expected an integer >= 1, got 0");
     EXPECT("{'model_repository': '../repo', 'models': [{'name': 'm', 'version': 1, "
            "'replicas': 1025}]}",
            "models[0].replicas: expected an integer <= 1024, got 1025");
@@ -680,6 +683,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.rollout.max_surge, 1);
     assert_int_equal(cfg.rollout.drain_timeout_ms, 30000);
     assert_int_equal(cfg.rollout.soak_ms, 2000);
+    assert_int_equal(cfg.rollout.canary_percent, 0);
+    assert_int_equal(cfg.rollout.ready_timeout_ms, 300000);
     assert_false(cfg.oversubscribe);
     assert_int_equal(cfg.n_models, 1);
     assert_int_equal(cfg.models[0].threads, 1);
