@@ -1013,6 +1013,21 @@ int http_server_new(struct http_server **out, uv_loop_t *loop, const struct http
 int http_server_listen(struct http_server *s, const char *host, int port, int *bound_port,
                        struct cerr *e)
 {
+    int rc = http_server_bind(s, host, port, bound_port, e);
+    return rc ? rc : http_server_start(s, host, *bound_port, e);
+}
+
+int http_server_start(struct http_server *s, const char *host, int port, struct cerr *e)
+{
+    int rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
+    if (rc)
+        return cerr_set(e, CORRAL_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+    return CORRAL_OK;
+}
+
+int http_server_bind(struct http_server *s, const char *host, int port, int *bound_port,
+                     struct cerr *e)
+{
     struct sockaddr_storage ss;
     memset(&ss, 0, sizeof ss);
     int rc;
@@ -1062,10 +1077,8 @@ int http_server_listen(struct http_server *s, const char *host, int port, int *b
     } else {
         rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
     }
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection);
     if (rc)
-        return cerr_set(e, CORRAL_EIO, "cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
+        return cerr_set(e, CORRAL_EIO, "cannot bind %s:%d: %s", host, port, uv_strerror(rc));
     struct sockaddr_storage got;
     int len = sizeof got;
     rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&got, &len);

@@ -116,6 +116,12 @@ void http_server_set_reuseport(struct http_server *s, int on);
 /* Binds host:port (port 0: an ephemeral one) and listens; *bound_port gets the port. */
 int http_server_listen(struct http_server *s, const char *host, int port, int *bound_port,
                        struct cerr *e);
+/* The same in two steps: bind (connections to the port are refused until the server
+ * listens; *bound_port gets the port), then start listening. host and port only name
+ * the address in errors. */
+int http_server_bind(struct http_server *s, const char *host, int port, int *bound_port,
+                     struct cerr *e);
+int http_server_start(struct http_server *s, const char *host, int port, struct cerr *e);
 /*
  * Stops accepting and lets the open connections finish: idle ones close now,
  * one with requests in flight answers them (the last with "Connection:

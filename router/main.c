@@ -52,6 +52,9 @@ struct options {
     struct http_limits lim;
 };
 
+/* How long a starting router waits for its seeded replicas' first health answers. */
+#define START_GATE_MS 2000
+
 struct worker {
     unsigned idx;
     const struct options *opt;
@@ -61,6 +64,8 @@ struct worker {
     uv_loop_t loop;
     uv_async_t stop, drain, table_changed;
     uv_timer_t drain_timer, apply_timer;
+    uv_timer_t gate_timer; /* start: listens once the seeded replicas answered (or later) */
+    uint64_t gate_start;
     int draining, http_drained, stopped;
     uint64_t drain_start;
     struct http_server *http;
@@ -71,7 +76,7 @@ struct worker {
     /* Start-up handshake with the main thread. */
     pthread_mutex_t *mu;
     pthread_cond_t *cv;
-    int state; /* 0 starting, 1 running, -1 failed */
+    int state; /* 0 starting, 1 running (bound), 2 listening, -1 failed */
     struct cerr err;
     /* Told when the thread's loop has ended, and when it applied a replica table (both
      * set before the thread starts). */
@@ -103,7 +108,9 @@ static void usage(FILE *f)
             "                           IPv6 as [::1]:8000)\n"
             "  --replica NAME=URL       a replica serving model NAME at tcp://HOST:PORT, e.g.\n"
             "                           digits=tcp://127.0.0.1:9101 (repeat for more); seeds\n"
-            "                           the replica table, which the control endpoint changes\n"
+            "                           the replica table, which the control endpoint changes;\n"
+            "                           HTTP connections are accepted once each answered a\n"
+            "                           health request (at most 2 s after start)\n"
             "  --control-listen H:P     the control endpoint, where replicas are added, marked\n"
             "                           draining and removed at run time (default " DEFAULT_CONTROL ";\n"
             "                           port 0: any free port; off: none, and then at least one\n"
@@ -202,6 +209,7 @@ static void worker_stop(struct worker *w)
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
     uv_close((uv_handle_t *)&w->table_changed, NULL);
     uv_close((uv_handle_t *)&w->apply_timer, NULL);
+    uv_close((uv_handle_t *)&w->gate_timer, NULL);
 }
 
 /* Applies the snapshot's canary splits to this thread's upstream. */
@@ -333,6 +341,31 @@ static void worker_report(struct worker *w, int state)
     pthread_mutex_unlock(w->mu);
 }
 
+/*
+ * A router started with replicas in its table (--replica) accepts connections only
+ * once each has answered a health request (ready or not), or after START_GATE_MS:
+ * until then a client's connection is refused (which clients retry) rather than
+ * answered 503 for want of a replica whose state is not known yet.
+ */
+static void on_gate(uv_timer_t *t)
+{
+    struct worker *w = t->data;
+    size_t waiting = upstream_unanswered(w->up);
+    uint64_t waited = uv_now(&w->loop) - w->gate_start;
+    if (waiting && waited < START_GATE_MS)
+        return;
+    uv_timer_stop(t);
+    if (waiting)
+        LOG_WARN("router thread %u: %zu replica%s of the table gave no health answer within "
+                 "%d ms; accepting connections anyway", w->idx, waiting,
+                 waiting == 1 ? "" : "s", START_GATE_MS);
+    if (http_server_start(w->http, w->opt->host, w->port, &w->err)) {
+        worker_report(w, -1);
+        return;
+    }
+    worker_report(w, 2);
+}
+
 /* Sets the thread's pieces up on its own loop; the same order every thread. */
 static int worker_setup(struct worker *w)
 {
@@ -350,8 +383,9 @@ static int worker_setup(struct worker *w)
     uv_async_init(&w->loop, &w->table_changed, on_table_changed);
     uv_timer_init(&w->loop, &w->drain_timer);
     uv_timer_init(&w->loop, &w->apply_timer);
+    uv_timer_init(&w->loop, &w->gate_timer);
     w->stop.data = w->drain.data = w->drain_timer.data = w->table_changed.data = w;
-    w->apply_timer.data = w;
+    w->apply_timer.data = w->gate_timer.data = w;
     if (upstream_new(&w->up, &w->loop, &ucfg, e))
         return e->code;
     if (worker_apply_table(w, e))
@@ -364,14 +398,18 @@ static int worker_setup(struct worker *w)
         return e->code;
     if (o->threads > 1)
         http_server_set_reuseport(w->http, 1);
+    /* Bound now (the port is known, connections are refused); listening once the
+     * replicas the table starts with answered their first health request (on_gate). */
     int bound = 0;
-    if (http_server_listen(w->http, o->host, w->port, &bound, e))
+    if (http_server_bind(w->http, o->host, w->port, &bound, e))
         return e->code;
     w->port = bound;
     if (upstream_start(w->up, e))
         return e->code;
     if (w->rpc && rpc_lane_init(w->rpc, w->idx, &w->loop, w->up, w->metrics, e))
         return e->code;
+    w->gate_start = uv_now(&w->loop);
+    uv_timer_start(&w->gate_timer, on_gate, 0, 5);
     return CORRAL_OK;
 }
 
@@ -402,7 +440,7 @@ static int worker_start(struct worker *w)
     while (w->state == 0)
         pthread_cond_wait(w->cv, w->mu);
     pthread_mutex_unlock(w->mu);
-    return w->state == 1 ? 0 : -1;
+    return w->state >= 1 ? 0 : -1;
 }
 
 struct main_state {
@@ -757,6 +795,18 @@ int main(int argc, char **argv)
             rpc_quiesce(rpc);
         } else {
             LOG_INFO("corral-router RPC listening on %s", bound);
+        }
+    }
+    /* Each thread listens once its seeded replicas answered (on_gate). */
+    for (unsigned i = 0; i < started; i++) {
+        struct worker *w = &workers[i];
+        pthread_mutex_lock(w->mu);
+        while (w->state == 1)
+            pthread_cond_wait(w->cv, w->mu);
+        pthread_mutex_unlock(w->mu);
+        if (w->state != 2) {
+            e = w->err;
+            goto stop;
         }
     }
     ms.workers = workers;

@@ -594,6 +594,14 @@ int upstream_stats(struct upstream *u, const char *model, const char *version,
 
 size_t upstream_replica_count(const struct upstream *u) { return u->n_replicas; }
 
+size_t upstream_unanswered(const struct upstream *u)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < u->n_replicas; i++)
+        n += !u->replicas[i]->answered && !u->replicas[i]->removed;
+    return n;
+}
+
 void upstream_replica_info(const struct upstream *u, size_t i, struct upstream_replica_info *out)
 {
     up_replica_info(u->replicas[i], out);

@@ -209,6 +209,8 @@ struct upstream_replica_info {
     unsigned outstanding;
     unsigned fail_streak;
 };
+/* Replicas in the table that have not answered a health request yet. */
+size_t upstream_unanswered(const struct upstream *u);
 size_t upstream_replica_count(const struct upstream *u);
 void upstream_replica_info(const struct upstream *u, size_t i, struct upstream_replica_info *out);
 

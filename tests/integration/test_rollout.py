@@ -16,8 +16,11 @@ and every answer's model_version is recorded in order:
   unversioned traffic next to the 2 old replicas until `corralctl promote`, which
   finishes the rollout.
 - the router SIGKILLed under load: the scheduler restarts it on the same port with
-  the replicas that serve (--replica), clients retry refused connections; no request
-  fails outside the window from the kill to the new router's first ready answer.
+  the replicas that serve (--replica), and it accepts connections only once they
+  answered their first health check; clients retry refused or cut connections, and
+  only inside the window from the kill to the new router's first ready answer; no
+  request gets an HTTP error (no 503 from a router that does not know its replicas
+  yet).
 
 The rollout durations are printed (measured, not asserted).
 
@@ -74,9 +77,9 @@ def stamp(out, rx):
 
 class VersionLoad(Load):
     """Load (test_control_plane) that also keeps every answer's model_version in the
-    order the answers came. A client whose request fails retries it after 20 ms when
-    `retry_window(now)` says the failure falls in a window it may (the router's
-    restart); else it is a failure."""
+    order the answers came. A client whose connection is refused or cut retries the
+    request after 20 ms when `retry_window(now)` says the failure falls in a window it
+    may (the router's restart); else it is a failure, and so is any HTTP error."""
 
     def __init__(self, c, body, clients=3, retry_window=None):
         self.retry_window = retry_window
@@ -102,7 +105,9 @@ class VersionLoad(Load):
             with self.mu:
                 self.started += 1
             ok, detail, cl = self.attempt(cl)
-            while not ok and self.retry_window and self.retry_window(time.monotonic()):
+            # Only a refused or cut connection is retried; an HTTP error is an answer.
+            while not ok and isinstance(detail, str) and self.retry_window and \
+                    self.retry_window(time.monotonic()):
                 with self.mu:
                     self.retried += 1
                 time.sleep(0.02)
