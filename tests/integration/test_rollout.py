@@ -34,6 +34,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -278,6 +279,23 @@ class Rollout(unittest.TestCase):
         self.load = VersionLoad(self.c, self.body)
         self.load.more(50)
 
+    def page_shows_canary(self):
+        """The operator page, in headless chromium where there is one, draws the canary."""
+        browser = shutil.which("chromium")
+        if not browser:
+            print("operator page not checked: chromium not found (Debian package chromium)")
+            return
+        with tempfile.TemporaryDirectory(prefix="corral-chromium-") as profile:
+            p = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                                "--no-first-run", "--user-data-dir=" + profile,
+                                "--virtual-time-budget=5000", "--dump-dom",
+                                "http://127.0.0.1:%d/" % self.admin_port],
+                               capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+        for want in (">canary<", "version 1 → 2", "1 new and 2 old serving",
+                     "30% canary until promoted"):
+            self.assertIn(want, p.stdout)
+
     def promote(self, model="digits"):
         return subprocess.run([CORRALCTL, "promote", "--admin", "127.0.0.1:%d" % self.admin_port,
                                model], capture_output=True, text=True, timeout=60)
@@ -314,6 +332,7 @@ class Rollout(unittest.TestCase):
         self.assertEqual(len(self.replica_children()), 3)
         r = self.corralctl_status()
         self.assertIn("canary at 30% until corralctl promote", r.stdout)
+        self.page_shows_canary()
 
         r = self.promote()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
