@@ -65,6 +65,10 @@ static void usage(FILE *f)
             SCHED_CRASH_LIMIT);
 }
 
+/* --test-break-rule surge-first: a rollout drains an old replica before its successor
+ * serves (CONTROL-PLANE.md rule 5 broken, for the test that shows requests fail then). */
+static int break_surge_first;
+
 static int bad_usage(const char *msg)
 {
     fprintf(stderr, "corral-scheduler: %s\n", msg);
@@ -314,7 +318,8 @@ static int run(const char *file, const char *state_dir, const char *bin_dir)
     LOG_INFO("%s is valid: %zu replica%s on this machine (%d cores, %d GPUs); binaries %s and %s",
              cfg.path, plan.n, plan.n == 1 ? "" : "s", mach.n_cpus, mach.n_gpus, router, replica);
     struct sched_sup_opts o = {.cfg = &cfg, .plan = &plan, .mach = &mach, .router_bin = router,
-                               .replica_bin = replica, .state_dir = state};
+                               .replica_bin = replica, .state_dir = state,
+                               .break_surge_first = break_surge_first};
     rc = sched_sup_run(&o);
 out:
     sched_plan_free(&plan);
@@ -324,12 +329,14 @@ out:
 
 int main(int argc, char **argv)
 {
-    enum { O_CHECK = 256, O_CONFIG, O_STATE, O_BIN };
+    enum { O_CHECK = 256, O_CONFIG, O_STATE, O_BIN, O_BREAK };
     static const struct option opts[] = {
         {"check", required_argument, NULL, O_CHECK},
         {"config", required_argument, NULL, O_CONFIG},
         {"state-dir", required_argument, NULL, O_STATE},
         {"bin-dir", required_argument, NULL, O_BIN},
+        /* Tests only: breaks a rule of CONTROL-PLANE.md on purpose (not in --help). */
+        {"test-break-rule", required_argument, NULL, O_BREAK},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -342,6 +349,11 @@ int main(int argc, char **argv)
         case O_CONFIG: config_file = optarg; break;
         case O_STATE: state_dir = optarg; break;
         case O_BIN: bin_dir = optarg; break;
+        case O_BREAK:
+            if (strcmp(optarg, "surge-first") != 0)
+                return bad_usage("--test-break-rule takes surge-first");
+            break_surge_first = 1;
+            break;
         case 'h': usage(stdout); return 0;
         default: {
             char msg[128];

@@ -307,7 +307,8 @@ static void step_model(struct sup *s, size_t k, long now)
     }
     /* Step 4: one old replica drains once the new ones cover for it, preferably the one
      * whose cores a serving new replica shares. */
-    if (!canary && n_old_in && n_cur_in + n_old_in > N) {
+    int unsafe = s->o->break_surge_first && !aborting; /* a test breaking rule 5 */
+    if (!canary && n_old_in && (n_cur_in + n_old_in > N || unsafe)) {
         struct child *victim = NULL;
         for (size_t i = 0; i < s->n; i++) {
             struct child *o = s->reps[i];

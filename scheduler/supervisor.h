@@ -74,6 +74,7 @@ struct sched_sup_opts {
     const char *router_bin;
     const char *replica_bin;
     const char *state_dir; /* exists; the children's logs and the state file go here */
+    int break_surge_first; /* tests only: drain before the new replica serves (rule 5) */
 };
 
 /* Runs the cluster until SIGTERM/SIGINT. Returns the scheduler's exit status. */

@@ -270,11 +270,12 @@ class Rollout(unittest.TestCase):
               "failed" % self.load.answered)
         self.load = None
 
-    def start_v1_under_load(self):
+    def start_v1_under_load(self, extra=()):
         """digits version 1 on 2 replicas (of a repository with 1, 2 and 3), and load."""
         repo = os.path.join(self.tmp.name, "repo")
         make_versions(repo)
-        self.start(repo, [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
+        self.start(repo, [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}],
+                   extra=extra)
         wait_until("2 ready replicas", lambda: len(self.ready_replicas("digits")) == 2, 60)
         self.load = VersionLoad(self.c, self.body)
         self.load.more(50)
@@ -295,6 +296,22 @@ class Rollout(unittest.TestCase):
         for want in (">canary<", "version 1 → 2", "1 new and 2 old serving",
                      "30% canary until promoted"):
             self.assertIn(want, p.stdout)
+
+    def test_surge_first_broken_on_purpose_fails_requests(self):
+        # CONTROL-PLANE.md rule 5 broken by a test hook: old replicas drain before their
+        # successors serve. The same rollout that loses nothing when the rule is kept
+        # (test_rollout_abort_rollback_under_load) now answers 503s.
+        self.start_v1_under_load(extra=["--test-break-rule", "surge-first"])
+        self.apply(2, soak_ms=500)
+        self.wait_rollout("done")
+        self.load.more(50)
+        self.load.stop()
+        codes = {d[1][0] if isinstance(d[1], tuple) else d[1] for d in self.load.bad}
+        self.assertGreater(len(self.load.bad), 0, "no request failed with rule 5 broken")
+        self.assertEqual(codes, {503}, self.load.bad[:3])
+        print("rule 5 (surge first) broken on purpose: %d of %d requests failed (503)"
+              % (len(self.load.bad), self.load.started))
+        self.load = None
 
     def promote(self, model="digits"):
         return subprocess.run([CORRALCTL, "promote", "--admin", "127.0.0.1:%d" % self.admin_port,

@@ -125,8 +125,8 @@ def alive(pid):
 class Scheduler:
     """corral-scheduler --config as a child of the test; its output kept line by line."""
 
-    def __init__(self, config, state):
-        self.p = subprocess.Popen([SCHED, "--config", config, "--state-dir", state],
+    def __init__(self, config, state, extra=()):
+        self.p = subprocess.Popen([SCHED, "--config", config, "--state-dir", state] + list(extra),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                   bufsize=1)
         self.lines = []
@@ -240,7 +240,7 @@ class SchedulerRun(unittest.TestCase):
                 pass
         self.tmp.cleanup()
 
-    def start(self, repo, models, token_file=None, oversubscribe=True):
+    def start(self, repo, models, token_file=None, oversubscribe=True, extra=()):
         admin = {"listen": "127.0.0.1:0"}
         if token_file:
             admin["token_file"] = token_file
@@ -256,7 +256,7 @@ class SchedulerRun(unittest.TestCase):
             json.dump(cfg, f)
         self.cfg, self.cfg_path = cfg, path
         self.state = os.path.join(self.tmp.name, "state")
-        self.sched = Scheduler(path, self.state)
+        self.sched = Scheduler(path, self.state, extra)
         m = self.sched.wait_for("the router ready", r"router: ready \(pid \d+\): "
                                 r"http://127\.0\.0\.1:(\d+)")
         self.c = Cluster(BUILD, repo)
