@@ -77,7 +77,10 @@ def export(name, repo, fresh):
     spec = zoo.SPECS[name]
     cmd = [sys.executable, str(EXPORT), "--builder", "bench.models.zoo:%s" % name, "--seed", str(SEED),
            "--output", spec["output"], "--repo", str(repo), "--name", name, "--version", "1",
-           "--overwrite", "--atol", "1e-3", "--no-verify-replica"]
+           "--overwrite", "--atol", "1e-3", "--no-verify-replica",
+           # Unbatched, as the replica memory figures were measured: a batching section
+           # would add a warmed plan per batch bucket.
+           "--no-batching"]
     for s in spec["inputs"]:
         cmd += ["--input", s]
     log("exporting %s..." % name)

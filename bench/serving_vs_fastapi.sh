@@ -17,8 +17,9 @@
 #                 and verified by corral-replica when it is built; the request is
 #                 one row of 784 values drawn with seed 0; FastAPI loads the same
 #                 state_dict)
-#   MAX_BATCH     with MODEL=mlp, give the exported model a batching section with
-#                 this max_batch_size (max_queue_delay_us 0); default none (unbatched)
+#   MAX_BATCH     give the model a batching section with this max_batch_size
+#                 (max_queue_delay_us 0; 16 is what the export tool gives by default);
+#                 default none (unbatched: the MLP is exported with --no-batching)
 #   DURATION      seconds per measurement (default 10; the argument wins)
 #   CONCURRENCY   connection counts to measure (default "1 16 64")
 #   SERVERS       which servers to measure (default "corral fastapi")
@@ -70,7 +71,6 @@ case "$model" in
 esac
 [ -z "$max_batch" ] || [[ "$max_batch" =~ ^[1-9][0-9]*$ ]] ||
     die "MAX_BATCH must be a positive number of rows, got '$max_batch'"
-[ -z "$max_batch" ] || [ "$model" = mlp ] || die "MAX_BATCH applies to MODEL=mlp only"
 [[ "$router_threads" =~ ^[1-9][0-9]*$ ]] || die "ROUTER_THREADS must be a positive number, got '$router_threads'"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/corral-bench.XXXXXX")"
@@ -99,6 +99,18 @@ router_port=${ports[0]} fastapi_port=${ports[1]} rep_a=${ports[2]} rep_b=${ports
 fastapi_env=()
 if [ "$model" = digits ]; then
     model_repo=models model_name=digits corral_body="$root/models/digits/sample.json"
+    if [ -n "$max_batch" ]; then
+        # The bundled model's versions, with a config.json that adds the batching section.
+        model_repo="$work/repo"
+        mkdir -p "$work/repo/digits"
+        ln -s "$root/models/digits/"[0-9]* "$root/models/digits/labels.txt" "$work/repo/digits/"
+        "$py" -c '
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+cfg["batching"] = {"max_batch_size": int(sys.argv[3]), "max_queue_delay_us": 0}
+json.dump(cfg, open(sys.argv[2], "w"), indent=2)
+' "$root/models/digits/config.json" "$work/repo/digits/config.json" "$max_batch"
+    fi
 else
     model_repo="$work/repo" model_name=mlp corral_body="$work/corral_body.json"
     # One set of weights for both servers: a state_dict saved here is what the export
@@ -115,17 +127,12 @@ json.dump({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "
 ' "$work/mlp.pt" "$corral_body" || die "could not write the MLP weights and request"
     verify=()
     [ -x "$replica" ] && verify=(--replica "$replica")
-    "$py" deploy/export/export.py --builder bench.models.zoo:mlp --state-dict "$work/mlp.pt" \
+    batching=(--no-batching)
+    [ -n "$max_batch" ] && batching=(--max-batch-size "$max_batch" --queue-delay-us 0)
+    "$py" deploy/export/export.py --builder bench.models.zoo:mlp --checkpoint "$work/mlp.pt" \
         --input input:-1x784:FP32 --output logits --repo "$work/repo" --name mlp "${verify[@]}" \
-        >"$work/export.log" 2>&1 || { tail -n 30 "$work/export.log" >&2; die "exporting the MLP failed"; }
-    if [ -n "$max_batch" ]; then
-        "$py" -c '
-import json, sys
-cfg = json.load(open(sys.argv[1]))
-cfg["batching"] = {"max_batch_size": int(sys.argv[2]), "max_queue_delay_us": 0}
-json.dump(cfg, open(sys.argv[1], "w"), indent=2)
-' "$work/repo/mlp/config.json" "$max_batch"
-    fi
+        "${batching[@]}" >"$work/export.log" 2>&1 ||
+        { tail -n 30 "$work/export.log" >&2; die "exporting the MLP failed"; }
     fastapi_env=(FASTAPI_BUILDER=bench.models.zoo:mlp "FASTAPI_STATE_DICT=$work/mlp.pt")
 fi
 "$py" -c '
@@ -135,16 +142,8 @@ json.dump({"input": d["inputs"][0]["data"]}, open(sys.argv[2], "w"))
 ' "$corral_body" "$work/fastapi_body.json"
 
 # wait_http URL NAME LOG: polls until URL answers 200, or fails after 60 s.
-wait_http() {
-    local i
-    for i in $(seq 1 300); do
-        if curl -sf -o /dev/null "$1"; then return 0; fi
-        sleep 0.2
-    done
-    echo "serving_vs_fastapi: $2 did not become ready at $1 within 60 s; its log:" >&2
-    tail -n 30 "$3" >&2 || true
-    exit 1
-}
+# shellcheck source=bench/lib.sh
+. "$root/bench/lib.sh"
 
 # check_answer URL BODY: one request up front, so a server answering errors is not
 # mistaken for a fast one; prints the predicted class.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything corral needs on a Debian 12 machine, idempotently:
 #   - the Debian packages of the C runtime, the build and the test suite
-#     (apt-get update runs only when one of them is missing);
+#     (apt-get update runs only when one of them is missing; libb64-0d is for the
+#     perf_analyzer that bench/perf_analyzer.sh fetches);
 #   - with --python, the pinned Python tooling (deploy/requirements.txt) into a
 #     virtualenv outside the source tree, keyed by the requirements file's hash,
 #     so a fresh clone reuses it. The venv path is printed on the last line.
@@ -23,6 +24,7 @@ pkgs=(build-essential cmake pkg-config curl ca-certificates
       libuv1-dev libhttp-parser-dev libnng-dev libjansson-dev
       libprotobuf-c-dev protobuf-c-compiler libonnx-dev libdnnl-dev
       libcmocka-dev libonnx-testdata prometheus wrk chromium
+      libb64-0d
       python3 python3-venv python3-dev)
 
 missing=()

@@ -474,6 +474,7 @@ int main(int argc, char **argv)
     if (bo.test_hooks)
         LOG_WARN("test hooks are enabled: requests may stall the executor on purpose");
     so.batcher = bat;
+    so.device = device;
     if (cfg.batching.max_batch_size > 0)
         LOG_INFO("batching: max_batch_size %lld, max_queue_delay_us %lld, overlap %s, stall limit %lld ms",
                  (long long)cfg.batching.max_batch_size, (long long)cfg.batching.max_queue_delay_us,

@@ -108,6 +108,21 @@ static void answer_metadata(struct replica_server *srv, struct sp_rep_req *rq)
     md.n_labels = cfg->n_labels;
     md.labels = cfg->labels;
     md.parameters = params;
+    /* The batching settings in force, so the router can describe the model as Triton's
+     * model configuration does without reading the repository itself. */
+    const struct model_batching *mb = &cfg->batching;
+    Corral__BatchingInfo bi = CORRAL__BATCHING_INFO__INIT;
+    bi.max_batch_size = mb->max_batch_size;
+    bi.n_batch_buckets = mb->n_batch_buckets;
+    bi.batch_buckets = (int64_t *)mb->batch_buckets;
+    bi.max_queue_delay_us = mb->max_queue_delay_us;
+    bi.max_queue_size = mb->max_queue_size;
+    bi.default_timeout_us = mb->default_timeout_us;
+    bi.priority_levels = mb->priority_levels;
+    bi.default_priority = mb->default_priority;
+    bi.preserve_ordering = mb->preserve_ordering != 0;
+    md.batching = &bi;
+    md.device = (char *)(o->device ? o->device : "");
     resp.kind_case = CORRAL__RESPONSE__KIND_METADATA;
     resp.metadata = &md;
     send_response(rq, &resp);

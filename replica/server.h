@@ -61,6 +61,7 @@ struct replica_server_options {
      * `plans` is borrowed and must outlive the server. */
     int64_t plan_count, arena_bytes_max;
     const char *plans;
+    const char *device; /* "cpu" or "cuda:N", reported in metadata; borrowed like plans */
 };
 #define REPLICA_SERVER_OPTIONS_DEFAULT {.batcher = NULL}
 

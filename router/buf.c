@@ -95,6 +95,12 @@ void buf_json_string(struct buf *b, const char *s, size_t n)
     buf_putc(b, '"');
 }
 
+void buf_json_named(struct buf *b, int first, const char *name)
+{
+    buf_puts(b, first ? "{\"name\":" : ",{\"name\":");
+    buf_json_string(b, name ? name : "", name ? strlen(name) : 0);
+}
+
 char *buf_steal(struct buf *b, size_t *len)
 {
     if (buf_reserve(b, 0)) {

@@ -26,6 +26,9 @@ void buf_putc(struct buf *b, char c);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends `s` (n bytes) as a quoted JSON string with the required escapes. */
 void buf_json_string(struct buf *b, const char *s, size_t n);
+/* Opens an array's object whose first member is "name": `{"name":"..."`, after a comma
+ * unless it is the first element. A NULL name is written as "". */
+void buf_json_named(struct buf *b, int first, const char *name);
 /* Returns the bytes (NUL-terminated) and resets b; NULL if an allocation failed. */
 char *buf_steal(struct buf *b, size_t *len);
 void buf_free(struct buf *b);

@@ -93,6 +93,18 @@ void oip_route_parse(const char *path, struct oip_route *rt)
         rt->kind = OIP_ALL_STATS;
         return;
     }
+    if (n == 3 && strcmp(seg[1], "repository") == 0 && strcmp(seg[2], "index") == 0) {
+        rt->kind = OIP_REPO_INDEX;
+        rt->allow = ALLOW_POST;
+        return;
+    }
+    if (n == 5 && strcmp(seg[1], "repository") == 0 && strcmp(seg[2], "models") == 0 &&
+        (strcmp(seg[4], "load") == 0 || strcmp(seg[4], "unload") == 0)) {
+        snprintf(rt->model, sizeof rt->model, "%s", seg[3]);
+        rt->kind = OIP_REPO_CONTROL;
+        rt->allow = ALLOW_POST;
+        return;
+    }
     if (n == 3 && strcmp(seg[1], "health") == 0) {
         if (strcmp(seg[2], "live") == 0)
             rt->kind = OIP_HEALTH_LIVE;
@@ -123,6 +135,8 @@ void oip_route_parse(const char *path, struct oip_route *rt)
         rt->allow = ALLOW_POST;
     } else if (n == rest + 1 && strcmp(seg[rest], "stats") == 0) {
         rt->kind = OIP_MODEL_STATS;
+    } else if (n == rest + 1 && strcmp(seg[rest], "config") == 0) {
+        rt->kind = OIP_MODEL_CONFIG;
     }
     if (rt->kind == OIP_NOT_FOUND) {
         rt->model[0] = rt->version[0] = '\0';
@@ -315,9 +329,7 @@ static void put_tensor_meta(struct buf *b, Corral__TensorMetadata **ts, size_t n
     buf_putc(b, '[');
     for (size_t i = 0; i < n; i++) {
         const Corral__TensorMetadata *t = ts[i];
-        const char *name = t->name ? t->name : "";
-        buf_puts(b, i ? ",{\"name\":" : "{\"name\":");
-        buf_json_string(b, name, strlen(name));
+        buf_json_named(b, i == 0, t->name);
         buf_printf(b, ",\"datatype\":\"%s\",\"shape\":[", dtype_name((enum dtype)t->datatype));
         for (size_t d = 0; d < t->n_shape; d++)
             buf_printf(b, d ? ",%lld" : "%lld", (long long)t->shape[d]);
@@ -339,12 +351,18 @@ static const Corral__MetadataResponse *need_metadata(struct oip_ctx *ctx,
     return md;
 }
 
+/* The same for a model (version) not yet checked: unknown ones are answered 404. */
+static const Corral__MetadataResponse *known_metadata(struct oip_ctx *ctx,
+                                                      struct http_request *req,
+                                                      const struct oip_route *rt)
+{
+    return check_model(ctx, req, rt) ? need_metadata(ctx, req, rt) : NULL;
+}
+
 static void handle_model_meta(struct oip_ctx *ctx, struct http_request *req,
                               const struct oip_route *rt)
 {
-    if (!check_model(ctx, req, rt))
-        return;
-    const Corral__MetadataResponse *md = need_metadata(ctx, req, rt);
+    const Corral__MetadataResponse *md = known_metadata(ctx, req, rt);
     if (!md)
         return;
     char vs[256];
@@ -387,12 +405,39 @@ static void handle_model_meta(struct oip_ctx *ctx, struct http_request *req,
     respond_json(req, 200, &b, NULL);
 }
 
+static void handle_model_config(struct oip_ctx *ctx, struct http_request *req,
+                                const struct oip_route *rt)
+{
+    const Corral__MetadataResponse *md = known_metadata(ctx, req, rt);
+    if (!md)
+        return;
+    struct oip_serving s;
+    oip_serving_collect(ctx->up, rt->model, md, &s);
+    struct buf b = {0};
+    oip_model_config_render(&b, rt->model, md, &s);
+    respond_json(req, 200, &b, NULL);
+}
+
+static void handle_repo_index(struct oip_ctx *ctx, struct http_request *req)
+{
+    struct cerr e = {0};
+    int ready_only = 0;
+    if (oip_repo_index_parse((const char *)req->body, req->body_len, &ready_only, &e)) {
+        respond_cerr(req, &e);
+        return;
+    }
+    struct buf b = {0};
+    oip_repo_index_render(&b, ctx->up, ready_only);
+    respond_json(req, 200, &b, NULL);
+}
+
 static void handle_server_meta(struct http_request *req)
 {
     struct buf b = {0};
     buf_puts(&b, "{\"name\":\"corral\",\"version\":\"" CORRAL_VERSION "\","
                  "\"extensions\":[\"binary_tensor_data\",\"classification\",\"statistics\","
-                 "\"schedule_policy\",\"parameters\"]}");
+                 "\"schedule_policy\",\"parameters\",\"model_configuration\","
+                 "\"model_repository\"]}");
     respond_json(req, 200, &b, NULL);
 }
 
@@ -872,9 +917,7 @@ static void handle_predict(struct oip_ctx *ctx, struct http_request *req,
                            const struct oip_route *rt)
 {
     struct cerr e = {0};
-    if (!check_model(ctx, req, rt))
-        return;
-    const Corral__MetadataResponse *md = need_metadata(ctx, req, rt);
+    const Corral__MetadataResponse *md = known_metadata(ctx, req, rt);
     if (!md)
         return;
     struct pending *p = pending_new(ctx, req, rt);
@@ -911,8 +954,9 @@ void oip_handle(void *arg, struct http_request *req)
     oip_route_parse(req->path, &rt);
     if (rt.kind == OIP_NOT_FOUND) {
         respond_error(req, 404, NULL, "no such endpoint: %s %s (expected /v2, /v2/health/live, "
-                      "/v2/health/ready, /v2/models/{name}[/versions/{v}][/ready|/infer|/stats], "
-                      "/v1/models/{name}:predict or /metrics)",
+                      "/v2/health/ready, "
+                      "/v2/models/{name}[/versions/{v}][/ready|/infer|/stats|/config], "
+                      "/v2/repository/index, /v1/models/{name}:predict or /metrics)",
                       req->method_name, req->path);
         return;
     }
@@ -921,6 +965,14 @@ void oip_handle(void *arg, struct http_request *req)
         snprintf(allow, sizeof allow, "Allow: %s\r\n", rt.allow);
         respond_error(req, 405, allow, "method %s is not allowed on %s (allowed: %s)",
                       req->method_name, req->path, rt.allow);
+        return;
+    }
+    const char *ce = req->body_len ? http_request_header(req, "Content-Encoding") : NULL;
+    if (ce && strcasecmp(ce, "identity") != 0) {
+        /* Read as it came, a compressed body would only fail as bad JSON; say why instead
+         * (tritonclient's request_compression_algorithm sends gzip or deflate). */
+        respond_error(req, 415, NULL, "Content-Encoding '%.40s' is not supported: send the "
+                      "body uncompressed", ce);
         return;
     }
     switch (rt.kind) {
@@ -941,6 +993,14 @@ void oip_handle(void *arg, struct http_request *req)
     case OIP_V1_MODEL: handle_v1_model(ctx, req, &rt); break;
     case OIP_V1_PREDICT: handle_predict(ctx, req, &rt); break;
     case OIP_REPLICAS: handle_replicas(ctx, req); break;
+    case OIP_MODEL_CONFIG: handle_model_config(ctx, req, &rt); break;
+    case OIP_REPO_INDEX: handle_repo_index(ctx, req); break;
+    case OIP_REPO_CONTROL:
+        /* Triton's explicit model control; here the replica table is the scheduler's. */
+        respond_error(req, 501, NULL, "model control is not served by the router: the models "
+                      "it serves follow the replica table, which corral-scheduler keeps "
+                      "(change the cluster config and run corralctl apply)");
+        break;
     default: respond_error(req, 404, NULL, "no such endpoint: %s", req->path);
     }
 }

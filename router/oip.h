@@ -11,7 +11,8 @@
  * Endpoints: the OIP v2 REST API (health, server and model metadata and
  * readiness with or without /versions/{v}, infer, statistics) with the
  * binary_tensor_data, classification, statistics and schedule_policy
- * extensions; POST /v1/models/{m}:predict ({"instances"} -> {"predictions"});
+ * extensions, and Triton's model configuration (GET .../config) and model
+ * repository index (POST /v2/repository/index); POST /v1/models/{m}:predict ({"instances"} -> {"predictions"});
  * GET /metrics (Prometheus text); GET /v2/corral/replicas (the replica table
  * as this thread applies it, with the canary splits of the models it has
  * replicas of, for corralctl status). The request id is the OIP `id`, else the X-Request-ID
@@ -68,6 +69,9 @@ enum oip_route_kind {
     OIP_V1_MODEL,     /* /v1/models/{m} */
     OIP_V1_PREDICT,   /* /v1/models/{m}:predict */
     OIP_REPLICAS,     /* /v2/corral/replicas */
+    OIP_MODEL_CONFIG, /* /v2/models/{m}[/versions/{v}]/config */
+    OIP_REPO_INDEX,   /* /v2/repository/index */
+    OIP_REPO_CONTROL, /* /v2/repository/models/{m}/load|unload: not served here (501) */
 };
 
 struct oip_route {
@@ -187,6 +191,49 @@ int oip_classify(const Corral__Tensor *t, int k, char *const *labels, size_t n_l
 /* Appends the JSON array of a tensor's elements (FP32 printed so it round-trips). */
 int oip_tensor_to_json(struct buf *b, const char *what, enum dtype dt, const uint8_t *data,
                        size_t nbytes, struct cerr *e);
+
+/* ---- model configuration and repository extensions (oip_config.c) ---- */
+
+/*
+ * How a model version is served, for its configuration: the versions the
+ * replicas report (comma separated, as upstream_model_versions writes them)
+ * and the replicas of the version described, by kind. GPU ordinals are as the
+ * replicas see them (cuda:N), distinct, at most OIP_MAX_GPUS.
+ */
+#define OIP_MAX_GPUS 16
+struct oip_serving {
+    char versions[256];
+    unsigned cpu, gpu, other;
+    int gpus[OIP_MAX_GPUS];
+    size_t n_gpus;
+};
+/* Fills `s` from the replica table: replicas of `model` serving md's version. */
+void oip_serving_collect(const struct upstream *up, const char *model,
+                         const Corral__MetadataResponse *md, struct oip_serving *s);
+/*
+ * Appends the model configuration as Triton's GET .../config answers it: the
+ * field names of Triton's ModelConfig, 64-bit numbers as JSON numbers, data
+ * types as TYPE_FP32 etc. (BYTES is TYPE_STRING), dims without the batch
+ * dimension when max_batch_size > 0, dynamic_batching only then. `md` is one
+ * replica's metadata answer; its batching section may be absent (an older
+ * replica), which reads as max_batch_size 0.
+ */
+void oip_model_config_render(struct buf *b, const char *model, const Corral__MetadataResponse *md,
+                             const struct oip_serving *s);
+/*
+ * Reads a repository index body: empty (or only whitespace), or a JSON object
+ * whose optional "ready" member is a boolean (other members are ignored, as
+ * Triton does). *ready_only is set from it.
+ */
+int oip_repo_index_parse(const char *body, size_t len, int *ready_only, struct cerr *e);
+/*
+ * Appends the repository index: [{"name", "version", "state", "reason"}] per
+ * model version in the replica table, sorted by name and version; state READY
+ * when a replica of it takes traffic, UNAVAILABLE otherwise (reason: why not).
+ * A model none of whose replicas has reported its version yet has no
+ * "version". With ready_only, READY entries only.
+ */
+void oip_repo_index_render(struct buf *b, const struct upstream *up, int ready_only);
 
 /* IEEE half and bfloat16 conversions (round to nearest even). */
 uint16_t oip_f32_to_f16(float f);

@@ -607,6 +607,12 @@ void upstream_replica_info(const struct upstream *u, size_t i, struct upstream_r
     up_replica_info(u->replicas[i], out);
 }
 
+const Corral__MetadataResponse *upstream_replica_metadata(const struct upstream *u, size_t i)
+{
+    const struct up_replica *r = u->replicas[i];
+    return r->meta ? r->meta->metadata : NULL;
+}
+
 void up_replica_info(const struct up_replica *r, struct upstream_replica_info *out)
 {
     out->model = r->model->name;

@@ -213,5 +213,7 @@ struct upstream_replica_info {
 size_t upstream_unanswered(const struct upstream *u);
 size_t upstream_replica_count(const struct upstream *u);
 void upstream_replica_info(const struct upstream *u, size_t i, struct upstream_replica_info *out);
+/* Replica i's metadata answer (owned by the upstream), NULL until it has answered one. */
+const Corral__MetadataResponse *upstream_replica_metadata(const struct upstream *u, size_t i);
 
 #endif

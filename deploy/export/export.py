@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Export a PyTorch model to a corral model repository, and publish it only once verified.
 
-The tool builds the model from a builder function, loads its weights, exports it
-to ONNX with dynamic axes, writes config.json and a set of parity vectors (random
-inputs with PyTorch's own outputs), then checks that onnxruntime and
-corral-replica both reproduce those outputs within tolerance. Only then does the
-new version appear in the repository: everything is written to a temporary
-directory inside the repository first and renamed into place at the end, so a
-failed export leaves the repository as it was.
+The tool takes the model from what training produced (a state_dict or checkpoint
+for a builder function, a Lightning .ckpt, a TorchScript or torch.export file;
+corral_checkpoint.py tells them apart without running code from the file), puts
+it in eval mode, exports it to ONNX with dynamic axes, writes config.json (with a
+batching section when the batch axis is dynamic, and the export's provenance)
+and a set of parity vectors (random inputs with PyTorch's own outputs), then
+checks that onnxruntime and corral-replica both reproduce those outputs within
+tolerance. Only then does the new version appear in the repository: everything
+is written to a temporary directory inside the repository first and renamed
+into place at the end, so a failed export leaves the repository as it was.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+
+import corral_checkpoint as ckpt
+from corral_checkpoint import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,19 +58,53 @@ LEGACY_OPSET = 17
 VECTOR_BATCHES = [1, 3, 8, 2, 16, 5, 32, 7]
 # Range of sizes drawn for a dynamic axis that is not the batch axis.
 OTHER_DYN_RANGE = (1, 16)
+# The batching section a model with a dynamic batch axis gets unless told otherwise:
+# batch what is already waiting, add no delay (docs/benchmarks.md, "Batching by default").
+DEFAULT_MAX_BATCH = 16
+DEFAULT_QUEUE_DELAY_US = 0
+# The replica's limits on these keys (replica/model_repo.c).
+MAX_BATCH_LIMIT = 1 << 20
+QUEUE_DELAY_LIMIT_US = 60000000
+MAX_BUCKETS = 32
 
 USAGE_EXAMPLES = """\
 examples:
   # the bundled digits MLP: one FP32 input of 64 features, dynamic batch
-  export.py --builder models.digits.model:build --state-dict digits.pt \\
+  export.py --builder models.digits.model:build --checkpoint digits.pt \\
       --input input:-1x64:FP32:0:16 --output logits \\
       --repo models --name digits --labels labels.txt
 
-  # a token classifier: INT64 ids with a dynamic batch and sequence length,
-  # parity vectors drawing ids from [0, 30000)
-  export.py --builder mypkg.nets:make_tagger --builder-args '{"vocab": 30000}' \\
-      --state-dict lightning.ckpt --input ids:-1x-1:INT64:0:30000 \\
-      --repo /srv/models --name tagger
+  # a checkpoint dict or Lightning .ckpt: the builder gets the file's 'config',
+  # 'hparams' or 'hyper_parameters' as keyword arguments
+  export.py --builder mypkg.nets:make_tagger --checkpoint last.ckpt \\
+      --input ids:-1x-1:INT64:0:30000 --repo /srv/models --name tagger
+
+  # TorchScript or torch.export files carry their graph: no builder
+  export.py --checkpoint model.pt2 --input x:-1x16:FP32 --repo models --name m
+
+--checkpoint FILE (alias --state-dict) may hold:
+  a state_dict                      torch.save(model.state_dict(), FILE)
+  a checkpoint dict                 the weights under 'model_state', 'model_state_dict',
+                                    'state_dict' or 'model'; 'config', 'hparams' or
+                                    'hyper_parameters' become the builder's arguments
+                                    when --builder-args is not given; the other entries
+                                    (optimizer state, epoch, ...) are only recorded
+  a Lightning .ckpt                 Trainer.save_checkpoint; the LightningModule's
+                                    attribute prefix ('model.') is stripped
+  TorchScript                       torch.jit.save(torch.jit.script(model), FILE)
+  an ExportedProgram                torch.export.save(torch.export.export(...), FILE.pt2)
+  Files from torch.save are loaded weights-only: no code from the file runs, and a
+  whole pickled module (torch.save(model)) is refused unless --trust-checkpoint.
+  Loading is strict (every key of the model and no other under its prefix) and the
+  model is exported in eval mode.
+
+batching:
+  With a dynamic batch axis (-1 first) on every input and output, config.json gets
+  "batching": {"max_batch_size": 16, "max_queue_delay_us": 0}: the replica batches
+  the requests already waiting and never waits for more. --max-batch-size,
+  --queue-delay-us and --buckets change it; --no-batching leaves it out (each request
+  runs alone). A batching section already in config.json is kept when none of these
+  flags is given.
 
 input specification NAME:DIMS:DTYPE[:MIN:MAX]:
   DIMS is the shape with 'x' between dimensions; -1 marks a dynamic axis, and a
@@ -76,10 +116,10 @@ input specification NAME:DIMS:DTYPE[:MIN:MAX]:
   from N(0, 1) and integers from [0, 10).
 
 the builder:
-  pkg.module:function is imported with the current directory and the corral
-  source tree on sys.path (path/to/file.py:function also works) and called with
-  the --builder-args object as keyword arguments; it must return a torch.nn.Module
-  whose forward takes the inputs in the order given.
+  pkg.module:function (or a class) is imported with the current directory and the
+  corral source tree on sys.path (path/to/file.py:function also works) and called
+  with the --builder-args object (or the checkpoint's config) as keyword arguments;
+  it must return a torch.nn.Module whose forward takes the inputs in the order given.
 
 exit status: 0 when published, 1 when the export or its verification failed
 (nothing is published then), 2 for bad arguments.
@@ -162,18 +202,19 @@ def parse_args(argv):
                     "nothing. (Without onnxruntime installed, corral-replica verifies alone.)",
         epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--builder", required=True, metavar="MODULE:FUNCTION",
-                   help="function that returns the torch.nn.Module (see 'the builder' below)")
-    m.add_argument("--builder-args", default="{}", metavar="JSON",
-                   help="JSON object passed to the builder as keyword arguments (default {})")
-    m.add_argument("--state-dict", metavar="FILE",
-                   help="weights to load: a state_dict saved with torch.save, or a checkpoint "
-                        "holding one under 'state_dict' (PyTorch Lightning); a key prefix such "
-                        "as 'model.' is stripped when the keys need it. Without it the "
-                        "builder's initial weights are exported")
+    m.add_argument("--builder", metavar="MODULE:FUNCTION",
+                   help="function (or class) that returns the torch.nn.Module (see 'the builder' "
+                        "below); not used with a TorchScript or torch.export checkpoint")
+    m.add_argument("--builder-args", metavar="JSON",
+                   help="JSON object passed to the builder as keyword arguments (default: the "
+                        "checkpoint's 'config', 'hparams' or 'hyper_parameters', else none)")
+    m.add_argument("--checkpoint", "--state-dict", dest="checkpoint", metavar="FILE",
+                   help="what training saved: a state_dict, a checkpoint dict, a Lightning .ckpt, "
+                        "a TorchScript file or a torch.export .pt2 file (see '--checkpoint' below). "
+                        "Without it the builder's initial weights are exported")
     m.add_argument("--trust-checkpoint", action="store_true",
-                   help="unpickle --state-dict without torch's weights_only restriction "
-                        "(only for files from a trusted source)")
+                   help="unpickle --checkpoint without torch's weights_only restriction, which "
+                        "runs code named by the file (only for files from a trusted source)")
     m.add_argument("--seed", type=int, metavar="N",
                    help="seed torch before building (reproducible random weights) and the "
                         "parity vectors (default seed 0 for the vectors)")
@@ -183,6 +224,17 @@ def parse_args(argv):
     m.add_argument("--output", dest="outputs", nargs="+", action="extend", metavar="NAME",
                    help="output names in the order forward() returns them (default: the keys of "
                         "a returned dict, else 'output' or output_0, output_1, ...)")
+    b = p.add_argument_group("batching (config.json's batching section; see docs/batching.md)")
+    b.add_argument("--max-batch-size", type=int, metavar="N",
+                   help="rows per engine run (default %d when the batch axis is dynamic)" % DEFAULT_MAX_BATCH)
+    b.add_argument("--queue-delay-us", type=int, metavar="N",
+                   help="how long a partial batch may wait for more requests, in microseconds "
+                        "(default %d: batch what is waiting, add no delay)" % DEFAULT_QUEUE_DELAY_US)
+    b.add_argument("--buckets", metavar="N,N,...",
+                   help="the batch sizes the engine runs, increasing, ending at --max-batch-size "
+                        "(default: powers of two below it, then it)")
+    b.add_argument("--no-batching", action="store_true",
+                   help="no batching section: each request runs alone, as it came")
     r = p.add_argument_group("repository")
     r.add_argument("--repo", required=True, metavar="DIR", help="model repository directory (created if missing)")
     r.add_argument("--name", required=True, help="model name (directory under --repo)")
@@ -220,14 +272,22 @@ def parse_args(argv):
         p.error("--vectors must be between 1 and 1000, got %d" % a.vectors)
     if not (a.atol >= 0) or not (a.rtol >= 0):
         p.error("--atol and --rtol must be numbers >= 0")
-    if ":" not in a.builder:
+    if a.builder is None and a.checkpoint is None:
+        p.error("--builder is required unless --checkpoint is a TorchScript (torch.jit.save) or "
+                "torch.export (torch.export.save) file, which carries the model's code")
+    if a.builder is not None and ":" not in a.builder:
         p.error("--builder '%s' must be MODULE:FUNCTION, e.g. models.digits.model:build" % a.builder)
-    try:
-        a.builder_kwargs = json.loads(a.builder_args)
-    except ValueError as ex:
-        p.error("--builder-args is not valid JSON: %s" % ex)
-    if not isinstance(a.builder_kwargs, dict):
-        p.error("--builder-args must be a JSON object, got %s" % type(a.builder_kwargs).__name__)
+    if a.builder_args is not None and a.builder is None:
+        p.error("--builder-args needs --builder")
+    a.builder_kwargs = None
+    if a.builder_args is not None:
+        try:
+            a.builder_kwargs = json.loads(a.builder_args)
+        except ValueError as ex:
+            p.error("--builder-args is not valid JSON: %s" % ex)
+        if not isinstance(a.builder_kwargs, dict):
+            p.error("--builder-args must be a JSON object, got %s" % type(a.builder_kwargs).__name__)
+    check_batching_args(p, a)
     names = [s.name for s in a.inputs]
     if len(set(names)) != len(names):
         p.error("input names must be distinct, got %s" % ", ".join(names))
@@ -236,6 +296,41 @@ def parse_args(argv):
     if a.outputs and set(a.outputs) & set(names):
         p.error("output names must differ from input names")
     return a
+
+
+def check_batching_args(p, a):
+    """Checks the batching flags against each other and the inputs; a.buckets becomes a list."""
+    explicit = [f for f, v in (("--max-batch-size", a.max_batch_size), ("--queue-delay-us", a.queue_delay_us),
+                               ("--buckets", a.buckets)) if v is not None]
+    a.batching_flags = explicit
+    if a.no_batching and explicit:
+        p.error("--no-batching cannot be combined with %s" % ", ".join(explicit))
+    if a.max_batch_size is not None and not 1 <= a.max_batch_size <= MAX_BATCH_LIMIT:
+        p.error("--max-batch-size must be from 1 to %d, got %d" % (MAX_BATCH_LIMIT, a.max_batch_size))
+    if a.queue_delay_us is not None and not 0 <= a.queue_delay_us <= QUEUE_DELAY_LIMIT_US:
+        p.error("--queue-delay-us must be from 0 to %d microseconds, got %d" % (QUEUE_DELAY_LIMIT_US, a.queue_delay_us))
+    if a.buckets is not None:
+        try:
+            buckets = [int(x) for x in a.buckets.split(",")]
+        except ValueError:
+            buckets = []
+        if not buckets or any(x < 1 for x in buckets) or any(x >= y for x, y in zip(buckets, buckets[1:])):
+            p.error("--buckets '%s' must be increasing positive batch sizes separated by commas, e.g. 1,4,16"
+                    % a.buckets)
+        if len(buckets) > MAX_BUCKETS:
+            p.error("--buckets '%s' names %d sizes; the replica takes at most %d"
+                    % (a.buckets, len(buckets), MAX_BUCKETS))
+        if a.max_batch_size is None:
+            a.max_batch_size = buckets[-1]
+        elif buckets[-1] != a.max_batch_size:
+            p.error("--buckets '%s' must end at --max-batch-size (%d)" % (a.buckets, a.max_batch_size))
+        if a.max_batch_size > MAX_BATCH_LIMIT:
+            p.error("--buckets may not go beyond %d rows" % MAX_BATCH_LIMIT)
+        a.buckets = buckets
+    fixed = [s for s in a.inputs if not s.batch_dynamic]
+    if explicit and fixed:
+        p.error("%s need a dynamic batch axis (-1 first) on every input; input '%s' has DIMS %s"
+                % (" and ".join(explicit), fixed[0].name, "x".join(map(str, fixed[0].dims)) or "(a scalar)"))
 
 
 # ---------------------------------------------------------------------------
@@ -270,87 +365,99 @@ def import_builder(ref: str):
     return fn
 
 
-def torch_load(path: str, trust: bool):
-    import torch
-    if not os.path.isfile(path):
-        raise ExportError("--state-dict file '%s' does not exist" % path)
+class Prepared:
+    """The model to export and what the export should say about where it came from."""
+
+    def __init__(self, model, form, provenance, program=None):
+        self.model = model
+        self.form = form              # a corral_checkpoint FORM_* name, or "builder"
+        self.provenance = provenance  # JSON-safe, for config.json
+        self.program = program        # the torch.export.ExportedProgram, for that form
+
+
+def builder_params(fn):
+    """(names it takes as keywords, names it needs, takes **kwargs), or None if unknown."""
     try:
-        if trust:
-            try:
-                return torch.load(path, map_location="cpu", weights_only=False)
-            except TypeError:
-                return torch.load(path, map_location="cpu")
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except TypeError:
-            # This torch predates weights_only: it always unpickles fully.
-            return torch.load(path, map_location="cpu")
-    except ExportError:
-        raise
-    except Exception as ex:
-        first = str(ex).strip().splitlines()[0] if str(ex).strip() else type(ex).__name__
-        hint = ""
-        if "weights_only" in str(ex) or "Unpickl" in type(ex).__name__:
-            hint = " (the file holds objects beyond tensors; if it comes from a trusted source, " \
-                   "pass --trust-checkpoint)"
-        raise ExportError("cannot load --state-dict '%s': %s%s" % (path, first, hint))
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    names, needed, var_kw = [], [], False
+    for prm in sig.parameters.values():
+        if prm.kind == prm.VAR_KEYWORD:
+            var_kw = True
+        elif prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY):
+            names.append(prm.name)
+            if prm.default is prm.empty:
+                needed.append(prm.name)
+    return names, needed, var_kw
 
 
-def extract_state_dict(obj, path: str):
-    import torch
-    if isinstance(obj, torch.nn.Module):
-        return obj.state_dict()
-    if not isinstance(obj, dict):
-        raise ExportError("--state-dict '%s' holds a %s, expected a dict of tensors or a checkpoint "
-                          "with a 'state_dict' entry" % (path, type(obj).__name__))
-    for key in ("state_dict", "model_state_dict"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise ExportError("--state-dict '%s' holds no tensors (keys: %s)" % (path, ", ".join(list(map(str, obj))[:8])))
-    return tensors
+def check_builder_kwargs(fn, ref, kwargs, source):
+    """Refuses keyword arguments the builder does not take (or lacks ones it needs), naming them."""
+    params = builder_params(fn)
+    if params is None:
+        return
+    names, needed, var_kw = params
+    unknown = [] if var_kw else [k for k in kwargs if k not in names]
+    if unknown:
+        fit = {k: v for k, v in kwargs.items() if k in names}
+        raise ExportError("builder %s does not take %s, given by %s (it takes: %s); give the arguments it "
+                          "takes with --builder-args, e.g. --builder-args '%s'"
+                          % (ref, ", ".join(unknown), source, ", ".join(names) or "no arguments",
+                             json.dumps(fit, default=str)))
+    missing = [k for k in needed if k not in kwargs]
+    if missing:
+        raise ExportError("builder %s needs %s (no default)%s; pass %s with --builder-args"
+                          % (ref, ", ".join(missing), ", which %s does not give" % source if source else "",
+                             "it" if len(missing) == 1 else "them"))
 
 
 def match_keys(sd: dict, model_keys: list):
-    """Returns (state_dict with the model's key names, note) by stripping a common prefix if needed."""
+    """Returns (state_dict with the model's key names, prefix stripped or None, keys outside it).
+
+    A checkpoint of a wrapper (a LightningModule holding the network as self.model)
+    names the weights 'model.fc1.weight'; the prefix is whatever precedes the
+    model's own key names, and the other entries belong to the wrapper.
+    """
     want = set(model_keys)
-    if want <= set(sd):
-        return sd, None
-    # Candidate prefixes: whatever precedes a model key at the end of a checkpoint key.
+    if want & set(sd):
+        return sd, None, []
     counts = collections.Counter()
     for k in sd:
         for mk in want:
             if k.endswith("." + mk):
                 counts[k[:len(k) - len(mk)]] += 1
+    best = None
     for prefix, _ in counts.most_common():
         stripped = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
         if want <= set(stripped):
-            return stripped, "stripped key prefix '%s' from the checkpoint" % prefix
-    return sd, None
+            return stripped, prefix, [k for k in sd if not k.startswith(prefix)]
+        if best is None:
+            best = (stripped, prefix, [k for k in sd if not k.startswith(prefix)])
+    # No prefix covers every key: keep the best candidate, so that the error lists what is missing.
+    return best if best is not None else (sd, None, [])
 
 
-def load_weights(model, args):
+def few(xs, n=5):
+    return ", ".join(xs[:n]) + (" and %d more" % (len(xs) - n) if len(xs) > n else "")
+
+
+def load_weights(model, sd, path, builder, lightning):
+    """Loads `sd` into `model` strictly: every key the model has, no other (under its prefix)."""
     import torch
-    raw = torch_load(args.state_dict, args.trust_checkpoint)
-    sd = extract_state_dict(raw, args.state_dict)
     own = model.state_dict()
-    sd, note = match_keys(sd, list(own))
-    if note:
-        log("  " + note)
+    sd, prefix, outside = match_keys(sd, list(own))
+    if prefix:
+        log("  stripped key prefix '%s' from the checkpoint%s" % (
+            prefix, " (the LightningModule attribute holding the model)" if lightning else ""))
+        if outside:
+            log("  ignored %d checkpoint entries outside '%s' (the wrapper's own): %s"
+                % (len(outside), prefix, few(outside)))
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     shapes = ["%s: file %s, model %s" % (k, tuple(sd[k].shape), tuple(own[k].shape))
               for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if note and unexpected:
-        # After stripping a prefix, the other checkpoint entries belong to the
-        # training wrapper (losses, metrics), not to the model.
-        log("  ignoring %d checkpoint entries outside the model (e.g. %s)" % (len(unexpected), unexpected[0]))
-        unexpected = []
     if missing or unexpected or shapes:
-        def few(xs):
-            return ", ".join(xs[:5]) + (" and %d more" % (len(xs) - 5) if len(xs) > 5 else "")
         parts = []
         if missing:
             parts.append("%d missing from the file (%s)" % (len(missing), few(missing)))
@@ -358,27 +465,155 @@ def load_weights(model, args):
             parts.append("%d not in the model (%s)" % (len(unexpected), few(unexpected)))
         if shapes:
             parts.append("%d with other shapes (%s)" % (len(shapes), few(shapes)))
-        raise ExportError("--state-dict '%s' does not match the model built by %s: %s"
-                          % (args.state_dict, args.builder, "; ".join(parts)))
-    model.load_state_dict({k: sd[k] for k in own}, strict=True)
+        raise ExportError("--checkpoint '%s' does not match the model built by %s%s: %s"
+                          % (path, builder, " (after stripping '%s')" % prefix if prefix else "", "; ".join(parts)))
+    with torch.no_grad():
+        model.load_state_dict({k: sd[k] for k in own}, strict=True)
+    log("  loaded %d tensors strictly (every key of the model, no other)" % len(own))
 
 
-def build_model(args):
+def call_builder(args, hparams, hparams_key):
+    """Builds the model; returns (module, the keyword arguments, where they came from)."""
     import torch
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
     fn = import_builder(args.builder)
+    if args.builder_kwargs is not None:
+        kwargs, source = args.builder_kwargs, "--builder-args"
+        if hparams is not None:
+            log("  builder arguments from --builder-args; the checkpoint's '%s' is not used" % hparams_key)
+    elif hparams is not None:
+        kwargs, source = hparams, "the checkpoint's '%s'" % hparams_key
+        log("  builder arguments from the checkpoint's '%s' (no --builder-args given): %s"
+            % (hparams_key, json.dumps(hparams, default=str)))
+    else:
+        kwargs, source = {}, None
+    check_builder_kwargs(fn, args.builder, kwargs, source)
     try:
-        model = fn(**args.builder_kwargs)
+        model = fn(**kwargs)
     except Exception as ex:
-        raise ExportError("builder %s(**%s) raised %s: %s" % (args.builder, json.dumps(args.builder_kwargs),
+        raise ExportError("builder %s(**%s) raised %s: %s" % (args.builder, json.dumps(kwargs, default=str),
                                                                 type(ex).__name__, ex))
     if not isinstance(model, torch.nn.Module):
         raise ExportError("builder %s returned a %s, expected a torch.nn.Module" % (args.builder, type(model).__name__))
-    if args.state_dict:
-        load_weights(model, args)
-    model.eval()
-    return model
+    return model, kwargs, source
+
+
+def prepare_model(args) -> Prepared:
+    """Builds or loads the model, loads its weights and puts it in eval mode."""
+    import torch
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    ck = None
+    prov = {}
+    if args.checkpoint:
+        log("reading %s..." % args.checkpoint)
+        ck = ckpt.read(args.checkpoint, args.trust_checkpoint, import_dirs=(str(REPO_ROOT), os.getcwd()))
+        log("  %s" % ck.describe())
+        prov = {"checkpoint": args.checkpoint, "sha256": ck.sha256, "form": ck.form}
+        if ck.detail:
+            prov["detail"] = ck.detail
+        if ck.weights_key:
+            prov["weights_key"] = ck.weights_key
+        if ck.ignored:
+            prov["ignored"] = ck.ignored
+            log("  not used (recorded in config.json's provenance): %s" % ", ".join(ck.ignored))
+    carries_graph = ck is not None and ck.form in (ckpt.FORM_TORCHSCRIPT, ckpt.FORM_EXPORTED)
+    if carries_graph and args.builder:
+        raise ExportError("--checkpoint '%s' is %s, which carries the model's graph: --builder is not used "
+                          "with it; drop --builder%s" % (args.checkpoint, ckpt.with_article(ck.form),
+                                                        " and --builder-args" if args.builder_args else ""))
+    if carries_graph or (ck is not None and ck.form == ckpt.FORM_MODULE and not args.builder):
+        model, form = ck.module, ck.form
+        if ck.form == ckpt.FORM_MODULE:
+            log("  exporting the unpickled %s itself (--trust-checkpoint, no --builder)" % ck.detail)
+    else:
+        if not args.builder:
+            raise ExportError("--checkpoint '%s' is %s: it holds the weights but not the model's code; give "
+                              "--builder MODULE:FUNCTION, a function that builds the model for them"
+                              % (args.checkpoint, ckpt.with_article(ck.form)))
+        log("building %s (torch %s)..." % (args.builder, torch.__version__))
+        model, kwargs, source = call_builder(args, ck.hparams if ck else None, ck.hparams_key if ck else None)
+        prov.update(builder=args.builder, builder_args=kwargs, builder_args_from=source or "none")
+        form = ck.form if ck else "builder"
+        if ck is not None:
+            sd = ck.module.state_dict() if ck.module is not None else ck.state_dict
+            load_weights(model, sd, args.checkpoint, args.builder, ck.form == ckpt.FORM_LIGHTNING)
+    if form == ckpt.FORM_EXPORTED:
+        # An ExportedProgram's module refuses train()/eval(): the mode is the one it was
+        # exported in, which check_inference_mode() tests from the outputs.
+        log("  mode: an ExportedProgram keeps the mode it was exported in (checked below)")
+        prov["mode"] = "as exported"
+    else:
+        model.eval()
+        log("  eval mode: model.eval() called (Dropout off, BatchNorm uses its running statistics)")
+        prov["mode"] = "eval"
+    return Prepared(model, form, prov, ck.program if ck is not None else None)
+
+
+def check_inference_mode(prep, specs, example, example_outs, out_names, example_batch, batching):
+    """Refuses a model that still behaves as in training.
+
+    Dropout in training mode makes two runs on the same input differ; BatchNorm in
+    training mode normalises with the batch's own statistics, so a row's output depends
+    on the rows beside it. model.eval() turns both off for a module, but a TorchScript
+    module traced in training mode, or an ExportedProgram exported in it, keeps them.
+    The row check also guards batching, which runs different clients' rows together.
+    """
+    import numpy as np
+    if prep.form == ckpt.FORM_TORCHSCRIPT:
+        random_hint = rows_hint = "a module traced in training mode keeps it: trace or script it after model.eval()"
+    elif prep.form == ckpt.FORM_EXPORTED:
+        random_hint = rows_hint = "a program exported in training mode keeps it: call model.eval() before " \
+                                  "torch.export.export"
+    else:
+        random_hint = "model.eval() was called, so forward() itself draws random numbers"
+        rows_hint = "model.eval() was called, so forward() itself mixes the rows (batch statistics, a max " \
+                    "over the batch, ...)"
+
+    # The tolerance is far above the float noise between batch sizes (GEMM kernels differ)
+    # and far below what Dropout or batch statistics change.
+    def differs(a, b):
+        if a.shape != b.shape:
+            return float("inf")
+        if a.size == 0 or not np.issubdtype(a.dtype, np.number):
+            return 0.0 if np.array_equal(a, b) else float("inf")
+        d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        tol = 1e-3 + 1e-3 * np.abs(b.astype(np.float64))
+        return float(d.max()) if (d > tol).any() else 0.0
+
+    again, _ = run_torch(prep.model, specs, example, "example input (second run)")
+    for n, a, b in zip(out_names, again, example_outs):
+        d = differs(a, b)
+        if d:
+            raise ExportError("two runs of the PyTorch model on the same input gave different '%s' (max abs diff "
+                              "%.3g): a random layer such as Dropout is active, as in training mode; %s"
+                              % (n, d, random_hint))
+    if example_batch < 2 or not all(s.batch_dynamic for s in specs):
+        return
+    problem = None
+    for r in range(example_batch):
+        try:
+            alone, _ = run_torch(prep.model, specs, [a[r:r + 1] for a in example], "row %d alone" % r)
+        except ExportError as ex:
+            problem = "row %d alone fails: %s" % (r, str(ex).split(": ", 1)[-1])
+            break
+        for n, a, b in zip(out_names, alone, example_outs):
+            if b.ndim >= 1 and b.shape[0] == example_batch:
+                d = differs(a, b[r:r + 1])
+                if d:
+                    problem = "output '%s' of row %d alone differs from the same row in a batch of %d by %.3g" \
+                              % (n, r, example_batch, d)
+                    break
+        if problem:
+            break
+    if not problem:
+        log("  checked: the same output on a second run, and for each row alone as in a batch")
+        return
+    what = ("the model's output for a row depends on the other rows of its batch (%s), as BatchNorm's batch "
+            "statistics in training mode do; %s" % (problem, rows_hint))
+    if batching:
+        raise ExportError(what + ". corral batches rows of different requests together, so each row must be "
+                          "computed on its own (if the model mixes rows by design, pass --no-batching)")
+    log("  warning: " + what)
 
 
 # ---------------------------------------------------------------------------
@@ -461,19 +696,21 @@ def export_legacy(torch, model, args_t, specs, out_names, dyn_axes, path, opset)
 
 
 def export_dynamo(torch, model, args_t, specs, out_names, path):
-    Dim = torch.export.Dim
-    shapes = []
-    for s in specs:
-        d = {}
-        for i, v in enumerate(s.dims):
-            if v == -1:
-                if hasattr(Dim, "DYNAMIC"):
-                    d[i] = Dim.DYNAMIC
-                else:
-                    d[i] = Dim("batch" if i == 0 else re.sub(r"\W", "_", "%s_dim%d" % (s.name, i)))
-        shapes.append(d or None)
-    kwargs = dict(input_names=[s.name for s in specs], output_names=out_names,
-                  dynamo=True, dynamic_shapes=tuple(shapes))
+    """torch.export-based export; an ExportedProgram goes as it is, with its own dynamic shapes."""
+    kwargs = dict(input_names=[s.name for s in specs], output_names=out_names, dynamo=True)
+    if not isinstance(model, torch.export.ExportedProgram):
+        Dim = torch.export.Dim
+        shapes = []
+        for s in specs:
+            d = {}
+            for i, v in enumerate(s.dims):
+                if v == -1:
+                    if hasattr(Dim, "DYNAMIC"):
+                        d[i] = Dim.DYNAMIC
+                    else:
+                        d[i] = Dim("batch" if i == 0 else re.sub(r"\W", "_", "%s_dim%d" % (s.name, i)))
+            shapes.append(d or None)
+        kwargs["dynamic_shapes"] = tuple(shapes)
     params = inspect.signature(torch.onnx.export).parameters
     if "external_data" in params:
         kwargs["external_data"] = False
@@ -484,14 +721,29 @@ def export_dynamo(torch, model, args_t, specs, out_names, path):
         prog.save(str(path))
 
 
-def export_onnx(model, specs, out_names, example, example_outs, example_batch, path, opset, which):
-    """Exports with the TorchScript-based exporter where this torch has it, else torch.export."""
+def export_onnx(model, specs, out_names, example, example_outs, example_batch, path, opset, which, form=None,
+                program=None):
+    """Exports with the TorchScript-based exporter where this torch has it, else torch.export.
+
+    A TorchScript module can only go through the TorchScript-based exporter, and an
+    ExportedProgram only through the dynamo one."""
     import torch
     args_t = tuple(torch.from_numpy(a.copy()) for a in example)
     dyn_axes = dynamic_axes_of(specs, out_names, example_outs, example_batch)
     errors = []
     has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters and hasattr(torch, "export")
     attempts = []
+    if form == ckpt.FORM_EXPORTED:
+        if which == "torchscript":
+            raise ExportError("--exporter torchscript cannot export an ExportedProgram; leave --exporter at "
+                              "auto or dynamo")
+        which = "program"
+        attempts.append(("dynamo", lambda: export_dynamo(torch, program, args_t, specs, out_names, path)))
+    elif form == ckpt.FORM_TORCHSCRIPT:
+        if which == "dynamo":
+            raise ExportError("--exporter dynamo cannot export a TorchScript module; leave --exporter at "
+                              "auto or torchscript")
+        which = "torchscript"
     if which in ("auto", "torchscript"):
         attempts.append(("torchscript", lambda: export_legacy(torch, model, args_t, specs, out_names, dyn_axes,
                                                                path, opset)))
@@ -517,7 +769,10 @@ def export_onnx(model, specs, out_names, example, example_outs, example_batch, p
         seen = set()
         for w in caught:
             text = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
-            if isinstance(w.message, DeprecationWarning) or "legacy TorchScript-based" in text or text in seen:
+            # "no signature found for <torch.ScriptMethod ...>": a TorchScript module's forward
+            # has no Python signature, which is expected and harmless here.
+            if isinstance(w.message, DeprecationWarning) or "legacy TorchScript-based" in text or text in seen \
+                    or text.startswith("no signature found for <torch.ScriptMethod"):
                 continue
             seen.add(text)
             log("  exporter warning (%s): %s" % (w.category.__name__, text[:300]))
@@ -558,6 +813,111 @@ def onnx_summary(path, specs, out_names):
             dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else -1 for d in tt.shape.dim]
         out_info.append((o.name, dtype, dims))
     return ops, opset, out_info, m
+
+
+def check_program_inputs(program, specs, path):
+    """Compares an ExportedProgram's inputs with --input: count, datatypes, ranks, fixed sizes."""
+    placeholders = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    names = list(program.graph_signature.user_inputs)
+    if len(names) != len(specs):
+        raise ExportError("--checkpoint '%s' takes %d inputs (%s) but --input gives %d (%s)"
+                          % (path, len(names), ", ".join(names), len(specs), ", ".join(s.name for s in specs)))
+    for s, n in zip(specs, names):
+        val = placeholders[n].meta.get("val") if n in placeholders else None
+        if val is None or not hasattr(val, "shape"):
+            continue
+        dtype = next((w for w, np_name in DTYPES.items() if "torch." + np_name == str(val.dtype)), str(val.dtype))
+        if dtype != s.dtype:
+            raise ExportError("--checkpoint '%s': input %d ('%s') is %s in the program, but --input '%s' says %s"
+                              % (path, names.index(n), n, dtype, s.name, s.dtype))
+        shape = list(val.shape)
+        if len(shape) != len(s.dims):
+            raise ExportError("--checkpoint '%s': input '%s' has %d dimensions in the program, but --input '%s' "
+                              "gives %d (%s)" % (path, n, len(shape), s.name, len(s.dims),
+                                                 "x".join(map(str, s.dims))))
+        for axis, (d, want) in enumerate(zip(shape, s.dims)):
+            if not isinstance(d, int):
+                continue   # symbolic: dynamic in the program
+            if want == -1:
+                raise ExportError(
+                    "--checkpoint '%s': dimension %d of input '%s' is fixed at %d in the program, but --input '%s' "
+                    "declares it dynamic (-1); export the program with that dimension dynamic, e.g. "
+                    "torch.export.export(model, args, dynamic_shapes={'%s': {%d: torch.export.Dim('%s')}}), or "
+                    "give --input with %d there" % (path, axis, n, d, s.name, n, axis,
+                                                     "batch" if axis == 0 else "d%d" % axis, d))
+            if want != d:
+                raise ExportError("--checkpoint '%s': dimension %d of input '%s' is %d in the program, but --input "
+                                  "'%s' says %d" % (path, axis, n, d, s.name, want))
+
+
+def default_buckets(max_batch):
+    out, b = [], 1
+    while b < max_batch and len(out) < MAX_BUCKETS - 1:
+        out.append(b)
+        b *= 2
+    return out + [max_batch]
+
+
+def batching_section(args, outputs_cfg, old_config):
+    """(config.json's batching section or None, a line saying what was chosen and why)."""
+    old = old_config.get("batching")
+    old = old if isinstance(old, dict) else None
+    if args.no_batching:
+        return None, "off (--no-batching): each request runs alone%s" % (
+            "; the existing config.json's section was removed" if old is not None else "")
+    why = None
+    for s in args.inputs:
+        if not s.batch_dynamic:
+            why = "input '%s' has a fixed first dimension (%s)" % (s.name, "x".join(map(str, s.dims)) or "a scalar")
+            break
+    for o in outputs_cfg:
+        if why is None and (not o["shape"] or o["shape"][0] != -1):
+            why = "output '%s' does not follow the batch axis (shape %s)" % (o["name"], o["shape"])
+    if why:
+        if args.batching_flags:
+            raise ExportError("%s need every input and output to have the batch axis first, but %s"
+                              % (" and ".join(args.batching_flags), why))
+        return None, "off: %s; batching needs a dynamic batch axis (-1) first on every input and output" % why
+    if old is not None and not args.batching_flags:
+        return old, "kept the existing config.json's section %s (no batching flag given)" % json.dumps(old)
+    sec = dict(old) if old is not None else {}
+    if args.max_batch_size is not None:
+        sec["max_batch_size"] = args.max_batch_size
+        if args.buckets is None:
+            sec.pop("batch_buckets", None)
+    if args.buckets is not None:
+        sec["batch_buckets"] = list(args.buckets)
+    if args.queue_delay_us is not None:
+        sec["max_queue_delay_us"] = args.queue_delay_us
+    sec.setdefault("max_batch_size", DEFAULT_MAX_BATCH)
+    sec.setdefault("max_queue_delay_us", DEFAULT_QUEUE_DELAY_US)
+    first = ("max_batch_size", "batch_buckets", "max_queue_delay_us")
+    sec = {k: sec[k] for k in first + tuple(k for k in sec if k not in first) if k in sec}
+    buckets = sec.get("batch_buckets") or default_buckets(sec["max_batch_size"])
+    delay = sec["max_queue_delay_us"]
+    return sec, "max_batch_size %d, max_queue_delay_us %d (%s), buckets %s; --no-batching turns it off" % (
+        sec["max_batch_size"], delay,
+        "batch what is already waiting, add no delay" if delay == 0 else "a partial batch waits up to %d us" % delay,
+        ", ".join(map(str, buckets)))
+
+
+def provenance(old_config, versions, version, prep, exporter, opset, args):
+    """config.json's provenance: per version, what it was exported from and how.
+
+    Entries of versions still in the repository are kept, since config.json is
+    shared by all of a model's versions."""
+    import datetime
+    import torch
+    old = old_config.get("provenance")
+    kept = {k: v for k, v in old.items() if k.isdigit() and int(k) in versions and int(k) != version} \
+        if isinstance(old, dict) else {}
+    entry = dict(prep.provenance)
+    entry.update(torch=torch.__version__, exporter=exporter, opset=opset,
+                 exported_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if args.seed is not None:
+        entry["seed"] = args.seed
+    kept[str(version)] = json.loads(json.dumps(entry, default=str))
+    return dict(sorted(kept.items(), key=lambda kv: int(kv[0])))
 
 
 # ---------------------------------------------------------------------------
@@ -686,7 +1046,13 @@ def write_tensor_pb(path: Path, arr, name: str):
 
 
 def publish(tmp_model: Path, model_dir: Path, version: int, overwrite: bool, tmp_root: Path):
-    """Moves the verified version (and config) from the temporary tree into the repository."""
+    """Moves the verified version (and config) from the temporary tree into the repository.
+
+    A new model directory appears in one rename. Into an existing one the version
+    directory is renamed first and config.json (then labels.txt) replaced after it,
+    each in one rename; if a replacement fails, the new version is moved out again
+    and a version it replaced put back, so the repository is left as it was.
+    """
     src_version = tmp_model / str(version)
     if not model_dir.exists():
         os.rename(tmp_model, model_dir)
@@ -704,16 +1070,34 @@ def publish(tmp_model: Path, model_dir: Path, version: int, overwrite: bool, tmp
         if replaced is not None:
             os.rename(replaced, dst_version)  # put the old version back as it was
         raise ExportError("cannot move the new version into %s: %s" % (dst_version, ex))
-    for f in ("labels.txt", "config.json"):
-        if (tmp_model / f).exists():
-            os.replace(tmp_model / f, model_dir / f)
+    saved = tmp_root / "saved"
+    saved.mkdir()
+    moved = []
+    f = "config.json"
+    try:
+        for f in ("config.json", "labels.txt"):
+            if (tmp_model / f).exists():
+                if (model_dir / f).exists():
+                    shutil.copyfile(model_dir / f, saved / f)
+                os.replace(tmp_model / f, model_dir / f)
+                moved.append(f)
+    except OSError as ex:
+        for m in moved:
+            if (saved / m).exists():
+                os.replace(saved / m, model_dir / m)
+            else:
+                os.unlink(model_dir / m)
+        os.rename(dst_version, tmp_root / "withdrawn")
+        if replaced is not None:
+            os.rename(replaced, dst_version)
+        raise ExportError("cannot replace %s: %s" % (model_dir / f, ex))
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return run(args)
-    except ExportError as ex:
+    except (ExportError, CheckpointError) as ex:
         print("export: error: %s" % ex, file=sys.stderr, flush=True)
         print("export: nothing was published", file=sys.stderr, flush=True)
         return 1
@@ -751,8 +1135,10 @@ def run(args) -> int:
         if not isinstance(old_config, dict):
             raise ExportError("existing %s is not a JSON object; fix or remove it" % (model_dir / "config.json"))
 
-    log("building %s (torch %s)..." % (args.builder, torch.__version__))
-    model = build_model(args)
+    prep = prepare_model(args)
+    model = prep.model
+    if prep.form == ckpt.FORM_EXPORTED:
+        check_program_inputs(prep.program, args.inputs, args.checkpoint)
     n_params = sum(p.numel() for p in model.parameters())
     log("  %d parameters" % n_params)
 
@@ -778,6 +1164,9 @@ def run(args) -> int:
             raise ExportError("output '%s' has dtype %s, which corral does not carry" % (n, o.dtype.name))
     if set(out_names) & {s.name for s in args.inputs}:
         raise ExportError("output names (%s) must differ from input names" % ", ".join(out_names))
+    may_batch = (not args.no_batching and all(s.batch_dynamic for s in args.inputs)
+                 and all(o.ndim >= 1 and o.shape[0] == example_batch for o in example_outs))
+    check_inference_mode(prep, args.inputs, example, example_outs, out_names, example_batch, may_batch)
 
     repo.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(prefix=".export-%s-" % args.name, dir=str(repo)))
@@ -789,7 +1178,7 @@ def run(args) -> int:
 
         log("exporting to ONNX...")
         exporter = export_onnx(model, args.inputs, out_names, example, example_outs, example_batch,
-                               onnx_path, args.opset, args.exporter)
+                               onnx_path, args.opset, args.exporter, prep.form, prep.program)
         ops, opset, out_info, _ = onnx_summary(onnx_path, args.inputs, out_names)
         log("  exporter: %s, opset %d, %d bytes" % (exporter, opset, onnx_path.stat().st_size))
         log("  ops: %s" % ", ".join("%s x%d" % (op, c) for op, c in sorted(ops.items())))
@@ -837,6 +1226,12 @@ def run(args) -> int:
         elif isinstance(config.get("labels"), str) and (model_dir / config["labels"]).is_file():
             shutil.copyfile(model_dir / config["labels"], tmp_model / config["labels"])
         config["parity"] = {"atol": args.atol, "rtol": args.rtol}
+        batching, why = batching_section(args, outputs_cfg, old_config)
+        config.pop("batching", None)
+        if batching is not None:
+            config["batching"] = batching
+        log("batching: " + why)
+        config["provenance"] = provenance(old_config, versions, version, prep, exporter, opset, args)
         (tmp_model / "config.json").write_text(config_text(config))
 
         if use_ort:

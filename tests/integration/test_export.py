@@ -333,10 +333,20 @@ class ExportTest(unittest.TestCase):
     # --- refusals -----------------------------------------------------------
 
     def test_refuses_when_onnx_disagrees_with_pytorch(self):
+        # The model scales every row by the batch's largest value: it mixes rows, which
+        # batching must not do, so without --no-batching the row check refuses it first.
         rc, out, err = run_export(self.work, "--builder", "nets:leaky_trace", "--seed", "0",
                                   "--input", "x:-1x4:FP32", "--repo", self.repo, "--name", "leaky",
                                   "--exporter", "torchscript", "--no-verify-replica")
         self.assertEqual(rc, 1, out + err)
+        self.assertIn("depends on the other rows of its batch", err)
+        self.assertIn("pass --no-batching", err)
+        self.assertNotIn("onnxruntime", out)
+        rc, out, err = run_export(self.work, "--builder", "nets:leaky_trace", "--seed", "0",
+                                  "--input", "x:-1x4:FP32", "--repo", self.repo, "--name", "leaky",
+                                  "--exporter", "torchscript", "--no-verify-replica", "--no-batching")
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("warning: the model's output for a row depends on the other rows", out)
         self.assertIn("does not reproduce PyTorch's outputs within atol", err)
         self.assertIn("nothing was published", err)
         self.assertIn("onnxruntime: max |onnx - pytorch| output=", out)

@@ -121,6 +121,15 @@ def start_cluster(build, repo, replicas, router_args=(), ready=None):
     return c
 
 
+def stop_and_clean(cluster, tmp):
+    """A tearDownClass in one call: stop_and_check(cluster), then tmp (a
+    TemporaryDirectory) removed whatever happened."""
+    try:
+        stop_and_check(cluster)
+    finally:
+        tmp.cleanup()
+
+
 def stop_and_check(cluster):
     """Stops the cluster; raises when the router did not exit cleanly (status 0,
     no sanitizer report: a sanitizer build also checks for leaks at exit)."""

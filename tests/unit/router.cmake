@@ -1,8 +1,9 @@
-# Router tests: JSON <-> tensor conversion, the JSON reader, URL routing, the HTTP server over
-# loopback sockets, the replica table (membership), and the real corral-router process on its
-# own.
+# Router tests: JSON <-> tensor conversion, the JSON reader, URL routing, Triton's model
+# configuration and repository index bodies, the HTTP server over loopback sockets, the
+# replica table (membership), and the real corral-router process on its own.
 if(TARGET PkgConfig::CMOCKA AND TARGET corral_router_core)
-  foreach(t test_oip_convert test_oip_route test_http test_jdoc test_jnum_format test_membership)
+  foreach(t test_oip_convert test_oip_route test_oip_config test_http test_jdoc test_jnum_format
+          test_membership)
     add_executable(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c)
     target_link_libraries(${t} PRIVATE corral_router_core PkgConfig::CMOCKA PkgConfig::JANSSON)
     add_test(NAME router_${t} COMMAND ${t})

@@ -36,6 +36,13 @@ static void test_routes(void **state)
     expect_route("/v2/models/stats", OIP_ALL_STATS, "", "");
     expect_route("/metrics", OIP_METRICS, "", "");
     expect_route("/v2/corral/replicas", OIP_REPLICAS, "", "");
+    expect_route("/v2/models/digits/config", OIP_MODEL_CONFIG, "digits", "");
+    expect_route("/v2/models/digits/versions/2/config", OIP_MODEL_CONFIG, "digits", "2");
+    expect_route("/v2/models/config", OIP_MODEL_META, "config", "");
+    expect_route("/v2/models/config/config", OIP_MODEL_CONFIG, "config", "");
+    expect_route("/v2/repository/index", OIP_REPO_INDEX, "", "");
+    expect_route("/v2/repository/models/digits/load", OIP_REPO_CONTROL, "digits", "");
+    expect_route("/v2/repository/models/digits/unload", OIP_REPO_CONTROL, "digits", "");
     expect_route("/v1/models/digits", OIP_V1_MODEL, "digits", "");
     expect_route("/v1/models/digits:predict", OIP_V1_PREDICT, "digits", "");
     expect_route("/v1/models/a:b:predict", OIP_V1_PREDICT, "a:b", "");
@@ -49,7 +56,11 @@ static void test_routes(void **state)
                           "/v2/models/m/versions/1/infer/x", "/v2/models/m/stats/x",
                           "/v2/models/m/predict", "v2/health/live", "/V2/health/live",
                           "/v1/models/:predict", "/v1/models/m:explain", "/v1/models",
-                          "/metrics/x", "/v2/corral", "/v2/corral/x"};
+                          "/metrics/x", "/v2/corral", "/v2/corral/x", "/v2/models/m/config/x",
+                          "/v2/models/m/versions/1/config/x", "/v2/repository",
+                          "/v2/repository/index/x", "/v2/repository/models/m",
+                          "/v2/repository/models/m/reload", "/v2/repository/models/load",
+                          "/v2/repository/models//load"};
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++)
         expect_route(none[i], OIP_NOT_FOUND, "", "");
 
@@ -72,6 +83,16 @@ static void test_methods(void **state)
     assert_true(oip_route_allows(&rt, "POST"));
     assert_false(oip_route_allows(&rt, "GET"));
     assert_string_equal(rt.allow, "POST");
+    oip_route_parse("/v2/models/m/config", &rt);
+    assert_true(oip_route_allows(&rt, "GET"));
+    assert_false(oip_route_allows(&rt, "POST"));
+    /* Triton's repository index is a POST (its body may filter on readiness). */
+    oip_route_parse("/v2/repository/index", &rt);
+    assert_true(oip_route_allows(&rt, "POST"));
+    assert_false(oip_route_allows(&rt, "GET"));
+    oip_route_parse("/v2/repository/models/m/load", &rt);
+    assert_true(oip_route_allows(&rt, "POST"));
+    assert_false(oip_route_allows(&rt, "GET"));
     oip_route_parse("/nope", &rt);
     assert_false(oip_route_allows(&rt, "GET"));
 }
