@@ -26,6 +26,8 @@
  *         Lists the router's replica table (its control endpoint), or changes it;
  *         a change returns once every router thread applied it. VERSION "-" or ""
  *         means whatever the replica serves.
+ *     corralctl alias set|remove|list --repo DIR MODEL [ALIAS [VERSION]]
+ *         A model's version aliases in the repository (ctl_alias.h).
  *
  * Exit status: 0 success; 1 the request failed (401: the admin API refused the
  * token); 2 usage; 3 (status) some model (with --admin: with desired > 0) has no
@@ -44,6 +46,7 @@
 
 #include "buf.h"
 #include "control.h"
+#include "ctl_alias.h"
 #include "token.h"
 #include "corral/client.h"
 #include "oip.h"
@@ -63,7 +66,7 @@ static int usage_error(const char *msg, const char *arg)
 {
     fprintf(stderr, "corralctl: ");
     fprintf(stderr, msg, arg);
-    fprintf(stderr, "\n%s", synopsis);
+    fprintf(stderr, "\n%s%s", synopsis, ctl_alias_synopsis);
     return 2;
 }
 
@@ -764,6 +767,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "help") == 0) {
         fputs(synopsis, argc < 2 ? stderr : stdout);
+        fputs(ctl_alias_synopsis, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     if (strcmp(argv[1], "infer") == 0)
@@ -778,7 +782,9 @@ int main(int argc, char **argv)
         return cmd_apply(argc - 1, argv + 1);
     if (strcmp(argv[1], "promote") == 0)
         return cmd_promote(argc - 1, argv + 1);
-    return usage_error("unknown command '%s' (expected infer, health, status, apply, promote "
-                       "or replicas)",
+    if (strcmp(argv[1], "alias") == 0)
+        return ctl_alias(argc - 1, argv + 1);
+    return usage_error("unknown command '%s' (expected infer, health, status, apply, promote, "
+                       "replicas or alias)",
                        argv[1]);
 }

@@ -25,6 +25,8 @@ pkgs=(build-essential cmake pkg-config curl ca-certificates
       libprotobuf-c-dev protobuf-c-compiler libonnx-dev libdnnl-dev
       libcmocka-dev libonnx-testdata prometheus wrk chromium
       libb64-0d
+      dnsmasq-base iproute2   # the multi-host test (dnsmasq's binary, not its service)
+      systemd                 # systemd-analyze verify, for deploy/systemd/'s units
       python3 python3-venv python3-dev)
 
 missing=()

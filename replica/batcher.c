@@ -259,8 +259,8 @@ static int validate(struct batcher *b, struct breq *r, enum batcher_reject *why,
     if (ir->model_name && ir->model_name[0] && strcmp(ir->model_name, cfg->name) != 0)
         return cerr_set(e, CORRAL_ENOTFOUND, "this replica serves model '%s', not '%.128s'",
                         cfg->name, ir->model_name);
-    if (ir->model_version && ir->model_version[0] && strcmp(ir->model_version, cfg->version_str) != 0)
-        return cerr_set(e, CORRAL_ENOTFOUND, "model '%s' version '%.32s' is not served here (serving %s)",
+    if (ir->model_version && !model_version_matches(cfg, ir->model_version))
+        return cerr_set(e, CORRAL_ENOTFOUND, "model '%s' version '%.64s' is not served here (serving %s)",
                         cfg->name, ir->model_version, cfg->version_str);
     if (ir->n_inputs != b->n_in)
         return cerr_set(e, CORRAL_EINVAL, "request has %zu inputs, model '%s' takes %zu", ir->n_inputs,

@@ -28,6 +28,8 @@
 
 #include "batcher.h"
 #include "engine.h"
+#include "health_http.h"
+#include "hostport.h"
 #include "log.h"
 #include "model_repo.h"
 #include "parity.h"
@@ -39,6 +41,7 @@ static void usage(FILE *f)
             "usage: corral-replica --model-repo DIR --model NAME [--version N] --listen URL\n"
             "                      [--device cpu] [--threads N] [--contexts N] [--log-level LEVEL]\n"
             "                      [--overlap on|off] [--stall-ms N] [--drain-timeout-ms N]\n"
+            "                      [--health-listen HOST:PORT]\n"
             "                      [--test-hooks [--test-hold-start FILE]]\n"
             "       corral-replica --model-repo DIR --model NAME [--version N] --verify\n"
             "\n"
@@ -54,6 +57,11 @@ static void usage(FILE *f)
             "  --model NAME       model to serve\n"
             "  --version N        version directory to load (default: highest)\n"
             "  --listen URL       tcp://HOST:PORT to serve on (HOST an address, [IPv6], a name or *)\n"
+            "  --health-listen HOST:PORT  also answer HTTP probes and scrapes there, from the\n"
+            "                     start: GET /live (200 while the executor makes progress),\n"
+            "                     GET /ready (200 once loaded, warmed and parity verified, and\n"
+            "                     not draining; 503 with the state and reason otherwise) and\n"
+            "                     GET /metrics (Prometheus text); port 0 picks one\n"
             "  --device DEV       cpu (default); cuda:N needs a CUDA build and device\n"
             "  --threads N        compute threads for the CPU backend (default 1)\n"
             "  --contexts N       requests accepted and not yet answered; at this many the replica\n"
@@ -268,6 +276,8 @@ int main(int argc, char **argv)
 {
     static char plans_desc[4096];
     const char *repo = NULL, *model = NULL, *listen = NULL, *device = "cpu", *hold = NULL;
+    const char *health_listen = NULL;
+    struct health_http *hh = NULL;
     long version = 0, threads = 1, contexts = 0, stall_ms = 0, drain_ms = 30000;
     int verify = 0, rc = 1;
     struct batcher_options bo = BATCHER_OPTIONS_DEFAULT;
@@ -289,6 +299,7 @@ int main(int argc, char **argv)
         {"overlap", required_argument, 0, 'O'},    {"stall-ms", required_argument, 0, 'S'},
         {"test-hooks", no_argument, 0, 'T'},       {"drain-timeout-ms", required_argument, 0, 'D'},
         {"test-hold-start", required_argument, 0, 'H'},
+        {"health-listen", required_argument, 0, 'P'},
         {0, 0, 0, 0}};
     log_init("replica");
     int c;
@@ -348,6 +359,7 @@ int main(int argc, char **argv)
             break;
         case 'T': bo.test_hooks = 1; break;
         case 'H': hold = optarg; break;
+        case 'P': health_listen = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -361,6 +373,20 @@ int main(int argc, char **argv)
         fprintf(stderr, "corral-replica: --model-repo, --model and --listen (or --verify) are required\n");
         usage(stderr);
         return 2;
+    }
+    if (health_listen) {
+        char hhost[256];
+        int hport;
+        if (verify) {
+            fprintf(stderr, "corral-replica: --health-listen serves a running replica; --verify "
+                            "only checks parity and exits\n");
+            return 2;
+        }
+        if (hostport_parse(health_listen, hhost, sizeof hhost, &hport)) {
+            fprintf(stderr, "corral-replica: --health-listen '%s' is not HOST:PORT (e.g. "
+                            "0.0.0.0:8080, or [::]:8080)\n", health_listen);
+            return 2;
+        }
     }
     if (hold && !bo.test_hooks) {
         fprintf(stderr, "corral-replica: --test-hold-start needs --test-hooks\n");
@@ -396,6 +422,11 @@ int main(int argc, char **argv)
          * not read like the "serving ... on URL" one that says ready. */
         LOG_DEBUG("starting: answering health at %s while the model loads",
                   replica_server_url(srv));
+        /* Probes see "starting" and why from here on, as the SP health answer does. */
+        if (health_listen && health_http_start(&hh, health_listen, srv, &e)) {
+            fprintf(stderr, "corral-replica: %s\n", e.msg);
+            goto out;
+        }
         if (pthread_create(&sigthread, NULL, signal_main, &ctl) != 0) {
             fprintf(stderr, "corral-replica: cannot start the signal thread\n");
             goto out;
@@ -498,6 +529,7 @@ int main(int argc, char **argv)
 out:
     if (have_sigthread)
         signal_thread_stop(&ctl, sigthread);
+    health_http_stop(hh);
     replica_server_stop(srv);
     batcher_free(bat);
     engine_free(eng);

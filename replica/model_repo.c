@@ -534,6 +534,12 @@ int model_repo_load(const char *repo, const char *name, long version, struct mod
                       version, cfg->model_path);
         goto fail;
     }
+    struct model_aliases al;
+    if ((rc = aliases_load(cfg->dir, &al, e)))
+        goto fail;
+    for (size_t i = 0; i < al.n; i++)
+        if (al.items[i].version == version)
+            memcpy(cfg->aliases[cfg->n_aliases++], al.items[i].name, ALIAS_NAME_MAX);
     goto out;
 fail:
     model_config_free(cfg);
@@ -544,6 +550,16 @@ out:
     free(cfg_path);
     free(vdir);
     return rc;
+}
+
+int model_version_matches(const struct model_config *cfg, const char *version)
+{
+    if (!version[0] || strcmp(version, cfg->version_str) == 0)
+        return 1;
+    for (size_t i = 0; i < cfg->n_aliases; i++)
+        if (strcmp(version, cfg->aliases[i]) == 0)
+            return 1;
+    return 0;
 }
 
 void model_config_free(struct model_config *cfg)

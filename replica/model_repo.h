@@ -16,6 +16,11 @@
  * The optional "batching" object is validated against the declared inputs and
  * outputs (see docs/batching.md for the schema); model_batching_parse can be
  * called on its own (tests, tools) with the inputs and outputs already filled.
+ *
+ * models/<name>/aliases.json (common/aliases.h) is read once here: the aliases that
+ * name the loaded version are kept in cfg->aliases, which the replica reports in its
+ * health answers and accepts as a request's version. Changing the file later changes
+ * nothing in a running replica.
  */
 #ifndef CORRAL_REPLICA_MODEL_REPO_H
 #define CORRAL_REPLICA_MODEL_REPO_H
@@ -23,6 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "aliases.h"
 #include "error.h"
 #include "tensor.h"
 
@@ -98,11 +104,15 @@ struct model_config {
     char **labels;      /* owned; NULL when the model has none */
     size_t n_labels;
     struct model_batching batching;
+    size_t n_aliases;   /* the aliases.json names of this version, sorted */
+    char aliases[ALIASES_MAX][ALIAS_NAME_MAX];
 };
 
 int model_repo_load(const char *repo, const char *name, long version, struct model_config *cfg,
                     struct cerr *e);
 void model_config_free(struct model_config *cfg);
+/* 1 when a request's `version` ("" for any) names the loaded version or one of its aliases. */
+int model_version_matches(const struct model_config *cfg, const char *version);
 /* Parses `json_text` (the batching object alone, or NULL for defaults) into cfg->batching. */
 int model_batching_parse_text(struct model_config *cfg, const char *json_text, struct cerr *e);
 

@@ -128,41 +128,72 @@ static void answer_metadata(struct replica_server *srv, struct sp_rep_req *rq)
     send_response(rq, &resp);
 }
 
+/* The state every health answer tells, SP or HTTP, from one reading of the phase. */
+static void health_of(struct replica_server *srv, int phase, struct replica_health *h)
+{
+    char why[256] = "";
+    h->live = 1;
+    h->ready = 0;
+    if (phase == PHASE_STARTING) {
+        h->state = "starting";
+        pthread_mutex_lock(&srv->mu);
+        snprintf(h->reason, sizeof h->reason, "%s", srv->reason);
+        pthread_mutex_unlock(&srv->mu);
+        return;
+    }
+    /* An executor stuck on one batch is not live even though this socket answers. */
+    batcher_health_why(srv->batcher, &h->live, &h->ready, why, sizeof why);
+    if (phase == PHASE_DRAINING) {
+        size_t left = batcher_outstanding(srv->batcher);
+        pthread_mutex_lock(&srv->mu);
+        snprintf(h->reason, sizeof h->reason, "%s: %zu requests left%s%s", srv->cause, left,
+                 h->live ? "" : "; ", why);
+        pthread_mutex_unlock(&srv->mu);
+        h->state = "draining";
+        h->ready = 0;
+    } else if (h->live) {
+        h->state = "ready";
+        h->reason[0] = '\0';
+    } else {
+        h->state = "failed";
+        snprintf(h->reason, sizeof h->reason, "%s", why);
+    }
+}
+
+void replica_server_health(struct replica_server *srv, struct replica_health *h)
+{
+    health_of(srv, atomic_load_explicit(&srv->phase, memory_order_acquire), h);
+}
+
+struct batcher *replica_server_batcher(struct replica_server *srv)
+{
+    int phase = atomic_load_explicit(&srv->phase, memory_order_acquire);
+    return phase == PHASE_STARTING ? NULL : srv->batcher;
+}
+
+const struct model_config *replica_server_config(const struct replica_server *srv)
+{
+    return srv->cfg;
+}
+
 static void answer_health(struct replica_server *srv, struct sp_rep_req *rq, int phase)
 {
     Corral__Response resp = CORRAL__RESPONSE__INIT;
     Corral__HealthResponse h = CORRAL__HEALTH_RESPONSE__INIT;
-    char reason[512], why[256] = "";
-    int live = 1, ready = 0;
-    if (phase == PHASE_STARTING) {
-        h.state = "starting";
-        pthread_mutex_lock(&srv->mu);
-        snprintf(reason, sizeof reason, "%s", srv->reason);
-        pthread_mutex_unlock(&srv->mu);
-    } else {
-        /* An executor stuck on one batch is not live even though this socket answers. */
-        batcher_health_why(srv->batcher, &live, &ready, why, sizeof why);
-        if (phase == PHASE_DRAINING) {
-            size_t left = batcher_outstanding(srv->batcher);
-            pthread_mutex_lock(&srv->mu);
-            snprintf(reason, sizeof reason, "%s: %zu requests left%s%s", srv->cause, left,
-                     live ? "" : "; ", why);
-            pthread_mutex_unlock(&srv->mu);
-            h.state = "draining";
-            ready = 0;
-        } else if (live) {
-            h.state = "ready";
-            reason[0] = '\0';
-        } else {
-            h.state = "failed";
-            snprintf(reason, sizeof reason, "%s", why);
-        }
-    }
-    h.live = live;
-    h.ready = ready;
-    h.reason = reason;
+    struct replica_health rh;
+    health_of(srv, phase, &rh);
+    h.state = (char *)rh.state;
+    h.live = rh.live;
+    h.ready = rh.ready;
+    h.reason = rh.reason;
     h.model_name = (char *)srv->cfg->name;
     h.model_version = (char *)srv->cfg->version_str;
+    /* The router matches a request's version against these as well as the number. */
+    char *aliases[ALIASES_MAX];
+    for (size_t i = 0; i < srv->cfg->n_aliases; i++)
+        aliases[i] = (char *)srv->cfg->aliases[i];
+    h.n_model_aliases = srv->cfg->n_aliases;
+    h.model_aliases = aliases;
     resp.kind_case = CORRAL__RESPONSE__KIND_HEALTH;
     resp.health = &h;
     send_response(rq, &resp);

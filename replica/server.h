@@ -23,7 +23,8 @@
  *             CORRAL_EDRAINING and answers the ones it holds; metadata and stats
  *             are still answered.
  * `live` is the batcher's stall check, separate from the state (true while
- * starting); `ready` is true only in state ready.
+ * starting); `ready` is true only in state ready. replica_server_health() gives
+ * the same answer to other probes (the HTTP ones, replica/health_http.h).
  *
  * Usage:
  *     struct replica_server *srv;
@@ -80,6 +81,16 @@ void replica_server_ready(struct replica_server *srv, const struct replica_serve
 /* Draining because of `cause` ("SIGTERM", copied): health says so with the count of
  * requests still to answer. Call batcher_drain too (the batcher refuses new work). */
 void replica_server_drain(struct replica_server *srv, const char *cause);
+/* What every health answer says (the SP one and the HTTP probes, replica/health_http.h). */
+struct replica_health {
+    const char *state; /* "starting", "ready", "failed" or "draining" (static text) */
+    int live, ready;
+    char reason[512];  /* "" when ready */
+};
+void replica_server_health(struct replica_server *srv, struct replica_health *h);
+/* The batcher once the server is ready (for statistics), NULL while starting. */
+struct batcher *replica_server_batcher(struct replica_server *srv);
+const struct model_config *replica_server_config(const struct replica_server *srv);
 void replica_server_stop(struct replica_server *srv);
 /*
  * The batcher's reply function (batcher_reply_fn): sends buf (owned, freed

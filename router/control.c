@@ -114,7 +114,13 @@ static void list_table(struct control *c, struct http_request *req)
         put_model_version(&b, i, x->model, x->version);
         buf_puts(&b, ",\"url\":");
         buf_json_string(&b, x->url, strlen(x->url));
-        buf_printf(&b, ",\"state\":\"%s\"}", x->draining ? "draining" : "active");
+        buf_printf(&b, ",\"state\":\"%s\"", x->draining ? "draining" : "active");
+        /* Discovered entries say by what (their discovery keeps them; router/dns.h). */
+        if (x->source[0]) {
+            buf_puts(&b, ",\"source\":");
+            buf_json_string(&b, x->source, strlen(x->source));
+        }
+        buf_putc(&b, '}');
     }
     buf_puts(&b, "],\"canaries\":[");
     for (size_t i = 0; i < s.n_canaries; i++) {

@@ -7,7 +7,9 @@
  *   GET  /v1/replicas          {"generation": G, "acked": A, "replicas":
  *                               [{"model", "version", "url", "state"}],
  *                               "canaries": [{"model", "version", "percent"}]}
- *                               state: "active" or "draining"
+ *                               state: "active" or "draining"; an entry found
+ *                               through DNS adds "source": "NAME=dns://HOST:PORT"
+ *                               (router/dns.h)
  *   POST /v1/replicas          {"model": M, "version": V (optional), "url": U}
  *   POST /v1/replicas/drain    {"url": U}   no new requests; in flight answered
  *   POST /v1/replicas/remove   {"url": U}   gone once its requests are answered

@@ -21,6 +21,7 @@
 #include <uv.h>
 
 #include "control.h"
+#include "dns.h"
 #include "token.h"
 #include "hostport.h"
 #include "http.h"
@@ -49,6 +50,7 @@ struct options {
     int control_port;
     const char *control_token_file;
     unsigned apply_delay_ms; /* tests only: threads but the first apply table changes late */
+    unsigned dns_refresh_ms; /* how often dns:// replicas are resolved again */
     struct http_limits lim;
 };
 
@@ -86,7 +88,7 @@ struct worker {
 };
 
 static const char synopsis[] =
-    "usage: corral-router --listen HOST:PORT [--replica NAME=URL ...]\n"
+    "usage: corral-router --listen HOST:PORT [--replica NAME=URL ...] [--dns-refresh-ms N]\n"
     "                     [--control-listen HOST:PORT|off] [--control-token-file FILE]\n"
     "                     [--threads N] [--rpc-listen URL|off] [--timeout-ms N]\n"
     "                     [--max-inflight N] [--eject-after N] [--health-interval-ms N]\n"
@@ -110,7 +112,13 @@ static void usage(FILE *f)
             "                           digits=tcp://127.0.0.1:9101 (repeat for more); seeds\n"
             "                           the replica table, which the control endpoint changes;\n"
             "                           HTTP connections are accepted once each answered a\n"
-            "                           health request (at most 2 s after start)\n"
+            "                           health request (at most 2 s after start);\n"
+            "                           NAME=dns://HOST:PORT follows HOST in DNS instead:\n"
+            "                           each of its A and AAAA addresses is a replica at PORT,\n"
+            "                           added when it appears, drained and removed when it\n"
+            "                           goes (a Kubernetes headless Service)\n"
+            "  --dns-refresh-ms N       how often dns:// replicas are resolved again (default\n"
+            "                           5000); a failed resolution keeps the addresses it had\n"
             "  --control-listen H:P     the control endpoint, where replicas are added, marked\n"
             "                           draining and removed at run time (default " DEFAULT_CONTROL ";\n"
             "                           port 0: any free port; off: none, and then at least one\n"
@@ -450,6 +458,7 @@ struct main_state {
     atomic_uint n_finished;
     uv_async_t applied;  /* a worker thread applied a replica table */
     struct control *control;
+    struct dns *dns;     /* dns:// replicas, NULL when none */
     struct worker *workers;
     unsigned n;
     struct rpc *rpc;
@@ -468,6 +477,8 @@ static void main_close(struct main_state *ms)
     uv_unref((uv_handle_t *)&ms->applied);
     control_close(ms->control);
     ms->control = NULL;
+    dns_close(ms->dns);
+    ms->dns = NULL;
 }
 
 static void on_applied(uv_async_t *a)
@@ -499,6 +510,9 @@ static void on_signal(uv_signal_t *sig, int signum)
     LOG_INFO("received %s: draining (no new connections; answering what is in flight)", name);
     control_close(ms->control);
     ms->control = NULL;
+    /* The table stays as it is while the threads drain. */
+    dns_close(ms->dns);
+    ms->dns = NULL;
     if (ms->rpc)
         rpc_quiesce(ms->rpc);
     for (unsigned i = 0; i < ms->n; i++)
@@ -518,7 +532,7 @@ static int parse_args(int argc, char **argv, struct options *o)
     enum {
         O_LISTEN = 1, O_REPLICA, O_LOG, O_HEALTH, O_TIMEOUT, O_THREADS, O_RPC, O_RPC_CTX,
         O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_DRAIN, O_CONTROL,
-        O_CONTROL_TOKEN, O_APPLY_DELAY, O_HELP
+        O_CONTROL_TOKEN, O_APPLY_DELAY, O_DNS_REFRESH, O_HELP
     };
     static const struct option opts[] = {
         {"listen", required_argument, NULL, O_LISTEN},
@@ -540,6 +554,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"control-listen", required_argument, NULL, O_CONTROL},
         {"control-token-file", required_argument, NULL, O_CONTROL_TOKEN},
         {"test-apply-delay-ms", required_argument, NULL, O_APPLY_DELAY},
+        {"dns-refresh-ms", required_argument, NULL, O_DNS_REFRESH},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -589,6 +604,11 @@ static int parse_args(int argc, char **argv, struct options *o)
             if (parse_uint(optarg, 0, 60000, &o->apply_delay_ms))
                 return bad_args("--test-apply-delay-ms '%s' is not a number of milliseconds "
                                 "from 0 to 60000", optarg);
+            break;
+        case O_DNS_REFRESH:
+            if (parse_uint(optarg, 100, 3600000, &o->dns_refresh_ms))
+                return bad_args("--dns-refresh-ms '%s' is not a number of milliseconds from "
+                                "100 to 3600000", optarg);
             break;
         case O_RPC_CTX:
             if (parse_uint(optarg, 1, 65536, &o->rpc_contexts))
@@ -673,10 +693,14 @@ static int parse_args(int argc, char **argv, struct options *o)
         for (int i = 0; i < o->n_replicas && !bad; i++) {
             const char *spec = o->replicas[i];
             const char *eq = strchr(spec, '=');
-            char name[OIP_NAME_MAX];
+            char name[OIP_NAME_MAX], host[256];
+            int port;
             memcpy(name, spec, (size_t)(eq - spec));
             name[eq - spec] = '\0';
-            bad = upstream_add_replica(probe, name, eq + 1, &e) != CORRAL_OK;
+            if (strncmp(eq + 1, "dns://", 6) == 0)
+                bad = dns_parse_url(eq + 1, host, sizeof host, &port, &e) != CORRAL_OK;
+            else
+                bad = upstream_add_replica(probe, name, eq + 1, &e) != CORRAL_OK;
         }
         upstream_close(probe);
     }
@@ -698,6 +722,7 @@ int main(int argc, char **argv)
     o.drain_ms = 30000;
     o.rpc_url = DEFAULT_RPC;
     o.control = DEFAULT_CONTROL;
+    o.dns_refresh_ms = 5000;
     http_limits_default(&o.lim);
     struct metrics *metrics = NULL;
     struct membership *table = NULL;
@@ -738,6 +763,8 @@ int main(int argc, char **argv)
         goto fail;
     if (membership_new(&table, o.threads, &e))
         goto fail;
+    /* The table's changes are told to the threads from the main loop (control, dns). */
+    ms.loop = uv_default_loop();
     for (int i = 0; i < o.n_replicas; i++) {
         const char *spec = o.replicas[i];
         const char *eq = strchr(spec, '=');
@@ -745,18 +772,29 @@ int main(int argc, char **argv)
         uint64_t g;
         memcpy(name, spec, (size_t)(eq - spec));
         name[eq - spec] = '\0';
-        if (membership_add(table, name, "", eq + 1, &g, &e)) {
+        if (strncmp(eq + 1, "dns://", 6) == 0) {
+            if (!ms.dns && dns_new(&ms.dns, ms.loop, table, o.dns_refresh_ms, on_table_change,
+                                   &ms, &e))
+                goto fail;
+            if (dns_watch(ms.dns, name, eq + 1, &e)) {
+                cerr_prefix(&e, "--replica '%s'", spec);
+                goto fail;
+            }
+        } else if (membership_add(table, name, "", eq + 1, &g, &e)) {
             cerr_prefix(&e, "--replica '%s'", spec);
             goto fail;
         }
     }
+    /* Before the threads start, so they begin with the addresses (and wait for their first
+     * health answers as for every replica the table starts with). */
+    if (ms.dns)
+        dns_resolve_now(ms.dns);
     workers = calloc(o.threads, sizeof *workers);
     if (!workers) {
         cerr_set(&e, CORRAL_ENOMEM, "out of memory");
         goto fail;
     }
     /* The workers tell the main loop when they end, so it exists before they start. */
-    ms.loop = uv_default_loop();
     uv_signal_init(ms.loop, &ms.sigint);
     uv_signal_init(ms.loop, &ms.sigterm);
     uv_async_init(ms.loop, &ms.finished, on_finished);
@@ -814,6 +852,7 @@ int main(int argc, char **argv)
     ms.rpc = rpc;
     uv_signal_start(&ms.sigint, on_signal, SIGINT);
     uv_signal_start(&ms.sigterm, on_signal, SIGTERM);
+    dns_start(ms.dns);
     LOG_INFO("corral-router listening on http://%s%s%s:%d (%u thread%s)",
              strchr(o.host, ':') ? "[" : "", o.host, strchr(o.host, ':') ? "]" : "",
              workers[0].port, o.threads, o.threads == 1 ? "" : "s");
@@ -866,6 +905,9 @@ join:
     return rc;
 fail:
     LOG_ERROR("%s", e.msg);
+    dns_close(ms.dns); /* never started: nothing on the loop */
+    if (ms.loop)
+        uv_loop_close(ms.loop);
     membership_free(table);
     free(token);
     rpc_free(rpc);

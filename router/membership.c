@@ -110,6 +110,22 @@ static struct membership_entry *lookup(struct membership *m, const char *url, st
     return x;
 }
 
+/* Appends an entry (checked already). Caller holds the lock. */
+static int append(struct membership *m, const char *model, const char *version, const char *url,
+                  const char *source, struct cerr *e)
+{
+    int rc = grow((void **)&m->e, &m->cap, m->n, sizeof *m->e, e);
+    if (rc)
+        return rc;
+    struct membership_entry *x = &m->e[m->n++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->model, sizeof x->model, "%s", model);
+    snprintf(x->version, sizeof x->version, "%s", version ? version : "");
+    snprintf(x->url, sizeof x->url, "%s", url);
+    snprintf(x->source, sizeof x->source, "%s", source);
+    return CORRAL_OK;
+}
+
 int membership_add(struct membership *m, const char *model, const char *version, const char *url,
                    uint64_t *generation, struct cerr *e)
 {
@@ -124,14 +140,89 @@ int membership_add(struct membership *m, const char *model, const char *version,
                       "change its model or version)", url);
         goto out;
     }
-    if ((rc = grow((void **)&m->e, &m->cap, m->n, sizeof *m->e, e)))
+    if ((rc = append(m, model, version, url, "", e)))
         goto out;
-    struct membership_entry *x = &m->e[m->n++];
-    memset(x, 0, sizeof *x);
-    snprintf(x->model, sizeof x->model, "%s", model);
-    snprintf(x->version, sizeof x->version, "%s", version ? version : "");
-    snprintf(x->url, sizeof x->url, "%s", url);
     *generation = ++m->generation;
+out:
+    pthread_mutex_unlock(&m->mu);
+    return rc;
+}
+
+static int listed(const char *const *urls, size_t n, const char *url)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(urls[i], url) == 0)
+            return 1;
+    return 0;
+}
+
+int membership_sync_source(struct membership *m, const char *source, const char *model,
+                           const char *const *urls, size_t n, int *changed, size_t *skipped,
+                           uint64_t *generation, struct cerr *e)
+{
+    int rc;
+    *changed = 0;
+    *skipped = 0;
+    if (!source || !source[0] || strlen(source) >= MEMBER_SOURCE_MAX)
+        return cerr_set(e, CORRAL_EINVAL, "a discovery source must be named, in at most %d "
+                        "bytes", MEMBER_SOURCE_MAX - 1);
+    if ((rc = check_name("model", model, MEMBER_MODEL_MAX, 0, e)))
+        return rc;
+    for (size_t i = 0; i < n; i++)
+        if ((rc = check_url(urls[i], e)))
+            return rc;
+    pthread_mutex_lock(&m->mu);
+    /* Room first, so that a failure changes nothing. */
+    size_t fresh = 0;
+    for (size_t i = 0; i < n; i++)
+        fresh += !find(m, urls[i]) && !listed(urls, i, urls[i]);
+    if (m->n + fresh > m->cap) {
+        size_t ncap = m->cap ? m->cap : 8;
+        while (ncap < m->n + fresh)
+            ncap *= 2;
+        struct membership_entry *ne = realloc(m->e, ncap * sizeof *ne);
+        if (!ne) {
+            rc = cerr_set(e, CORRAL_ENOMEM, "out of memory growing the replica table");
+            goto out;
+        }
+        m->e = ne;
+        m->cap = ncap;
+    }
+    for (size_t i = 0; i < m->n;) {
+        struct membership_entry *x = &m->e[i];
+        if (strcmp(x->source, source) != 0) {
+            i++;
+            continue;
+        }
+        int want = listed(urls, n, x->url) && strcmp(x->model, model) == 0;
+        if (want && x->vanished) {
+            x->vanished = 0;
+            *changed = 1;
+        } else if (!want && !x->vanished) {
+            x->vanished = 1;
+            *changed = 1;
+        } else if (!want) {
+            /* Missed twice: gone. The router answers what it still holds. */
+            memmove(x, x + 1, (m->n - i - 1) * sizeof *x);
+            m->n--;
+            *changed = 1;
+            continue;
+        }
+        x->draining = x->drain_requested || x->vanished;
+        i++;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const struct membership_entry *x = find(m, urls[i]);
+        if (x) {
+            *skipped += strcmp(x->source, source) != 0 || strcmp(x->model, model) != 0;
+            continue;
+        }
+        append(m, model, "", urls[i], source, NULL); /* room was made above */
+        *changed = 1;
+    }
+    if (*changed)
+        ++m->generation;
+    *generation = m->generation;
     rc = CORRAL_OK;
 out:
     pthread_mutex_unlock(&m->mu);
@@ -144,7 +235,8 @@ int membership_set_draining(struct membership *m, const char *url, int draining,
     pthread_mutex_lock(&m->mu);
     struct membership_entry *x = lookup(m, url, e);
     if (x) {
-        x->draining = draining;
+        x->drain_requested = draining;
+        x->draining = draining || x->vanished;
         *generation = ++m->generation;
     }
     pthread_mutex_unlock(&m->mu);

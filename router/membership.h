@@ -4,6 +4,7 @@
  * Usage: membership_new(&m, threads). The control endpoint (any thread)
  * changes the table with membership_add(), membership_set_draining(),
  * membership_remove(), membership_set_canary() and membership_clear_canary();
+ * discovery (router/dns.h) with membership_sync_source(), on its own entries;
  * each change bumps the table's generation and returns it. Every router
  * thread, told of a change, copies the table with membership_snapshot(),
  * applies the copy to its own upstream (upstream_sync, upstream_sync_canaries)
@@ -34,6 +35,7 @@
 #define MEMBER_MODEL_MAX 256
 #define MEMBER_VERSION_MAX 64
 #define MEMBER_URL_MAX 256
+#define MEMBER_SOURCE_MAX 300 /* "dns://HOST:PORT" of a discovered replica */
 
 struct membership;
 
@@ -41,7 +43,12 @@ struct membership_entry {
     char model[MEMBER_MODEL_MAX];
     char version[MEMBER_VERSION_MAX]; /* "" for whatever the replica serves */
     char url[MEMBER_URL_MAX];
-    int draining;
+    int draining;        /* no new work: drain_requested or vanished */
+    /* Who put the entry there: "" for --replica and the control endpoint, the
+     * discovery's name for one that found it ("dns://HOST:PORT"). */
+    char source[MEMBER_SOURCE_MAX];
+    int drain_requested; /* membership_set_draining */
+    int vanished;        /* its source no longer lists it (membership_sync_source) */
 };
 
 /* A model's canary split: `percent` (0..100) of its unversioned requests go to `version`. */
@@ -69,6 +76,22 @@ int membership_set_draining(struct membership *m, const char *url, int draining,
                             uint64_t *generation, struct cerr *e);
 int membership_remove(struct membership *m, const char *url, uint64_t *generation,
                       struct cerr *e);
+/*
+ * Makes the entries of `source` (not "") match the n URLs, each a replica of
+ * `model` (checked as membership_add checks them; a bad one refuses the whole
+ * call and changes nothing). A URL of the list not in the table is added with
+ * that source. An entry of the source that the list no longer names is marked
+ * draining (vanished) at the first call that misses it, and removed at the next
+ * call that still misses it, so a replica that leaves gets no new work for a
+ * round before it goes (and what it holds is answered either way); one named
+ * again before that is active again. Entries of other sources (--replica, the
+ * control endpoint) are never touched: a listed URL that one of them holds is
+ * left to it and counted in *skipped. The generation is bumped once when
+ * anything changed (*changed 1), not at all otherwise.
+ */
+int membership_sync_source(struct membership *m, const char *source, const char *model,
+                           const char *const *urls, size_t n, int *changed, size_t *skipped,
+                           uint64_t *generation, struct cerr *e);
 /* Sets (or replaces) the model's canary split. */
 int membership_set_canary(struct membership *m, const char *model, const char *version,
                           int percent, uint64_t *generation, struct cerr *e);

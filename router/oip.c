@@ -261,10 +261,13 @@ static int check_model(struct oip_ctx *ctx, struct http_request *req, const stru
     if (rt->version[0] &&
         !upstream_model_versions(ctx->up, rt->model, rt->version, list, sizeof list) && list[0]) {
         /* Only versions some replica has reported can be judged unknown. */
+        char aliases[512];
+        upstream_model_aliases(ctx->up, rt->model, aliases, sizeof aliases);
         if (infer)
             record_refused(ctx, req, rt->model, 404);
-        respond_error(req, 404, NULL, "unknown version '%s' of model '%s' (serving: %s)",
-                      rt->version, rt->model, list);
+        respond_error(req, 404, NULL, "unknown version '%s' of model '%s' (serving: %s; "
+                      "aliases: %s)", rt->version, rt->model, list,
+                      aliases[0] ? aliases : "none");
         return 0;
     }
     return 1;
@@ -313,12 +316,14 @@ static void handle_model_ready(struct oip_ctx *ctx, struct http_request *req,
     if (!check_model(ctx, req, rt))
         return;
     int ready = upstream_model_ready(ctx->up, rt->model, rt->version) > 0;
+    /* An alias is answered with the version number it stands for. */
+    const char *v = upstream_version_resolve(ctx->up, rt->model, rt->version);
     struct buf b = {0};
     buf_puts(&b, "{\"name\":");
     buf_json_string(&b, rt->model, strlen(rt->model));
-    if (rt->version[0]) {
+    if (v[0]) {
         buf_puts(&b, ",\"version\":");
-        buf_json_string(&b, rt->version, strlen(rt->version));
+        buf_json_string(&b, v, strlen(v));
     }
     buf_printf(&b, ",\"ready\":%s}", ready ? "true" : "false");
     respond_json(req, ready ? 200 : 503, &b, NULL);
@@ -372,7 +377,8 @@ static void handle_model_meta(struct oip_ctx *ctx, struct http_request *req,
     buf_json_string(&b, rt->model, strlen(rt->model));
     buf_puts(&b, ",\"versions\":[");
     if (rt->version[0]) {
-        buf_json_string(&b, rt->version, strlen(rt->version));
+        const char *v = upstream_version_resolve(ctx->up, rt->model, rt->version);
+        buf_json_string(&b, v, strlen(v));
     } else if (vs[0]) {
         /* Every version some replica serves, not only the one that sent this metadata. */
         const char *p = vs;

@@ -88,6 +88,13 @@ void up_on_health_done(struct up_replica *r, struct up_call *c)
     const Corral__HealthResponse *h = resp->health;
     r->answered = 1;
     snprintf(r->version, sizeof r->version, "%s", h->model_version ? h->model_version : "");
+    /* A name that would not fit is dropped, never cut: a cut name could match another. */
+    r->n_aliases = 0;
+    for (size_t i = 0; i < h->n_model_aliases && r->n_aliases < UP_MAX_ALIASES; i++) {
+        const char *a = h->model_aliases[i];
+        if (a && a[0] && strlen(a) < sizeof r->aliases[0])
+            memcpy(r->aliases[r->n_aliases++], a, strlen(a) + 1);
+    }
     if (h->model_name && h->model_name[0] && strcmp(h->model_name, r->model->name) != 0) {
         snprintf(why, sizeof why, "it serves model '%.80s', but was configured as '%.80s'",
                  h->model_name, r->model->name);

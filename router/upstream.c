@@ -246,7 +246,12 @@ void up_on_conn_reply(void *arg, uint32_t id, const uint8_t *body, size_t len)
 
 int up_version_matches(const struct up_replica *r, const char *version)
 {
-    return !version || !version[0] || strcmp(r->version, version) == 0;
+    if (!version || !version[0] || strcmp(r->version, version) == 0)
+        return 1;
+    for (unsigned i = 0; i < r->n_aliases; i++)
+        if (strcmp(r->aliases[i], version) == 0)
+            return 1;
+    return 0;
 }
 
 struct up_model *up_find_model(const struct upstream *u, const char *name)
@@ -488,7 +493,7 @@ int upstream_model_versions(const struct upstream *u, const char *model, const c
         const struct up_replica *r = m->replicas[i];
         if (!r->answered || !r->version[0])
             continue;
-        if (version && strcmp(r->version, version) == 0)
+        if (version && version[0] && up_version_matches(r, version))
             found = 1;
         int dup = 0;
         for (size_t j = 0; j < i; j++)
@@ -501,6 +506,48 @@ int upstream_model_versions(const struct upstream *u, const char *model, const c
             off += (size_t)w;
     }
     return found;
+}
+
+const char *upstream_version_resolve(const struct upstream *u, const char *model,
+                                     const char *version)
+{
+    const struct up_model *m = up_find_model(u, model);
+    const char *any = version;
+    for (size_t i = 0; m && version && version[0] && i < m->n; i++) {
+        const struct up_replica *r = m->replicas[i];
+        if (!r->answered || !r->version[0] || !up_version_matches(r, version))
+            continue;
+        if (up_takes_traffic(r))
+            return r->version;
+        if (any == version)
+            any = r->version;
+    }
+    return any;
+}
+
+void upstream_model_aliases(const struct upstream *u, const char *model, char *buf, size_t len)
+{
+    const struct up_model *m = up_find_model(u, model);
+    size_t off = 0;
+    if (len)
+        buf[0] = '\0';
+    for (size_t i = 0; m && i < m->n; i++) {
+        const struct up_replica *r = m->replicas[i];
+        for (unsigned k = 0; r->answered && k < r->n_aliases && off < len; k++) {
+            /* Listed once, as the first replica that reports it says. */
+            int dup = 0;
+            for (size_t j = 0; j < i && !dup; j++)
+                for (unsigned q = 0; q < m->replicas[j]->n_aliases; q++)
+                    dup |= m->replicas[j]->answered &&
+                           strcmp(m->replicas[j]->aliases[q], r->aliases[k]) == 0;
+            if (dup)
+                continue;
+            int w = snprintf(buf + off, len - off, "%s%s=%s", off ? ", " : "", r->aliases[k],
+                             r->version);
+            if (w > 0)
+                off += (size_t)w;
+        }
+    }
 }
 
 void upstream_cancel(struct upstream *u, struct up_call *c)

@@ -143,8 +143,18 @@ int upstream_model_ready(const struct upstream *u, const char *model, const char
 const Corral__MetadataResponse *upstream_model_metadata(const struct upstream *u,
                                                         const char *model, const char *version);
 /*
+ * The version number a request's `version` (a number or an alias some replica of the
+ * model reports) stands for: the version of a replica taking traffic that matches,
+ * else of any that answered, else `version` itself. Valid until the next health answer.
+ */
+const char *upstream_version_resolve(const struct upstream *u, const char *model,
+                                     const char *version);
+/* Writes the aliases the model's replicas report, "production=2, staging=3" ("" if
+ * none), into buf. */
+void upstream_model_aliases(const struct upstream *u, const char *model, char *buf, size_t len);
+/*
  * Writes the versions the model's replicas report (comma separated, "" if none
- * has answered) into buf. Returns 1 if `version` is among them.
+ * has answered) into buf. Returns 1 if `version` is among them, or an alias of one.
  */
 int upstream_model_versions(const struct upstream *u, const char *model, const char *version,
                             char *buf, size_t len);

@@ -28,6 +28,8 @@ enum { UP_OK = 0, UP_ETIMEDOUT, UP_ELOST, UP_ECLOSED, UP_ENOTCONN, UP_ECANCELED 
 struct up_model;
 struct gather;
 
+#define UP_MAX_ALIASES 64
+
 struct up_replica {
     struct upstream *u;
     struct up_model *model;
@@ -43,6 +45,10 @@ struct up_replica {
     int answered; /* has answered a health request at least once */
     unsigned fail_streak;
     char version[64];
+    /* The aliases of that version its health reports (aliases.json as the replica read it
+     * at start); a request naming one of them matches as if it named the number. */
+    char aliases[UP_MAX_ALIASES][64];
+    unsigned n_aliases;
     int health_inflight;
     int meta_inflight;
     Corral__Response *meta; /* its metadata answer, owned */

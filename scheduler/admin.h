@@ -14,11 +14,11 @@
  *     }
  *     sched_admin_close(&a);
  *
- * Each connection carries one request (Connection: close): its head is read up to
- * SCHED_ADMIN_REQ_MAX bytes (431 beyond), within SCHED_ADMIN_DEADLINE_MS (closed
- * after), answered, and closed; at most SCHED_ADMIN_MAX_CONNS at once (the rest
- * wait in the listen backlog). Only a POST has a body: its Content-Length
- * (at most SCHED_CONFIG_MAX_BYTES) is read within the same deadline. Endpoints, the
+ * The connections are common/httpd.h's: each carries one request (Connection:
+ * close), its head read up to SCHED_ADMIN_REQ_MAX bytes (431 beyond) and its body
+ * (Content-Length, at most SCHED_CONFIG_MAX_BYTES; 413 beyond) within
+ * SCHED_ADMIN_DEADLINE_MS (closed after), answered, and closed; at most
+ * SCHED_ADMIN_MAX_CONNS at once (one more closes the oldest). Endpoints, the
  * GETs but / computed from one status snapshot (`status_fn`, a jansson object as
  * sched_sup_status documents):
  *     GET /            the operator page: one self-contained HTML page (admin_page.html,
@@ -57,22 +57,11 @@
 #define SCHED_ADMIN_MAX_CONNS 16
 #define SCHED_ADMIN_REQ_MAX 16384       /* request line and headers */
 #define SCHED_ADMIN_DEADLINE_MS 5000    /* from accept to the answer written */
-/* What sched_admin_pollfds may fill: the connections, the listener while one is free,
- * and the scrape in flight. */
-#define SCHED_ADMIN_POLLFDS (SCHED_ADMIN_MAX_CONNS + 1)
+/* What sched_admin_pollfds may fill: the connections, the listener and the scrape in
+ * flight. */
+#define SCHED_ADMIN_POLLFDS (SCHED_ADMIN_MAX_CONNS + 2)
 
-struct sched_admin_conn {
-    int fd;             /* -1: free */
-    int writing;        /* the answer is built; sending out[out_off..] */
-    int closing;        /* answered and shut for writing; discarding until EOF */
-    long deadline_ms;
-    size_t in_len;
-    char *in;           /* SCHED_ADMIN_REQ_MAX + 1 bytes; grown for a POST's body */
-    size_t head_len;    /* > 0: the head is complete (its bytes, blank line included) */
-    size_t body_len;    /* the Content-Length of a POST */
-    char *out;
-    size_t out_len, out_off;
-};
+struct httpd;
 
 /* A new reference to the status snapshot (NULL when out of memory). */
 typedef json_t *(*sched_admin_status_fn)(void *arg);
@@ -87,14 +76,13 @@ typedef json_t *(*sched_admin_apply_fn)(void *arg, const char *body, size_t len,
 typedef json_t *(*sched_admin_promote_fn)(void *arg, const char *model, int *http_status);
 
 struct sched_admin {
-    int fd;                      /* the listening socket; -1: closed */
+    struct httpd *httpd;         /* the connections; NULL: closed */
     char url[SCHED_HOST_MAX + 32]; /* http://HOST:PORT, the port as bound */
     char *token;                 /* NULL: no token needed */
     sched_admin_status_fn status;
     sched_admin_apply_fn apply;  /* NULL: POST /v1/apply answers 404; set after open */
     sched_admin_promote_fn promote; /* NULL: POST /v1/promote answers 404; set after open */
     void *arg;
-    struct sched_admin_conn conns[SCHED_ADMIN_MAX_CONNS];
     struct sched_scrape scrape;  /* the router's metrics, for "traffic" in the status */
     long now_ms;                 /* of the current sched_admin_serve */
 };

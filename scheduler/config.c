@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "aliases.h"
 #include "hostport.h"
 #include "token.h"
 
@@ -458,6 +459,29 @@ static int valid_name(const char *s)
     return 1;
 }
 
+/* m->alias through <mdir>/aliases.json into m->version; 1 when it resolved. */
+static int resolve_alias(struct sched_model *m, const char *mdir, const char *path,
+                         struct sched_errs *errs)
+{
+    struct model_aliases al;
+    struct cerr e = {0};
+    char p[128], names[512];
+    path_key(p, sizeof p, path, "version");
+    if (aliases_load(mdir, &al, &e)) {
+        sched_errs_add(errs, p, "%s", e.msg);
+        return 0;
+    }
+    const struct model_alias *a = aliases_find(&al, m->alias);
+    if (!a) {
+        aliases_names(&al, names, sizeof names);
+        sched_errs_add(errs, p, "no alias '%s' in %s/%s (aliases: %s)", m->alias, mdir,
+                       ALIASES_FILE, names);
+        return 0;
+    }
+    m->version = a->version;
+    return 1;
+}
+
 static void parse_model(const json_t *o, size_t idx, struct sched_config *cfg,
                         struct sched_errs *errs)
 {
@@ -502,11 +526,14 @@ static void parse_model(const json_t *o, size_t idx, struct sched_config *cfg,
     json_t *ver = json_object_get(o, "version");
     path_key(p, sizeof p, path, "version");
     if (!ver) {
-        sched_errs_add(errs, p, "missing (expected a positive integer)");
-    } else if (json_is_string(ver)) {
+        sched_errs_add(errs, p, "missing (expected a positive integer or a version alias)");
+    } else if (json_is_string(ver) && !aliases_name_valid(json_string_value(ver))) {
         got(ver, g, sizeof g);
-        sched_errs_add(errs, p, "expected a positive integer, got %s (version aliases are not "
-                       "supported yet)", g);
+        sched_errs_add(errs, p, "expected a positive integer or a version alias (1 to %d letters, "
+                       "digits, '_', '-' or '.', not all digits), got %s", ALIAS_NAME_MAX - 1, g);
+    } else if (json_is_string(ver)) {
+        /* Resolved below, against the repository's aliases.json. */
+        snprintf(m->alias, sizeof m->alias, "%s", json_string_value(ver));
     } else if (get_int(o, path, "version", 1, 999999999L, 0, 1, &v, errs) == 0) {
         m->version = v;
         version_ok = 1;
@@ -559,7 +586,10 @@ static void parse_model(const json_t *o, size_t idx, struct sched_config *cfg,
             path_key(p, sizeof p, path, "name");
             sched_errs_add(errs, p, "no model '%s' in the model repository: %s %s", m->name, cj,
                            why);
-        } else if (version_ok) {
+        } else if (m->alias[0]) {
+            version_ok = resolve_alias(m, mdir, path, errs);
+        }
+        if (cj && version_ok && !file_problem(cj)) {
             snprintf(vname, sizeof vname, "%ld", m->version);
             vdir = path_join(mdir, vname);
             onnx = vdir ? path_join(vdir, "model.onnx") : NULL;
@@ -567,8 +597,13 @@ static void parse_model(const json_t *o, size_t idx, struct sched_config *cfg,
                 errs->oom = 1;
             else if ((why = file_problem(onnx))) {
                 path_key(p, sizeof p, path, "version");
-                sched_errs_add(errs, p, "no version %ld of model '%s': %s %s", m->version,
-                               m->name, onnx, why);
+                if (m->alias[0])
+                    sched_errs_add(errs, p, "alias '%s' names version %ld of model '%s', which "
+                                   "is not in the repository: %s %s", m->alias, m->version,
+                                   m->name, onnx, why);
+                else
+                    sched_errs_add(errs, p, "no version %ld of model '%s': %s %s", m->version,
+                                   m->name, onnx, why);
             }
         }
         free(onnx);

@@ -33,6 +33,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "aliases.h"
 #include "error.h"
 
 #define SCHED_CONFIG_MAX_BYTES (1 << 20) /* a cluster config is a few KiB; refuse a huge file */
@@ -90,6 +91,9 @@ struct sched_device {
 struct sched_model {
     char name[SCHED_NAME_MAX];
     long version;      /* >= 1: the directory <model_repository>/<name>/<version> */
+    char alias[ALIAS_NAME_MAX]; /* the alias "version" named, resolved into version through
+                                   <model_repository>/<name>/aliases.json at load; "" for a
+                                   number */
     int replicas;      /* 0..SCHED_MAX_REPLICAS */
     int threads;       /* 1..SCHED_MAX_THREADS; the CPU cores (and --threads) of each CPU replica */
     size_t n_devices;  /* >= 1: absent "devices" means ["cpu"] */

@@ -132,8 +132,12 @@ static void print_plan(const struct sched_config *cfg, const struct sched_machin
             off += (size_t)snprintf(devs + off, sizeof devs - off, "%s%s", d ? " " : "", one);
         }
         snprintf(label, sizeof label, "models[%zu]", i);
-        printf("%-27s %s version %ld: %d replica%s, threads %d, devices %s\n", label, mo->name,
-               mo->version, mo->replicas, mo->replicas == 1 ? "" : "s", mo->threads, devs);
+        if (mo->alias[0])
+            printf("%-27s %s version %s (%ld)", label, mo->name, mo->alias, mo->version);
+        else
+            printf("%-27s %s version %ld", label, mo->name, mo->version);
+        printf(": %d replica%s, threads %d, devices %s\n", mo->replicas,
+               mo->replicas == 1 ? "" : "s", mo->threads, devs);
         for (size_t r = 0; r < plan->n; r++)
             if (plan->replicas[r].model == i)
                 print_replica(cfg, &plan->replicas[r]);

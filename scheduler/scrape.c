@@ -491,13 +491,13 @@ static int head_check(struct sched_scrape *sc)
                                 "instead of 200; scrape dropped", sc->host, sc->port, v);
         return -1;
     }
-    if (sched_http_header(sc->in, sc->head_len, "Transfer-Encoding", v, sizeof v) == 0) {
+    if (httphead_get(sc->in, sc->head_len, "Transfer-Encoding", v, sizeof v) == 0) {
         WARN_ONCE(sc, W_ANSWER, "admin: the router's GET /metrics at %s:%d answered with "
                                 "Transfer-Encoding %s, which this scraper does not read; "
                                 "scrape dropped", sc->host, sc->port, v);
         return -1;
     }
-    if (sched_http_header(sc->in, sc->head_len, "Content-Length", v, sizeof v) == 0) {
+    if (httphead_get(sc->in, sc->head_len, "Content-Length", v, sizeof v) == 0) {
         char *end = NULL;
         errno = 0;
         unsigned long long cl = strtoull(v, &end, 10);

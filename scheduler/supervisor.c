@@ -712,7 +712,7 @@ int sched_sup_run(const struct sched_sup_opts *o)
     int hup = 0;
     for (;;) {
         /* The signals and the admin API's sockets; the admin server never blocks. */
-        struct pollfd p[1 + SCHED_ADMIN_MAX_CONNS + 1];
+        struct pollfd p[1 + SCHED_ADMIN_POLLFDS];
         p[0].fd = sfd;
         p[0].events = POLLIN;
         p[0].revents = 0;

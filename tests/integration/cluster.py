@@ -191,6 +191,44 @@ class Cluster:
         raise ProcessFailed("router never became ready at %s" % path)
 
 
+def digits_request(root):
+    """The infer body of one held-out digits row (tests/data/digits_heldout.json)."""
+    with open(os.path.join(root, "tests", "data", "digits_heldout.json")) as f:
+        x = json.load(f)["inputs"][0]
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]}
+
+
+def set_batching(repo, model="digits", **batching):
+    """Rewrites REPO/MODEL/config.json with these batching settings (default: batches of up
+    to 8 rows, 2 ms of queue delay)."""
+    cfgp = os.path.join(repo, model, "config.json")
+    with open(cfgp) as f:
+        cfg = json.load(f)
+    cfg["batching"] = batching or {"max_batch_size": 8, "max_queue_delay_us": 2000}
+    with open(cfgp, "w") as f:
+        json.dump(cfg, f)
+
+
+def infer_async(cluster, body, n=1, model="digits"):
+    """n infer requests to the cluster's router, each on a thread and a connection of its
+    own; returns (threads, statuses): each status (or the exception's repr) is appended
+    as its answer comes."""
+    out = []
+
+    def one():
+        cl = Cluster(cluster.build, cluster.repo)
+        cl.port = cluster.port
+        try:
+            out.append(cl.http("POST", "/v2/models/%s/infer" % model, body)[0])
+        except Exception as ex:  # noqa: BLE001 - counted
+            out.append(repr(ex))
+        cl.close()
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads, out
+
+
 def wait_until(what, cond, timeout=30.0, every=0.02):
     """Polls cond() every `every` s until it returns something true, and returns that;
     fails (AssertionError naming `what`) after `timeout` s. Tests wait for what a step

@@ -13,7 +13,6 @@ started is counted back):
 
 Usage: test_control_plane.py BUILD_DIR REPO_ROOT
 """
-import json
 import os
 import re
 import signal
@@ -24,7 +23,8 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from cluster import Cluster, replica_counts, wait_until  # noqa: E402
+from cluster import (Cluster, digits_request, infer_async, replica_counts,  # noqa: E402
+                     set_batching, wait_until)
 from test_protocol_util import make_repo  # noqa: E402
 import testrun  # noqa: E402
 
@@ -81,9 +81,7 @@ class ControlPlane(unittest.TestCase):
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="corral-cp-")
         make_repo(self.tmp.name, ROOT)
-        with open(os.path.join(ROOT, "tests", "data", "digits_heldout.json")) as f:
-            x = json.load(f)["inputs"][0]
-        self.plain = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": x}]}
+        self.plain = digits_request(ROOT)
         self.c = Cluster(BUILD, self.tmp.name)
         self.load = None
 
@@ -100,29 +98,11 @@ class ControlPlane(unittest.TestCase):
         return {r["url"]: r for r in self.c.http("GET", "/v2/corral/replicas")[1]["replicas"]}
 
     def batching(self):
-        cfgp = os.path.join(self.tmp.name, "digits", "config.json")
-        with open(cfgp) as f:
-            cfg = json.load(f)
-        cfg["batching"] = {"max_batch_size": 8, "max_queue_delay_us": 2000}
-        with open(cfgp, "w") as f:
-            json.dump(cfg, f)
+        set_batching(self.tmp.name)
 
     def send_async(self, body, n):
         """n requests on threads of their own; returns (threads, results list)."""
-        out = []
-
-        def one():
-            cl = Cluster(BUILD, self.tmp.name)
-            cl.port = self.c.port
-            try:
-                out.append(cl.http("POST", "/v2/models/digits/infer", body)[0])
-            except Exception as ex:  # noqa: BLE001 - counted
-                out.append(repr(ex))
-            cl.close()
-        threads = [threading.Thread(target=one) for _ in range(n)]
-        for t in threads:
-            t.start()
-        return threads, out
+        return infer_async(self.c, body, n)
 
     def test_sigterm_one_of_two_under_load(self):
         # Arranged so that the router sends the draining replica new requests: the other

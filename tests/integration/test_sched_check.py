@@ -175,6 +175,31 @@ class Check(unittest.TestCase):
             "GPU, per CUDA_VISIBLE_DEVICES)",
         ])
 
+    def test_version_alias(self):
+        """"version": "production" resolves through models/digits/aliases.json, and the plan
+        says what it resolved to; an unknown alias names the file and the aliases there."""
+        repo = os.path.join(self.tmp, "repo")
+        d = os.path.join(repo, "digits")
+        os.makedirs(d)
+        shutil.copy(os.path.join(MODELS, "digits", "config.json"), d)
+        for v in ("1", "3"):
+            os.makedirs(os.path.join(d, v))
+            shutil.copy(os.path.join(MODELS, "digits", "1", "model.onnx"), os.path.join(d, v))
+        with open(os.path.join(d, "aliases.json"), "w") as f:
+            json.dump({"production": 3, "staging": 1}, f)
+        cfg = {"model_repository": repo,
+               "models": [{"name": "digits", "version": "production", "replicas": 1}]}
+        rc, out, err = self.run_sched("--check", self.write(cfg))
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"(?m)^models\[0\] +digits version production \(3\): 1 replica, "
+                              r"threads 1, devices cpu$")
+        cfg["models"][0]["version"] = "prod"
+        rc, out, err = self.run_sched("--check", self.write(cfg))
+        self.assertEqual(rc, 1, out)
+        self.assertEqual(err.splitlines()[1:], [
+            "models[0].version: no alias 'prod' in %s/digits/aliases.json (aliases: production, "
+            "staging)" % os.path.realpath(repo)])
+
     def test_oversubscription(self):
         cfg = {"model_repository": MODELS,
                "models": [{"name": "digits", "version": 1, "replicas": 3}]}

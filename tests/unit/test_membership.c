@@ -10,6 +10,10 @@
  *   refusals (percent outside 0..100, empty or malformed names) change nothing.
  * - A snapshot is a copy: later changes do not reach it.
  * - Acknowledgement: a generation is acknowledged once every thread applied it.
+ * - A discovery's own entries (membership_sync_source): added, drained for a round
+ *   and then removed when they leave, active again when they come back; entries of
+ *   --replica, the control endpoint or another source are never touched, and a
+ *   control endpoint's drain outlives the discovery's; refusals change nothing.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -248,6 +252,123 @@ static void test_canary_acknowledged_by_every_thread(void **state)
     membership_free(m);
 }
 
+/* Syncs SRC's entries of model digits to the given URLs; checks *changed. */
+static void sync_ok(struct membership *m, const char *src, const char *const *urls, size_t n,
+                    int want_changed, size_t want_skipped)
+{
+    int changed = -1;
+    size_t skipped = 99;
+    uint64_t g = 0, before = membership_generation(m);
+    struct cerr e = {0};
+    assert_int_equal(membership_sync_source(m, src, "digits", urls, n, &changed, &skipped, &g, &e),
+                     CORRAL_OK);
+    assert_int_equal(changed, want_changed);
+    assert_int_equal(skipped, want_skipped);
+    assert_int_equal(g, before + (want_changed ? 1 : 0));
+}
+
+/* The entry of `url` in a snapshot, NULL if none. */
+static const struct membership_entry *entry(const struct membership_snapshot *s, const char *url)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->entries[i].url, url) == 0)
+            return &s->entries[i];
+    return NULL;
+}
+
+#define URL_C "tcp://[::1]:9101"
+#define SRC "digits=dns://svc:9101"
+
+static void test_sync_source(void **state)
+{
+    (void)state;
+    struct membership *m = table(1);
+    const char *ab[] = {URL_A, URL_B}, *b[] = {URL_B}, *bc[] = {URL_B, URL_C, URL_C};
+    sync_ok(m, SRC, ab, 2, 1, 0);
+    sync_ok(m, SRC, ab, 2, 0, 0); /* the same answer again: nothing to do */
+    struct membership_snapshot s = snap(m);
+    assert_int_equal(s.n, 2);
+    assert_string_equal(entry(&s, URL_A)->source, SRC);
+    assert_false(entry(&s, URL_A)->draining);
+    membership_snapshot_free(&s);
+    /* A leaves: draining for one round, then removed. */
+    sync_ok(m, SRC, b, 1, 1, 0);
+    s = snap(m);
+    assert_true(entry(&s, URL_A)->draining);
+    assert_true(entry(&s, URL_A)->vanished);
+    assert_false(entry(&s, URL_B)->draining);
+    membership_snapshot_free(&s);
+    sync_ok(m, SRC, b, 1, 1, 0);
+    s = snap(m);
+    assert_null(entry(&s, URL_A));
+    assert_int_equal(s.n, 1);
+    membership_snapshot_free(&s);
+    sync_ok(m, SRC, b, 1, 0, 0);
+    /* Back before the second round: active again. A duplicate is one entry. */
+    sync_ok(m, SRC, bc, 3, 1, 0);
+    sync_ok(m, SRC, b, 1, 1, 0);
+    sync_ok(m, SRC, bc, 3, 1, 0);
+    s = snap(m);
+    assert_int_equal(s.n, 2);
+    assert_false(entry(&s, URL_C)->draining);
+    membership_snapshot_free(&s);
+    membership_free(m);
+}
+
+static void test_sync_source_leaves_others_alone(void **state)
+{
+    (void)state;
+    struct membership *m = table(1);
+    uint64_t g = 0;
+    struct cerr e = {0};
+    add_ok(m, "", URL_A, 1); /* --replica, or the control endpoint */
+    const char *ab[] = {URL_A, URL_B}, *x[] = {"tcp://127.0.0.1:1"}, *ax[] = {URL_A, x[0]};
+    sync_ok(m, SRC, ab, 2, 1, 1);
+    struct membership_snapshot s = snap(m);
+    assert_string_equal(entry(&s, URL_A)->source, "");
+    assert_string_equal(entry(&s, URL_B)->source, SRC);
+    membership_snapshot_free(&s);
+    /* Neither A nor B listed any more: only the source's own entry drains and goes. */
+    sync_ok(m, SRC, x, 1, 1, 0);
+    sync_ok(m, SRC, x, 1, 1, 0);
+    sync_ok(m, SRC, x, 1, 0, 0);
+    s = snap(m);
+    assert_non_null(entry(&s, URL_A));
+    assert_false(entry(&s, URL_A)->draining);
+    assert_null(entry(&s, URL_B));
+    membership_snapshot_free(&s);
+    /* Another source's entries are its own. */
+    sync_ok(m, "other=dns://x:1", ax, 2, 0, 2);
+    /* A drain asked on the control endpoint outlives the source's coming and going. */
+    assert_int_equal(membership_set_draining(m, x[0], 1, &g, &e), CORRAL_OK);
+    sync_ok(m, SRC, ab, 2, 1, 1);
+    sync_ok(m, SRC, x, 1, 1, 0);
+    s = snap(m);
+    assert_true(entry(&s, x[0])->draining);
+    assert_false(entry(&s, x[0])->vanished);
+    assert_true(entry(&s, URL_B)->draining);
+    membership_snapshot_free(&s);
+    /* Refusals change nothing. */
+    const char *bad[] = {URL_B, "http://x:1"};
+    int changed = 7;
+    size_t skipped = 7;
+    uint64_t before = membership_generation(m);
+    s = snap(m);
+    assert_int_equal(membership_sync_source(m, SRC, "digits", bad, 2, &changed, &skipped, &g, &e),
+                     CORRAL_EINVAL);
+    assert_int_equal(membership_sync_source(m, "", "digits", ab, 2, &changed, &skipped, &g, &e),
+                     CORRAL_EINVAL);
+    assert_int_equal(membership_sync_source(m, SRC, "di/gits", ab, 2, &changed, &skipped, &g, &e),
+                     CORRAL_EINVAL);
+    assert_int_equal(membership_generation(m), before);
+    struct membership_snapshot s2 = snap(m);
+    assert_int_equal(s2.n, s.n);
+    assert_memory_equal(s2.entries, s.entries, s.n * sizeof *s.entries);
+    membership_snapshot_free(&s);
+    membership_snapshot_free(&s2);
+    membership_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +377,8 @@ int main(void)
         cmocka_unit_test(test_canary_refusals),
         cmocka_unit_test(test_canary_many_models),
         cmocka_unit_test(test_canary_acknowledged_by_every_thread),
+        cmocka_unit_test(test_sync_source),
+        cmocka_unit_test(test_sync_source_leaves_others_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,7 +7,8 @@
  *
  * Configs are written as JSON with single quotes (turned into double quotes before
  * writing) to conf/c.json in a temporary folder beside a model repository holding
- * m (versions 1 and 2) and n (version 1); "../repo" in a config resolves against
+ * m (versions 1 and 2, aliases production=2, staging=1, broken=7), n (version 1, an
+ * aliases.json that is refused) and nover (no version); "../repo" in a config resolves against
  * conf/, never against the current directory, which the tests set to "/".
  */
 #include <limits.h>
@@ -70,6 +71,9 @@ static int setup(void **state)
     write_file("repo/n/config.json", "{}");
     write_file("repo/n/1/model.onnx", "x");
     write_file("repo/nover/config.json", "{}");
+    write_file("repo/m/aliases.json", "{\"production\": 2, \"staging\": 1, \"broken\": 7}");
+    /* Read only where a config names n by an alias. */
+    write_file("repo/n/aliases.json", "{\"1\": 1}");
     for (int i = 0; i < 5; i++) {
         char d[64];
         snprintf(d, sizeof d, "repo/r%d", i);
@@ -221,11 +225,51 @@ static void test_wrong_types(void **state)
            "models[0].replicas: expected an integer >= 0, got 2.0",
            "models[0].threads: expected an integer >= 1, got true",
            "models[1]: expected an object {name, version, replicas, devices, threads}, got 7");
-    /* Aliases are in the issue for later; until then a string says so. */
-    EXPECT("{'model_repository': '../repo', 'models': [{'name': 'm', 'version': 'stable', "
+    /* A string is an alias; one of digits alone would read as a number, so is refused. */
+    EXPECT("{'model_repository': '../repo', 'models': [{'name': 'm', 'version': '2', "
            "'replicas': 1}]}",
-           "models[0].version: expected a positive integer, got \"stable\" (version aliases are "
-           "not supported yet)");
+           "models[0].version: expected a positive integer or a version alias (1 to 63 letters, "
+           "digits, '_', '-' or '.', not all digits), got \"2\"");
+}
+
+/* "version": "production" is resolved through the model's aliases.json when loaded. */
+static void test_version_alias(void **state)
+{
+    struct sched_config cfg;
+    struct sched_plan plan;
+    expect_ok("{'model_repository': '../repo', 'models': [{'name': 'm', 'version': 'production', "
+              "'replicas': 1}, {'name': 'n', 'version': 1, 'replicas': 1}]}", &cfg, &plan);
+    assert_int_equal(cfg.models[0].version, 2);
+    assert_string_equal(cfg.models[0].alias, "production");
+    assert_string_equal(cfg.models[1].alias, "");
+    sched_plan_free(&plan);
+    sched_config_free(&cfg);
+    expect_ok("{'model_repository': '../repo', 'models': [{'name': 'm', 'version': 'staging', "
+              "'replicas': 1}]}", &cfg, &plan);
+    assert_int_equal(cfg.models[0].version, 1);
+    sched_plan_free(&plan);
+    sched_config_free(&cfg);
+
+    char w1[1024], w2[1024], w3[1024], w4[1024];
+    snprintf(w1, sizeof w1, "models[0].version: no alias 'prod' in %s/m/aliases.json (aliases: "
+             "broken, production, staging)", repo);
+    snprintf(w2, sizeof w2, "models[1].version: %s/n/aliases.json: alias '1' is all digits, "
+             "which would read as a version number (an alias needs a letter, '_', '-' or '.')",
+             repo);
+    snprintf(w3, sizeof w3, "models[2].version: no alias 'production' in %s/nover/aliases.json "
+             "(aliases: none)", repo);
+    const char *const want[] = {w1, w2, w3, NULL};
+    expect_errors_on(&m4,
+                     "{'model_repository': '../repo', 'models': ["
+                     "{'name': 'm', 'version': 'prod', 'replicas': 1},"
+                     "{'name': 'n', 'version': 'x', 'replicas': 1},"
+                     "{'name': 'nover', 'version': 'production', 'replicas': 0}]}",
+                     want);
+    snprintf(w4, sizeof w4, "models[0].version: alias 'broken' names version 7 of model 'm', "
+             "which is not in the repository: %s/m/7/model.onnx does not exist", repo);
+    const char *const want2[] = {w4, NULL};
+    expect_errors_on(&m4, "{'model_repository': '../repo', 'models': ["
+                     "{'name': 'm', 'version': 'broken', 'replicas': 1}]}", want2);
 }
 
 static void test_not_an_object_and_not_json(void **state)
@@ -290,7 +334,7 @@ static void test_missing_keys_and_names(void **state)
            "{'name': 'm', 'version': 1, 'replicas': 1}, {'name': 'm', 'version': 2, "
            "'replicas': 1}]}",
            "models[0].name: missing (expected a model name)",
-           "models[0].version: missing (expected a positive integer)",
+           "models[0].version: missing (expected a positive integer or a version alias)",
            "models[0].replicas: missing (expected an integer >= 0)",
            "models[1].name: expected a model name of 1 to 127 letters, digits, '_', '-' or '.' "
            "(not starting with '.' or '-'), got \"../etc\"",
@@ -801,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_negative_and_out_of_range),
         cmocka_unit_test(test_missing_keys_and_names),
         cmocka_unit_test(test_missing_model_and_version),
+        cmocka_unit_test(test_version_alias),
         cmocka_unit_test(test_device_that_does_not_exist),
         cmocka_unit_test(test_cpu_range_mismatch),
         cmocka_unit_test(test_overlapping_fixed_cores),

@@ -646,24 +646,24 @@ static void test_http_header(void **state)
                                "Body-Header: no\r\n";
     size_t head_len = strstr(head, "\r\n\r\n") + 4 - head;
     char v[8];
-    assert_int_equal(sched_http_header(head, head_len, "Content-Length", v, sizeof v), 0);
+    assert_int_equal(httphead_get(head, head_len, "Content-Length", v, sizeof v), 0);
     assert_string_equal(v, "42");
-    assert_int_equal(sched_http_header(head, head_len, "x-empty", v, sizeof v), 0);
+    assert_int_equal(httphead_get(head, head_len, "x-empty", v, sizeof v), 0);
     assert_string_equal(v, "");
-    assert_int_equal(sched_http_header(head, head_len, "X-Long", v, sizeof v), -1); /* no room */
-    assert_int_equal(sched_http_header(head, head_len, "Content", v, sizeof v), -1);
-    assert_int_equal(sched_http_header(head, head_len, "HTTP/1.1 200 OK", v, sizeof v), -1);
-    assert_int_equal(sched_http_header(head, head_len, "Body-Header", v, sizeof v), -1);
-    assert_int_equal(sched_http_header(head, sizeof head - 1, "Body-Header", v, sizeof v), 0);
+    assert_int_equal(httphead_get(head, head_len, "X-Long", v, sizeof v), -1); /* no room */
+    assert_int_equal(httphead_get(head, head_len, "Content", v, sizeof v), -1);
+    assert_int_equal(httphead_get(head, head_len, "HTTP/1.1 200 OK", v, sizeof v), -1);
+    assert_int_equal(httphead_get(head, head_len, "Body-Header", v, sizeof v), -1);
+    assert_int_equal(httphead_get(head, sizeof head - 1, "Body-Header", v, sizeof v), 0);
     /* A head cut inside a line, in a buffer with nothing after it. */
     static const char cut[] = "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 12";
     char *exact = malloc(sizeof cut - 1);
     assert_non_null(exact);
     memcpy(exact, cut, sizeof cut - 1);
-    assert_int_equal(sched_http_header(exact, sizeof cut - 1, "Content-Length", v, sizeof v), 0);
+    assert_int_equal(httphead_get(exact, sizeof cut - 1, "Content-Length", v, sizeof v), 0);
     assert_string_equal(v, "12");
-    assert_int_equal(sched_http_header(exact, sizeof cut - 9, "Content-Length", v, sizeof v), -1);
-    assert_int_equal(sched_http_header(exact, 0, "Host", v, sizeof v), -1);
+    assert_int_equal(httphead_get(exact, sizeof cut - 9, "Content-Length", v, sizeof v), -1);
+    assert_int_equal(httphead_get(exact, 0, "Host", v, sizeof v), -1);
     free(exact);
 }
 

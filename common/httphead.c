@@ -3,7 +3,7 @@
 #include <string.h>
 #include <strings.h>
 
-int sched_http_header(const char *head, size_t len, const char *name, char *out, size_t olen)
+int httphead_get(const char *head, size_t len, const char *name, char *out, size_t olen)
 {
     size_t nl = strlen(name);
     const char *end = head + len;

@@ -1,10 +1,11 @@
 /*
  * httphead: one header's value in an HTTP/1.x head, a request's or an answer's, for
- * the scheduler's small HTTP pieces (the admin server, the router-metrics scraper).
+ * the small HTTP pieces (common/httpd.h and its endpoints, the scheduler's
+ * router-metrics scraper).
  *
  * Usage:
  *     char v[32];
- *     if (sched_http_header(head, head_len, "Content-Length", v, sizeof v) == 0)
+ *     if (httphead_get(head, head_len, "Content-Length", v, sizeof v) == 0)
  *         ... v holds the value, NUL-terminated, blanks around it trimmed ...
  *
  * The first line (the request or status line) is skipped; the name compares without
@@ -12,11 +13,11 @@
  * dropped). At most `len` bytes of `head` are read, and it needs no NUL. Returns 0, or
  * -1 when the header is absent or its value does not fit in `out` (olen bytes).
  */
-#ifndef CORRAL_SCHEDULER_HTTPHEAD_H
-#define CORRAL_SCHEDULER_HTTPHEAD_H
+#ifndef CORRAL_COMMON_HTTPHEAD_H
+#define CORRAL_COMMON_HTTPHEAD_H
 
 #include <stddef.h>
 
-int sched_http_header(const char *head, size_t len, const char *name, char *out, size_t olen);
+int httphead_get(const char *head, size_t len, const char *name, char *out, size_t olen);
 
 #endif
