@@ -160,7 +160,7 @@ static int load(const char *file, struct sched_config *cfg_out, struct sched_mac
 {
     struct sched_config cfg;
     struct sched_errs errs = {0};
-    struct sched_machine mach;
+    struct sched_machine mach = {0};
     struct sched_plan plan = {0};
     struct cerr e = {0};
     int rc = 1;
