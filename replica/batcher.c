@@ -535,8 +535,11 @@ int batcher_submit(struct batcher *b, Corral__Request *req, void *owner, struct 
     pthread_mutex_lock(&b->mu);
     b->st.requests++;
     if (!rc && b->stopping) {
-        why = BATCHER_REJECT_UNAVAILABLE;
-        rc = cerr_set(e, CORRAL_EUNAVAIL, "replica is shutting down");
+        /* Read from the socket after the drain ended: never run, so the router may send
+         * it elsewhere like any request a draining replica refuses (rule 3). */
+        why = BATCHER_REJECT_DRAINING;
+        rc = cerr_set(e, CORRAL_EDRAINING, "replica is stopping; send the request to another "
+                      "replica");
     } else if (!rc && b->draining) {
         /* Distinct from EUNAVAIL: the router sends it again elsewhere, as it would after a
          * transport failure, since this replica never ran it. */
@@ -1121,7 +1124,9 @@ static void *batch_main(void *arg)
             left = r;
         }
     pthread_mutex_unlock(&b->mu);
-    abandon(b, left, BATCHER_REJECT_UNAVAILABLE, CORRAL_EUNAVAIL, "replica is shutting down");
+    /* Never run, so safe to send elsewhere (CONTROL-PLANE.md, rule 4). */
+    abandon(b, left, BATCHER_REJECT_DRAINING, CORRAL_EDRAINING,
+            "replica stopped before this request ran; send it to another replica");
     return NULL;
 }
 

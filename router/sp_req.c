@@ -11,7 +11,7 @@
 
 #include "log.h"
 #include "sp_frame.h"
-#include "uv_send.h"
+#include "loop_io.h"
 
 enum { SP_IDLE, SP_CONNECTING, SP_HANDSHAKE, SP_UP };
 
@@ -33,10 +33,10 @@ struct sp_req {
     uint8_t *rbuf;
     size_t rlen, rcap;
     /* Requests routed in one turn of the loop leave in one write at its end
-     * (uv_send.h's uv_turn), instead of one system call each. */
+     * (loop_io.h's loop_turn), instead of one system call each. */
     uint8_t *obuf;
     size_t olen, ocap;
-    struct uv_turn flush;
+    struct loop_turn flush;
     struct sp_req_events ev;
     void *arg;
     int stopping, pending_closes;
@@ -116,7 +116,7 @@ static void on_sent(void *arg, int status)
 /* Writes what the kernel takes now and queues the rest (copied). */
 static int write_bufs(struct sp_req *s, uv_buf_t *b, unsigned nb)
 {
-    int r = uv_send((uv_stream_t *)&s->tcp, b, nb, on_sent, s, NULL);
+    int r = stream_send((uv_stream_t *)&s->tcp, b, nb, on_sent, s, NULL);
     if (r < 0) {
         char why[128];
         snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
@@ -166,7 +166,7 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     memcpy(s->obuf + s->olen, hdr, sizeof hdr);
     memcpy(s->obuf + s->olen + sizeof hdr, body, len);
     s->olen += sizeof hdr + len;
-    uv_turn_arm(&s->flush);
+    loop_turn_arm(&s->flush);
     return 0;
 }
 
@@ -335,7 +335,7 @@ int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t ma
     s->backoff_ms = SP_RETRY_MIN_MS;
     uv_timer_init(loop, &s->retry);
     s->retry.data = s;
-    uv_turn_init(loop, &s->flush, flush_now, s);
+    loop_turn_init(loop, &s->flush, flush_now, s);
     start_connect(s);
     *out = s;
     return CORRAL_OK;
@@ -358,7 +358,7 @@ void sp_req_close(struct sp_req *s, void (*closed)(void *arg))
     s->pending_closes = 3;
     uv_timer_stop(&s->retry);
     uv_close((uv_handle_t *)&s->retry, on_handle_closed);
-    uv_turn_close(&s->flush, on_handle_closed);
+    loop_turn_close(&s->flush, on_handle_closed);
     if (s->tcp_open) {
         s->pending_closes++;
         if (!s->tcp_closing) {

@@ -22,7 +22,7 @@
 
 #include "log.h"
 #include "sp_frame.h"
-#include "uv_send.h"
+#include "loop_io.h"
 
 #define SS_READ_CHUNK (64 * 1024)
 /* A peer with this much of its replies unread is not read from until it catches up. */
@@ -59,7 +59,7 @@ struct sp_serve {
     void *arg;
     uv_tcp_t listener;
     int listener_open;
-    struct uv_turn turn; /* service() once at the end of a turn with work for it */
+    struct loop_turn turn; /* service() once at the end of a turn with work for it */
     uv_timer_t timer;
     int quiesced, closing;
     unsigned refs, nconns, inflight;
@@ -178,7 +178,7 @@ static void on_sent(void *arg, int status)
 static void write_bufs(struct ss_conn *c, const uv_buf_t *b, unsigned nb)
 {
     int queued = 0;
-    int r = uv_send((uv_stream_t *)&c->tcp, b, nb, on_sent, c, &queued);
+    int r = stream_send((uv_stream_t *)&c->tcp, b, nb, on_sent, c, &queued);
     if (r < 0) {
         char why[128];
         snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
@@ -207,7 +207,7 @@ static void flush_conn(struct ss_conn *c)
 }
 
 /*
- * At the end of a turn of the loop (uv_turn): connections that waited for a
+ * At the end of a turn of the loop (loop_turn): connections that waited for a
  * request slot go on, then every connection with replies queued writes them in
  * one go.
  */
@@ -242,7 +242,7 @@ static void service(void *arg)
 static void service_start(struct sp_serve *s)
 {
     if (!s->closing)
-        uv_turn_arm(&s->turn);
+        loop_turn_arm(&s->turn);
 }
 
 void *sp_serve_req_data(struct sp_serve_req *req) { return req->data; }
@@ -492,7 +492,7 @@ int sp_serve_new(struct sp_serve **out, uv_loop_t *loop, const struct sp_serve_o
     s->handler = handler;
     s->arg = arg;
     s->refs = 1;
-    uv_turn_init(loop, &s->turn, service, s);
+    loop_turn_init(loop, &s->turn, service, s);
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     unsigned tick = s->opt.handshake_ms < 1000 ? s->opt.handshake_ms : 1000;
@@ -564,7 +564,7 @@ void sp_serve_close(struct sp_serve *s)
     }
     uv_timer_stop(&s->timer);
     s->refs += 3;
-    uv_turn_close(&s->turn, on_handle_closed);
+    loop_turn_close(&s->turn, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     srv_unref(s);
 }

@@ -14,9 +14,6 @@
  */
 
 int eng_eval_step(struct plan_step *st, const struct plan_value *const *in,
-                  struct plan_value *const *out, int opset, struct tensor *res, struct cerr *e);
-
-int eng_eval_step(struct plan_step *st, const struct plan_value *const *in,
                   struct plan_value *const *out, int opset, struct tensor *res, struct cerr *e)
 {
     struct tensor tin[64], *tout = res;

@@ -175,6 +175,13 @@ int eng_broadcast(const struct plan_step *st, const int64_t *a, int na, const in
 /* Normalises an axis in [-r, r) (or [-r, r] when `inclusive`); non-zero with a message. */
 int eng_axis(const struct plan_step *st, int64_t axis, int r, int inclusive, int *out,
              struct cerr *e);
+/* Runs one step on the CPU at plan time (constant folding, shape-keyed values), into
+ * `res` (engine_plan.c). */
+int eng_eval_step(struct plan_step *st, const struct plan_value *const *in,
+                  struct plan_value *const *out, int opset, struct tensor *res, struct cerr *e);
+/* A fused activation applied to one value (engine_k_elem.c); the CUDA kernels hold
+ * the same formulas. */
+float eng_act_apply(enum eng_act act, float x, float alpha, float beta);
 /* Sets a plan value's shape and dense byte size (checked). */
 int eng_set_shape(struct plan_value *v, enum dtype dt, const int64_t *dims, int ndim,
                   struct cerr *e);

@@ -359,7 +359,6 @@ static int64_t cmp_i(enum eng_op op, int64_t x, int64_t z)
     }
 }
 
-float eng_act_apply(enum eng_act act, float x, float alpha, float beta);
 float eng_act_apply(enum eng_act act, float x, float alpha, float beta)
 {
     switch (act) {

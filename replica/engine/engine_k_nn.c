@@ -13,7 +13,6 @@
  * backend runs them as oneDNN primitives.
  */
 
-float eng_act_apply(enum eng_act act, float x, float alpha, float beta);
 
 static int is_pool(enum eng_op op)
 {

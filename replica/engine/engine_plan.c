@@ -16,9 +16,6 @@
  * then only executes what the backend built.
  */
 
-int eng_eval_step(struct plan_step *st, const struct plan_value *const *in,
-                  struct plan_value *const *out, int opset, struct tensor *res, struct cerr *e);
-
 /*
  * Largest step output (bytes, all outputs together) folded into a plan when
  * it is computed from a value_keyed input. Shapes, pads and axes are far

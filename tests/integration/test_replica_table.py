@@ -170,7 +170,10 @@ class ReplicaTable(unittest.TestCase):
         # Every thread but the first applies changes 1.5 s late (a test hook). The removal
         # must not be answered before they have: after the answer, nothing more goes to
         # the removed replica from any thread.
-        a, b = self.start(2, 2, "--test-apply-delay-ms", "1500")
+        # Health probes every 2 s: this test is about the table, and on a loaded machine
+        # (sanitizers, two cores) a probe late by one 500 ms interval would take the one
+        # replica left in the first thread out of rotation.
+        a, b = self.start(2, 2, "--test-apply-delay-ms", "1500", "--health-interval-ms", "2000")
         self.load = Load(self.c, self.x)
         wait_until("traffic on both replicas", lambda: sent(self.c).get(a, 0) > 0 and
                    sent(self.c).get(b, 0) > 0)

@@ -1,12 +1,12 @@
 /*
- * uv_send: write now, queue a copy of the rest. See uv_send.h.
+ * loop_io: write now, queue a copy of the rest. See loop_io.h.
  */
-#include "uv_send.h"
+#include "loop_io.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-struct uv_send_req {
+struct send_req {
     uv_write_t req;
     void (*on_sent)(void *arg, int status);
     void *arg;
@@ -15,7 +15,7 @@ struct uv_send_req {
 
 static void on_write(uv_write_t *req, int status)
 {
-    struct uv_send_req *w = (struct uv_send_req *)req;
+    struct send_req *w = (struct send_req *)req;
     void (*on_sent)(void *, int) = w->on_sent;
     void *arg = w->arg;
     free(w);
@@ -23,7 +23,7 @@ static void on_write(uv_write_t *req, int status)
         on_sent(arg, status);
 }
 
-int uv_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(void *arg, int status),
+int stream_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(void *arg, int status),
             void *arg, int *queued)
 {
     size_t total = 0, done = 0;
@@ -39,7 +39,7 @@ int uv_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(voi
             return r;
         done = r > 0 ? (size_t)r : 0;
     }
-    struct uv_send_req *w = malloc(sizeof *w + (total - done));
+    struct send_req *w = malloc(sizeof *w + (total - done));
     if (!w)
         return UV_ENOMEM;
     w->on_sent = on_sent;
@@ -66,7 +66,7 @@ int uv_send(uv_stream_t *st, const uv_buf_t *b, unsigned nb, void (*on_sent)(voi
     return 0;
 }
 
-static void turn_run(struct uv_turn *t)
+static void turn_run(struct loop_turn *t)
 {
     uv_check_stop(&t->check);
     uv_idle_stop(&t->idle);
@@ -84,7 +84,7 @@ static void on_turn_idle(uv_idle_t *h)
     turn_run(h->data);
 }
 
-void uv_turn_init(uv_loop_t *loop, struct uv_turn *t, void (*fn)(void *arg), void *arg)
+void loop_turn_init(uv_loop_t *loop, struct loop_turn *t, void (*fn)(void *arg), void *arg)
 {
     uv_check_init(loop, &t->check);
     uv_idle_init(loop, &t->idle);
@@ -95,7 +95,7 @@ void uv_turn_init(uv_loop_t *loop, struct uv_turn *t, void (*fn)(void *arg), voi
     t->arg = arg;
 }
 
-void uv_turn_arm(struct uv_turn *t)
+void loop_turn_arm(struct loop_turn *t)
 {
     if (t->armed)
         return;
@@ -104,7 +104,7 @@ void uv_turn_arm(struct uv_turn *t)
     uv_idle_start(&t->idle, on_turn_idle);
 }
 
-void uv_turn_close(struct uv_turn *t, uv_close_cb closed)
+void loop_turn_close(struct loop_turn *t, uv_close_cb closed)
 {
     uv_check_stop(&t->check);
     uv_idle_stop(&t->idle);
