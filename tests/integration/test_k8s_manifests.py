@@ -813,7 +813,8 @@ class RunAsManifests(unittest.TestCase):
             self.assertTrue(all(r != 200 for r, _ in after), seen)
             self.assertTrue(all(lv in (200, None) for _, lv in seen), seen)
             print("replica drained and exited 0 in %.2f s; probes while draining "
-                  "(ready, live): %s" % (time.time() - t0, sorted(set(seen))), flush=True)
+                  "(ready, live): %s" % (time.time() - t0, sorted(set(seen), key=str)),
+                  flush=True)
             router.p.send_signal(signal.SIGTERM)
             router.p.wait(grace - sleep_s)
             self.assertEqual(router.p.returncode, 0, router.output())
