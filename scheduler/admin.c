@@ -175,6 +175,19 @@ static long long int_of(const json_t *o, const char *key)
     return json_integer_value(json_object_get(o, key));
 }
 
+/* One sample per model: NAME{model="..."} models[].FIELD. */
+static void per_model(struct str *s, const json_t *models, const char *name, const char *field)
+{
+    size_t i;
+    json_t *m;
+    json_array_foreach(models, i, m)
+    {
+        str_printf(s, "%s{model=\"", name);
+        str_label(s, json_string_value(json_object_get(m, "name")));
+        str_printf(s, "\"} %lld\n", int_of(m, field));
+    }
+}
+
 char *sched_admin_metrics(const json_t *st)
 {
     static const char *const states[] = {"starting", "soaking", "ready", "restarting", "failed",
@@ -189,28 +202,13 @@ char *sched_admin_metrics(const json_t *st)
     str_printf(&s, "# HELP corral_scheduler_replica_restarts_total Restarts of the model's "
                    "replicas (every start after a replica's first).\n"
                    "# TYPE corral_scheduler_replica_restarts_total counter\n");
-    json_array_foreach(models, i, m)
-    {
-        str_printf(&s, "corral_scheduler_replica_restarts_total{model=\"");
-        str_label(&s, json_string_value(json_object_get(m, "name")));
-        str_printf(&s, "\"} %lld\n", int_of(m, "restarts"));
-    }
+    per_model(&s, models, "corral_scheduler_replica_restarts_total", "restarts");
     str_printf(&s, "# HELP corral_scheduler_replicas_desired Replicas the config asks for, by "
                    "model.\n# TYPE corral_scheduler_replicas_desired gauge\n");
-    json_array_foreach(models, i, m)
-    {
-        str_printf(&s, "corral_scheduler_replicas_desired{model=\"");
-        str_label(&s, json_string_value(json_object_get(m, "name")));
-        str_printf(&s, "\"} %lld\n", int_of(m, "desired"));
-    }
+    per_model(&s, models, "corral_scheduler_replicas_desired", "desired");
     str_printf(&s, "# HELP corral_scheduler_replicas_ready Replicas ready and in the router's "
                    "table, by model.\n# TYPE corral_scheduler_replicas_ready gauge\n");
-    json_array_foreach(models, i, m)
-    {
-        str_printf(&s, "corral_scheduler_replicas_ready{model=\"");
-        str_label(&s, json_string_value(json_object_get(m, "name")));
-        str_printf(&s, "\"} %lld\n", int_of(m, "ready"));
-    }
+    per_model(&s, models, "corral_scheduler_replicas_ready", "ready");
     str_printf(&s, "# HELP corral_scheduler_rollout_state A model's last rolling update: 1 on "
                    "the state it is in.\n# TYPE corral_scheduler_rollout_state gauge\n");
     static const char *const ro_states[] = {"rolling", "canary", "aborting", "done", "aborted"};

@@ -227,6 +227,18 @@ static long started_at(unsigned long long start_time, long now)
     return age > 0 ? now - age : now;
 }
 
+/* c now watches the running process pid (start time `start`), ready, not our child. */
+static void adopt_as(struct child *c, pid_t pid, unsigned long long start, long now)
+{
+    c->pid = pid;
+    c->start_time = start;
+    c->adopted = 1;
+    c->state = C_READY;
+    c->started_ms = started_at(start, now);
+    c->ready_ms = now;
+    c->starts = 1;
+}
+
 static int rec_alive(const json_t *rec, pid_t *pid, unsigned long long *start)
 {
     *pid = (pid_t)json_integer_value(json_object_get(rec, "pid"));
@@ -318,13 +330,7 @@ void sup_adopt(struct sup *s, long now)
         router_adopted = 1;
         {
             struct child *c = &s->router;
-            c->pid = pid;
-            c->start_time = start;
-            c->adopted = 1;
-            c->state = C_READY;
-            c->started_ms = started_at(start, now);
-            c->ready_ms = now;
-            c->starts = 1;
+            adopt_as(c, pid, start, now);
             s->seen_http = s->seen_ctl = 1;
             LOG_INFO("router: adopted (pid %d, start time %llu): http://%s:%d, control "
                      "http://%s:%d; its table: %s", (int)pid, start, s->cfg->router.listen.host,
@@ -368,13 +374,7 @@ void sup_adopt(struct sup *s, long now)
                                       : router_adopted &&
                                             json_is_true(json_object_get(rec, "in_table")));
         if (live && c && url[0] && !json_is_true(json_object_get(rec, "retiring"))) {
-            c->pid = pid;
-            c->start_time = start;
-            c->adopted = 1;
-            c->state = C_READY;
-            c->started_ms = started_at(start, now);
-            c->ready_ms = now;
-            c->starts = 1;
+            adopt_as(c, pid, start, now);
             snprintf(c->url, sizeof c->url, "%s", url);
             c->in_table = listed;
             json_array_append_new(claimed, json_string(url));

@@ -354,6 +354,16 @@ static void step_router(struct sup *s, long now)
              c->crashes ? "; its table starts with the replicas that served (--replica), the others are added once ready" : "");
 }
 
+/* Takes c out of the router's table (acknowledged); 0 when it is out, else why. */
+static int remove_from_table(struct sup *s, struct child *c, char *why, size_t why_len)
+{
+    if (sup_control(s, "/v1/replicas/remove", sched_ctl_url_body(c->url), 404, why, why_len))
+        return -1;
+    c->in_table = 0;
+    LOG_INFO("%s: removed %s from the router's table (acknowledged: %s)", c->name, c->url, why);
+    return 0;
+}
+
 static void step_replica(struct sup *s, struct child *c, long now)
 {
     const struct sched_model *m = &c->m;
@@ -363,12 +373,7 @@ static void step_replica(struct sup *s, struct child *c, long now)
      * picked, and its successor (on a new URL) must not start while it is listed. */
     if ((c->state == C_DOWN || c->state == C_FAILED) && c->in_table && router_ready(s) &&
         now >= c->retry_ms) {
-        if (sup_control(s, "/v1/replicas/remove", sched_ctl_url_body(c->url), 404, why,
-                    sizeof why) == 0) {
-            c->in_table = 0;
-            LOG_INFO("%s: removed %s from the router's table (acknowledged: %s)", c->name, c->url,
-                     why);
-        } else {
+        if (remove_from_table(s, c, why, sizeof why) == 0) {
             c->retry_ms = now + 1000;
             LOG_WARN("%s: removing %s from the router's table failed: %s; again in 1 s", c->name,
                      c->url, why);
@@ -459,12 +464,7 @@ static void step_health(struct sup *s, struct child *c, long now)
              c->url, c->misses, c->last_miss);
     sched_probe_close(&c->probe);
     if (c->in_table && router_ready(s)) {
-        if (sup_control(s, "/v1/replicas/remove", sched_ctl_url_body(c->url), 404, why,
-                    sizeof why) == 0) {
-            c->in_table = 0;
-            LOG_INFO("%s: removed %s from the router's table (acknowledged: %s)", c->name, c->url,
-                     why);
-        } else {
+        if (remove_from_table(s, c, why, sizeof why) == 0) {
             /* It answers nothing anyway; removed again before its successor starts. */
             LOG_WARN("%s: removing %s from the router's table failed: %s; killing it anyway",
                      c->name, c->url, why);
