@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "oip.h"
+#include "oip_codec.h"
 
 static double now_s(void)
 {

@@ -45,11 +45,10 @@
 #include <unistd.h>
 
 #include "buf.h"
-#include "control.h"
 #include "ctl_alias.h"
 #include "token.h"
 #include "corral/client.h"
-#include "oip.h"
+#include "oip_codec.h"
 
 static const char synopsis[] =
     "usage: corralctl infer --rpc URL --model NAME [--version V] [--timeout-ms N] [--id ID]\n"

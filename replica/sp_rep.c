@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "list.h"
 #include "log.h"
 #include "sp_frame.h"
 
@@ -63,10 +64,10 @@ struct sp_conn {
     /* The rest belongs to the I/O thread. */
     uint8_t *rbuf;
     size_t rcap, rpos, rlen;
-    int greeted, on_ready;
+    int greeted;
     int hup; /* the peer's end of stream has been reported: read until it is seen */
-    struct sp_conn *prev, *next;   /* open connections */
-    struct sp_conn *rprev, *rnext; /* the ready list: input left to read */
+    struct list_node link;  /* on srv->conns: open connections */
+    struct list_node rlink; /* on srv->ready while it has input left to read, else on none */
 };
 
 struct sp_rep_req {
@@ -89,7 +90,8 @@ struct sp_rep {
     atomic_int stopping;
     /* The I/O thread's own. */
     int nconns;
-    struct sp_conn *conns, *ready_head, *ready_tail;
+    struct list_node conns; /* newest first */
+    struct list_node ready; /* served first to last */
 };
 
 static void wake(struct sp_rep *s)
@@ -264,32 +266,8 @@ void sp_rep_reply(struct sp_rep_req *r, uint8_t *buf, size_t len)
 
 static void ready_add(struct sp_rep *s, struct sp_conn *c)
 {
-    if (c->on_ready)
-        return;
-    c->on_ready = 1;
-    c->rnext = NULL;
-    c->rprev = s->ready_tail;
-    if (s->ready_tail)
-        s->ready_tail->rnext = c;
-    else
-        s->ready_head = c;
-    s->ready_tail = c;
-}
-
-static void ready_remove(struct sp_rep *s, struct sp_conn *c)
-{
-    if (!c->on_ready)
-        return;
-    if (c->rprev)
-        c->rprev->rnext = c->rnext;
-    else
-        s->ready_head = c->rnext;
-    if (c->rnext)
-        c->rnext->rprev = c->rprev;
-    else
-        s->ready_tail = c->rprev;
-    c->on_ready = 0;
-    c->rprev = c->rnext = NULL;
+    if (!list_linked(&c->rlink))
+        list_push_back(&s->ready, &c->rlink);
 }
 
 static void conn_close(struct sp_rep *s, struct sp_conn *c)
@@ -301,14 +279,9 @@ static void conn_close(struct sp_rep *s, struct sp_conn *c)
     /* No replier uses fd once closed is set, so it may go outside the lock. */
     epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    list_remove(&c->link);
     s->nconns--;
-    ready_remove(s, c);
+    list_remove(&c->rlink);
     free(c->rbuf);
     c->rbuf = NULL;
     conn_unref(c);
@@ -337,6 +310,7 @@ static void conn_open(struct sp_rep *s, int fd, const char *peer)
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     pthread_mutex_init(&c->mu, NULL);
     atomic_init(&c->refs, 1);
+    list_node_init(&c->rlink);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = c};
     if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
         LOG_ERROR("cannot watch the connection from %s: %s", peer, strerror(errno));
@@ -344,10 +318,7 @@ static void conn_open(struct sp_rep *s, int fd, const char *peer)
         goto fail;
     }
     atomic_fetch_add(&s->refs, 1);
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
+    list_push_front(&s->conns, &c->link);
     s->nconns++;
     return;
 fail:
@@ -548,11 +519,11 @@ static void conn_input(struct sp_rep *s, struct sp_conn *c)
 /* Gives each connection waiting on the ready list one turn, while slots are free. */
 static void run_ready(struct sp_rep *s)
 {
-    struct sp_conn *last = s->ready_tail;
-    while (s->ready_head && !slots_full(s)) {
-        struct sp_conn *c = s->ready_head;
+    struct sp_conn *last = list_last_entry(&s->ready, struct sp_conn, rlink);
+    struct sp_conn *c;
+    while ((c = list_first_entry(&s->ready, struct sp_conn, rlink)) && !slots_full(s)) {
         int was_last = c == last;
-        ready_remove(s, c);
+        list_remove(&c->rlink);
         conn_input(s, c);
         if (was_last)
             break;
@@ -584,7 +555,8 @@ static void io_shutdown(struct sp_rep *s)
     int64_t deadline = now_ms() + SP_STOP_FLUSH_MS;
     for (;;) {
         int queued = 0;
-        for (struct sp_conn *c = s->conns; c; c = c->next) {
+        struct sp_conn *c;
+        list_for_each_entry(c, &s->conns, link) {
             conn_output(c);
             pthread_mutex_lock(&c->mu);
             queued |= c->qhead != NULL;
@@ -595,8 +567,8 @@ static void io_shutdown(struct sp_rep *s)
             break;
         epoll_wait(s->epfd, ev, SP_MAX_EVENTS, left < 50 ? (int)left : 50);
     }
-    while (s->conns)
-        conn_close(s, s->conns);
+    while (!list_empty(&s->conns))
+        conn_close(s, list_first_entry(&s->conns, struct sp_conn, link));
 }
 
 static void *io_main(void *arg)
@@ -604,7 +576,7 @@ static void *io_main(void *arg)
     struct sp_rep *s = arg;
     struct epoll_event ev[SP_MAX_EVENTS];
     while (!atomic_load(&s->stopping)) {
-        int timeout = s->ready_head && !slots_full(s) ? 0 : -1;
+        int timeout = !list_empty(&s->ready) && !slots_full(s) ? 0 : -1;
         int n = epoll_wait(s->epfd, ev, SP_MAX_EVENTS, timeout);
         if (n < 0) {
             if (errno == EINTR)
@@ -633,7 +605,7 @@ static void *io_main(void *arg)
                 if (m & (EPOLLHUP | EPOLLRDHUP))
                     c->hup = 1;
                 /* One on the ready list reads when its turn comes, not ahead of the others. */
-                if ((m & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) && !c->on_ready) {
+                if ((m & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) && !list_linked(&c->rlink)) {
                     if (slots_full(s))
                         ready_add(s, c);
                     else
@@ -712,6 +684,8 @@ int sp_rep_start(struct sp_rep **out, const char *url, const struct sp_rep_optio
     s->handler = handler;
     s->arg = arg;
     s->lfd = s->epfd = s->wakefd = -1;
+    list_init(&s->conns);
+    list_init(&s->ready);
     atomic_init(&s->refs, 1);
     atomic_init(&s->inflight, 0);
     atomic_init(&s->paused, 0);

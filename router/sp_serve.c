@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "list.h"
 #include "log.h"
 #include "sp_frame.h"
 #include "loop_io.h"
@@ -39,7 +40,7 @@ struct ss_conn {
     size_t rlen, rcap;
     uint8_t *obuf;
     size_t olen, ocap;
-    struct ss_conn *prev, *next; /* open connections */
+    struct list_node link;       /* on s->conns while open */
     struct ss_conn *dnext;       /* replies to flush */
     struct ss_conn *wnext;       /* waiting for a free request slot */
 };
@@ -63,7 +64,7 @@ struct sp_serve {
     uv_timer_t timer;
     int quiesced, closing;
     unsigned refs, nconns, inflight;
-    struct ss_conn *conns;
+    struct list_node conns; /* open connections, newest first */
     struct ss_conn *dirty;
     struct ss_conn *wait_head, *wait_tail;
     struct sp_serve_req *free_reqs;
@@ -114,13 +115,7 @@ static void conn_close(struct ss_conn *c, int level, const char *why)
     else
         LOG_DEBUG("RPC connection closed: %s", why);
     c->closing = 1;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
+    list_remove(&c->link);
     s->nconns--;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
@@ -435,10 +430,7 @@ static void on_connection(uv_stream_t *ls, int status)
     c->tcp.data = c;
     /* Counted and listed before anything may close it, so that closing undoes both. */
     s->nconns++;
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
+    list_push_front(&s->conns, &c->link);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c, LOG_LEVEL_DEBUG, "accept failed");
         return;
@@ -466,8 +458,8 @@ static void on_timer(uv_timer_t *t)
 {
     struct sp_serve *s = t->data;
     uint64_t now = uv_now(s->loop);
-    for (struct ss_conn *c = s->conns, *nx; c; c = nx) {
-        nx = c->next;
+    struct ss_conn *c, *nx;
+    list_for_each_entry_safe(c, nx, &s->conns, link) {
         if (!c->greeted && now - c->born_ms >= s->opt.handshake_ms)
             conn_close(c, LOG_LEVEL_WARN, "no SP header from the peer in time");
     }
@@ -480,6 +472,7 @@ int sp_serve_new(struct sp_serve **out, uv_loop_t *loop, const struct sp_serve_o
     if (!s)
         return cerr_set(e, CORRAL_ENOMEM, "out of memory creating the RPC server");
     s->loop = loop;
+    list_init(&s->conns);
     s->opt = *opt;
     if (!s->opt.max_conns)
         s->opt.max_conns = 4096;
@@ -536,7 +529,9 @@ void sp_serve_quiesce(struct sp_serve *s)
         s->refs++;
         uv_close((uv_handle_t *)&s->listener, on_handle_closed);
     }
-    for (struct ss_conn *c = s->conns; c; c = c->next)
+    /* Safe iteration: a connection that cannot change its reading closes. */
+    struct ss_conn *c, *nx;
+    list_for_each_entry_safe(c, nx, &s->conns, link)
         conn_update_reading(c);
 }
 
@@ -545,8 +540,9 @@ void sp_serve_close(struct sp_serve *s)
     sp_serve_quiesce(s);
     /* Replies queued but not flushed are dropped with their connections. */
     s->closing = 1;
-    while (s->conns)
-        conn_close(s->conns, LOG_LEVEL_DEBUG, "the RPC endpoint is closing");
+    while (!list_empty(&s->conns))
+        conn_close(list_first_entry(&s->conns, struct ss_conn, link), LOG_LEVEL_DEBUG,
+                   "the RPC endpoint is closing");
     while (s->wait_head) {
         struct ss_conn *c = s->wait_head;
         s->wait_head = c->wnext;

@@ -67,6 +67,7 @@ static int replica_add(struct upstream *u, const char *model, const char *versio
     }
     r->u = u;
     r->model = m;
+    list_init(&r->calls);
     snprintf(r->want_version, sizeof r->want_version, "%s", version ? version : "");
     snprintf(r->why, sizeof r->why, "no health answer yet");
     if (u->started && !u->closing) {
@@ -93,7 +94,7 @@ void up_reap_removed(struct upstream *u)
 {
     for (size_t i = 0; i < u->n_replicas;) {
         struct up_replica *r = u->replicas[i];
-        if (!r->removed || r->calls || r->refs) {
+        if (!r->removed || !list_empty(&r->calls) || r->refs) {
             i++;
             continue;
         }

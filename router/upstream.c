@@ -39,29 +39,13 @@ void up_call_free(struct up_call *c)
 static void replica_link(struct up_replica *r, struct up_call *c)
 {
     c->r = r;
-    c->next = NULL;
-    c->prev = r->calls_tail;
-    if (r->calls_tail)
-        r->calls_tail->next = c;
-    else
-        r->calls = c;
-    r->calls_tail = c;
+    list_push_back(&r->calls, &c->link);
 }
 
+/* A call that is on no list (never launched, or already taken off) is left as it is. */
 static void replica_unlink(struct up_call *c)
 {
-    struct up_replica *r = c->r;
-    if (!r)
-        return;
-    if (c->prev)
-        c->prev->next = c->next;
-    else if (r->calls == c)
-        r->calls = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    else if (r->calls_tail == c)
-        r->calls_tail = c->prev;
-    c->prev = c->next = NULL;
+    list_remove(&c->link);
 }
 
 /* Ends a call that is off its replica's list: accounting, its handler, then freeing. */
@@ -156,6 +140,7 @@ struct up_call *up_call_new(struct upstream *u, enum call_kind kind, unsigned ti
     c->u = u;
     c->kind = kind;
     c->timeout_ms = timeout_ms;
+    list_node_init(&c->link);
     c->deadline = uv_now(u->loop) + timeout_ms;
     if (kind == CALL_INFER)
         u->infer_calls++;
@@ -169,18 +154,27 @@ int up_pack_request(struct up_call *c, const Corral__Request *req)
     return wire_pack_request(req, &c->orig, &c->orig_len);
 }
 
+/*
+ * Completes every call on `calls` with rv. The list is first moved aside, so that a
+ * call its handler retries on another replica (or on the same one) is not met again.
+ */
+static void complete_all(struct list_node *calls, int rv, int replica_failed)
+{
+    struct list_node ended;
+    list_take(&ended, calls);
+    struct up_call *c;
+    while ((c = list_first_entry(&ended, struct up_call, link))) {
+        list_remove(&c->link);
+        if (replica_failed)
+            c->replica_failed = 1;
+        complete(c, rv);
+    }
+}
+
 /* Ends the calls in flight on r so they are retried elsewhere (or fail). */
 void up_abort_calls(struct up_replica *r)
 {
-    struct up_call *c = r->calls;
-    r->calls = r->calls_tail = NULL;
-    while (c) {
-        struct up_call *next = c->next;
-        c->prev = c->next = NULL;
-        c->replica_failed = 1;
-        complete(c, UP_ELOST);
-        c = next;
-    }
+    complete_all(&r->calls, UP_ELOST, 1);
 }
 
 const char *up_reason(int rv)
@@ -224,24 +218,28 @@ void up_on_conn_down(void *arg, const char *why)
     up_set_not_ready(r, w, 0);
     /* Calls waiting on the dead connection would only time out; end them now and let the
      * retry logic decide. */
-    if (r->calls)
+    if (!list_empty(&r->calls))
         up_abort_calls(r);
 }
 
 void up_on_conn_reply(void *arg, uint32_t id, const uint8_t *body, size_t len)
 {
     struct up_replica *r = arg;
-    struct up_call *c = r->calls;
-    while (c && c->id != id)
-        c = c->next;
-    if (!c) {
+    struct up_call *c, *call = NULL;
+    list_for_each_entry(c, &r->calls, link) {
+        if (c->id == id) {
+            call = c;
+            break;
+        }
+    }
+    if (!call) {
         LOG_DEBUG("replica %s answered request %u after it ended; dropped", r->url, id);
         return;
     }
-    replica_unlink(c);
-    c->reply = body;
-    c->reply_len = len;
-    complete(c, UP_OK);
+    replica_unlink(call);
+    call->reply = body;
+    call->reply_len = len;
+    complete(call, UP_OK);
 }
 
 int up_version_matches(const struct up_replica *r, const char *version)
@@ -408,17 +406,8 @@ void upstream_close(struct upstream *u)
     uv_timer_stop(&u->defer);
     /* Every call still in flight is answered now, before the connections go. */
     on_defer(&u->defer);
-    for (size_t i = 0; i < u->n_replicas; i++) {
-        struct up_replica *r = u->replicas[i];
-        struct up_call *c = r->calls;
-        r->calls = r->calls_tail = NULL;
-        while (c) {
-            struct up_call *next = c->next;
-            c->prev = c->next = NULL;
-            complete(c, UP_ECLOSED);
-            c = next;
-        }
-    }
+    for (size_t i = 0; i < u->n_replicas; i++)
+        complete_all(&u->replicas[i]->calls, UP_ECLOSED, 0);
     /* handles_open counts the two timers and every connection upstream_start opened. */
     for (size_t i = 0; i < u->n_replicas; i++) {
         struct up_replica *r = u->replicas[i];

@@ -17,6 +17,7 @@
 
 #include "upstream.h"
 
+#include "list.h"
 #include "sp_req.h"
 #include "wire.h"
 
@@ -53,9 +54,10 @@ struct up_replica {
     int meta_inflight;
     Corral__Response *meta; /* its metadata answer, owned */
     unsigned outstanding;   /* infer calls in flight */
-    /* Every call in flight on this replica, oldest first: answers mostly come back in
-     * order, so finding the call an answer belongs to takes a step or two. */
-    struct up_call *calls, *calls_tail;
+    /* Every call in flight on this replica (struct up_call's link), oldest first: answers
+     * mostly come back in order, so finding the call an answer belongs to takes a step or
+     * two. */
+    struct list_node calls;
     char why[256]; /* why it takes no traffic, for logs and error messages */
 };
 
@@ -80,7 +82,7 @@ struct up_call {
     int rv;
     const uint8_t *reply; /* the answer, valid while the call is being completed */
     size_t reply_len;
-    struct up_call *prev, *next; /* on r's list while in flight */
+    struct list_node link;       /* on r->calls while in flight, else on no list */
     struct up_call *dnext;       /* on the upstream's deferred list */
     uint8_t *orig; /* the packed request, kept so a retry can resend it */
     size_t orig_len;

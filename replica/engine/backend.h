@@ -114,8 +114,24 @@ struct backend_options {
 int backend_create(const char *device, const struct backend_options *opt, struct backend *out,
                    struct cerr *e);
 
+/*
+ * One kind of backend, as the registry in backend.c lists it: the name a
+ * device string starts with, whether it takes an ordinal ("cuda:N"; 0 when
+ * absent) and the constructor. Each backend defines its own kind, so the
+ * registry names the backends and no backend names the registry.
+ */
+struct backend_kind {
+    const char *name; /* "cpu", "cuda" */
+    int ordinal;      /* non-zero: the device string may end in ":N" */
+    int (*create)(int ordinal, const struct backend_options *opt, struct backend *out,
+                  struct cerr *e);
+};
+
 /* The CPU backend (backend_cpu*.c). */
-int backend_cpu_create(const struct backend_options *opt, struct backend *out, struct cerr *e);
+extern const struct backend_kind backend_kind_cpu;
+/* The CUDA backend's loader (backend_cuda_load.c); it refuses every device in builds
+ * without the CUDA backend. */
+extern const struct backend_kind backend_kind_cuda;
 
 /*
  * The CUDA backend (backend_cuda*.c / *.cu), built as libcorral_cuda.so only
@@ -127,7 +143,7 @@ int backend_cpu_create(const struct backend_options *opt, struct backend *out, s
 int backend_cuda_create(int device, struct backend *out, struct cerr *e);
 #endif
 
-/* CPUs this process may run on (sched_getaffinity), at least 1. */
+/* CPUs this process may run on (sched_getaffinity), at least 1 (backend_cpu.c). */
 int backend_cpu_count(void);
 
 #endif

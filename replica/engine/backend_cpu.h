@@ -1,7 +1,8 @@
 /*
  * Internals of the CPU backend (backend_cpu.c: plan compiler, memory and
- * execution; backend_cpu_dnnl.c: oneDNN primitives for convolution and
- * pooling). Not a public header.
+ * execution; backend_cpu_form.c: the forms of values and the item list a
+ * plan is compiled into; backend_cpu_dnnl.c: oneDNN primitives for
+ * convolution and pooling). Not a public header.
  *
  * Every value of a compiled plan has a main form (its storage: the caller's
  * input or output buffer, a constant, or an arena buffer) described by a
@@ -18,6 +19,8 @@
  */
 #ifndef CORRAL_BACKEND_CPU_H
 #define CORRAL_BACKEND_CPU_H
+
+#include <stdlib.h>
 
 #include <dnnl.h>
 
@@ -110,6 +113,23 @@ struct cpu_plan {
 };
 
 /* Shared by the two files. */
+static inline void *realloc_or_free(void *p, size_t n)
+{
+    void *q = realloc(p, n);
+    if (!q)
+        free(p);
+    return q;
+}
+
+/* Grows arr (n used of cap) by doubling before an append; non-zero when out of memory
+ * (arr is then freed and NULL). */
+#define GROW(arr, n, cap)                                                                     \
+    ((n) < (cap) ? 0                                                                          \
+                 : ((cap) = (cap) ? 2 * (cap) : 16,                                           \
+                    !((arr) = realloc_or_free((arr), (size_t)(cap) * sizeof *(arr)))))
+
+/* ---- value forms and the item list (backend_cpu_form.c) ---- */
+
 int cpu_dnnl_check(dnnl_status_t s, const char *what, const struct plan_step *st,
                    struct cerr *e);
 int cpu_plain_md(const struct plan_value *pv, dnnl_memory_desc_t *md, struct cerr *e);
@@ -134,6 +154,15 @@ int cpu_set_main(struct cpu_plan *P, int v, const dnnl_memory_desc_t *md, int sh
                  struct cerr *e);
 int cpu_weights(struct cpu_plan *P, int v, const dnnl_memory_desc_t *view,
                 const dnnl_memory_desc_t *md, int s, dnnl_memory_t *out, struct cerr *e);
+
+/* oneDNN's datatype for t; dnnl_data_type_undef when oneDNN has none. */
+dnnl_data_type_t cpu_dnnl_dt(enum dtype t);
+/* Non-zero when v lives in a caller's buffer (a model input or output). */
+int cpu_is_ext(const struct cpu_plan *P, int v);
+/* The plain form of v, reordering its blocked main form before step s when needed. */
+int cpu_plain_form(struct cpu_plan *P, int v, int s, struct cpu_form **out, struct cerr *e);
+
+/* ---- oneDNN step compilers (backend_cpu_dnnl.c) ---- */
 
 int cpu_compile_conv(struct cpu_plan *P, int s, struct cerr *e);
 int cpu_compile_pool(struct cpu_plan *P, int s, struct cerr *e);

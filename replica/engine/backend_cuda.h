@@ -1,9 +1,11 @@
 /*
- * Internals of the CUDA backend (backend_cuda.c: context, memory, plan
- * compiler and executor, elementwise/shape/reduction dispatch;
- * backend_cuda_conv.c: Gemm and MatMul on cuBLAS, convolution on cuDNN or
- * im2col + cuBLAS; backend_cuda_kern.cu: the device kernels). Not a public
- * header: the engine reaches this backend only through backend_create().
+ * Internals of the CUDA backend (backend_cuda.c: context, weights, plan
+ * memory, compiler and executor; backend_cuda_step.c: how each step runs,
+ * the elementwise/shape/reduction dispatch; backend_cuda_conv.c: Gemm and
+ * MatMul on cuBLAS, convolution on cuDNN or im2col + cuBLAS;
+ * backend_cuda_err.c: error mapping; backend_cuda_kern*.cu: the device
+ * kernels). Not a public header: the engine reaches this backend only
+ * through backend_create().
  *
  * Memory of a compiled plan: one device block holds the engine's dense arena
  * (every PV_TEMP at its planned offset), a staging copy of each model input,
@@ -99,7 +101,8 @@ struct cuda_plan {
     size_t ws_need;
 };
 
-/* Error mapping at the CUDA boundary; `st` (may be NULL) names the step. */
+/* Error mapping at the CUDA boundary (backend_cuda_err.c); `st` (may be NULL) names
+ * the step. */
 int cuda_check(cudaError_t r, const char *what, const struct plan_step *st, struct cerr *e);
 int cuda_blas_check(cublasStatus_t s, const char *what, const struct plan_step *st,
                     struct cerr *e);
@@ -107,10 +110,36 @@ int cuda_blas_check(cublasStatus_t s, const char *what, const struct plan_step *
 int cuda_launch_check(int r, const struct plan_step *st, struct cerr *e);
 
 /* Device address of step input/output k; NULL for an omitted one. */
-void *cuda_in(const struct cuda_plan *P, const struct plan_step *st, int k);
-void *cuda_out(const struct cuda_plan *P, const struct plan_step *st, int k);
-const struct plan_value *cuda_inv(const struct cuda_plan *P, const struct plan_step *st, int k);
-const struct plan_value *cuda_outv(const struct cuda_plan *P, const struct plan_step *st, int k);
+static inline void *cuda_in(const struct cuda_plan *P, const struct plan_step *st, int k)
+{
+    return k < st->n_in && st->in[k] >= 0 ? P->vptr[st->in[k]] : NULL;
+}
+
+static inline void *cuda_out(const struct cuda_plan *P, const struct plan_step *st, int k)
+{
+    return k < st->n_out && st->out[k] >= 0 ? P->vptr[st->out[k]] : NULL;
+}
+
+static inline const struct plan_value *cuda_inv(const struct cuda_plan *P,
+                                                const struct plan_step *st, int k)
+{
+    return k < st->n_in && st->in[k] >= 0 ? &P->g->vals[st->in[k]] : NULL;
+}
+
+static inline const struct plan_value *cuda_outv(const struct cuda_plan *P,
+                                                 const struct plan_step *st, int k)
+{
+    return k < st->n_out && st->out[k] >= 0 ? &P->g->vals[st->out[k]] : NULL;
+}
+
+/* backend_cuda_step.c */
+/* Non-zero when step st runs on the device (CS_GPU); otherwise on host copies (CS_HOST). */
+int cuda_gpu_runs(const struct cuda_plan *P, const struct plan_step *st);
+/* Enqueues device step s on the context's stream. */
+int cuda_run_gpu_step(struct cuda_plan *P, int s, struct cerr *e);
+/* Runs host step s: its inputs come back from the device, its outputs go up again. `in`
+ * holds the plan's host inputs, which the step reads in place. */
+int cuda_run_host_step(struct cuda_plan *P, int s, const struct tensor *in, struct cerr *e);
 
 /* backend_cuda_conv.c */
 int cuda_conv_prepare(struct cuda_plan *P, int s, struct cerr *e);

@@ -1,5 +1,5 @@
 /*
- * The CUDA backend's device kernels (backend_cuda_kern.cu), callable from C.
+ * The CUDA backend's device kernels (backend_cuda_kern*.cu), callable from C.
  *
  * Usage: backend_cuda.c computes shapes, strides and pointers on the host and
  * calls one launcher per step; each launcher enqueues its kernel on `stream`

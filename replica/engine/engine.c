@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "engine_internal.h"
+#include "engine_mem.h"
 
 /* A protobuf larger than 2 GiB cannot be a valid ONNX file (protobuf's own limit). */
 #define ENGINE_MAX_MODEL_BYTES ((size_t)2 << 30)
@@ -200,6 +201,53 @@ static int later_producer(const Onnx__GraphProto *g, size_t from, const char *na
 }
 
 
+/* Graphs up to this many nodes are scanned for a cycle when a node reads a later output. */
+#define ENGINE_CYCLE_SCAN_NODES 4096
+
+static int reads_output_of(const Onnx__NodeProto *reader, const Onnx__NodeProto *writer)
+{
+    for (size_t a = 0; a < reader->n_input; a++)
+        for (size_t b = 0; b < writer->n_output; b++)
+            if (reader->input[a] && *reader->input[a] && writer->output[b] &&
+                strcmp(reader->input[a], writer->output[b]) == 0)
+                return 1;
+    return 0;
+}
+
+/*
+ * Whether node `to` reads, through any chain of nodes, an output of node `from`.
+ * Asked only when a node reads a value listed later, to tell a cycle (which no
+ * order can run) from nodes merely out of order; a breadth-first walk over the
+ * node list, -1 when the graph is too large to walk here.
+ */
+static int depends_on(const Onnx__GraphProto *g, size_t from, size_t to)
+{
+    if (g->n_node > ENGINE_CYCLE_SCAN_NODES)
+        return -1;
+    size_t *queue = malloc(g->n_node * sizeof *queue);
+    unsigned char *seen = calloc(g->n_node, 1);
+    size_t head = 0, tail = 0;
+    int found = 0;
+    if (!queue || !seen) {
+        free(queue);
+        free(seen);
+        return -1;
+    }
+    queue[tail++] = from;
+    while (head < tail && !found) {
+        const Onnx__NodeProto *w = g->node[queue[head++]];
+        for (size_t j = 0; j < g->n_node && !found; j++) {
+            if (seen[j] || !reads_output_of(g->node[j], w))
+                continue;
+            seen[j] = 1;
+            queue[tail++] = j;
+            found = j == to;
+        }
+    }
+    free(queue);
+    free(seen);
+    return found;
+}
 
 static char *format_input_list(const struct engine *eng, char *buf, size_t len)
 {
@@ -254,9 +302,16 @@ static int add_node(struct engine *eng, const Onnx__GraphProto *g, size_t i, str
         int v = value_find(eng, in);
         if (v < 0) {
             int later = later_producer(g, i, in);
+            if (later >= 0 && (size_t)later == i)
+                return cerr_set(e, CORRAL_EINVAL, "the graph has a cycle: %s reads its own "
+                                "output '%s'", label, in);
             if (later >= 0) {
                 char l2[320];
                 node_label(g->node[later], (size_t)later, l2, sizeof l2);
+                if (depends_on(g, i, (size_t)later) == 1)
+                    return cerr_set(e, CORRAL_EINVAL, "the graph has a cycle: %s reads '%s' "
+                                    "from %s, which depends on the first node's output", label,
+                                    in, l2);
                 return cerr_set(e, CORRAL_EINVAL, "%s uses '%s' before %s produces it (the nodes "
                                 "are not in topological order)", label, in, l2);
             }
@@ -329,14 +384,6 @@ static void release_proto_data(Onnx__TensorProto *tp)
         tp->float_data = NULL;
         tp->n_float_data = 0;
     }
-}
-
-/* Returns memory freed at load time (the file, the message, folded originals) to the system. */
-void engine_trim_heap(void)
-{
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
 }
 
 /*
@@ -620,20 +667,6 @@ void engine_free(struct engine *eng)
     free(eng->in_buf);
     free(eng->in_cap);
     free(eng);
-}
-
-void engine_release_resident_weights(struct engine *eng)
-{
-    if (!eng->be.ops->weight_resident)
-        return;
-    for (size_t i = 0; i < eng->n_vals; i++) {
-        struct eng_value *v = &eng->vals[i];
-        if (v->single_use_weight && v->init.data && v->init.owned &&
-            eng->be.ops->weight_resident(&eng->be, (int)i)) {
-            free(v->init.data);
-            v->init.data = NULL;
-        }
-    }
 }
 
 size_t engine_num_inputs(const struct engine *eng) { return eng->n_inputs; }

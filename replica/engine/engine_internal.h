@@ -148,6 +148,9 @@ int eng_setup_elem(struct eng_setup *s, struct cerr *e);
 int eng_infer_elem(struct eng_infer *c, struct cerr *e);
 int eng_kernel_elem(const struct plan_step *st, const struct tensor *in, struct tensor *out,
                     struct cerr *e);
+/* Slice, Pad and Split of old opsets take their operands as attributes; setup marks them
+ * in this field, which those ops do not otherwise use. */
+#define LEGACY_ATTRS legacy_2d
 int eng_setup_shape(struct eng_setup *s, struct cerr *e);
 int eng_infer_shape(struct eng_infer *c, struct cerr *e);
 int eng_kernel_shape(const struct plan_step *st, const struct tensor *in, struct tensor *out,
@@ -179,9 +182,6 @@ int eng_axis(const struct plan_step *st, int64_t axis, int r, int inclusive, int
  * `res` (engine_plan.c). */
 int eng_eval_step(struct plan_step *st, const struct plan_value *const *in,
                   struct plan_value *const *out, int opset, struct tensor *res, struct cerr *e);
-/* A fused activation applied to one value (engine_k_elem.c); the CUDA kernels hold
- * the same formulas. */
-float eng_act_apply(enum eng_act act, float x, float alpha, float beta);
 /* Sets a plan value's shape and dense byte size (checked). */
 int eng_set_shape(struct plan_value *v, enum dtype dt, const int64_t *dims, int ndim,
                   struct cerr *e);
@@ -196,9 +196,6 @@ const char *engine_onnx_type_name(int32_t t);
 int engine_tensor_from_proto(const Onnx__TensorProto *tp, const char *what, const char *name,
                              struct tensor *out, struct cerr *e);
 int engine_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, struct cerr *e);
-
-/* malloc_trim where glibc has it: hands freed load and compile memory back to the system. */
-void engine_trim_heap(void);
 
 /* Load-time graph rewrites (engine_fuse.c): folds constants and BatchNorm into Conv. */
 int engine_graph_optimize(struct engine *eng, struct cerr *e);

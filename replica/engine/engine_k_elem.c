@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "engine_internal.h"
+#include "engine_scalar.h"
 
 /*
  * Elementwise ops: arithmetic and comparisons with numpy broadcasting,
@@ -238,30 +239,9 @@ static void bcast_init(struct bcast *b, const struct tensor *out, const struct t
 
 #define AT(k) (base[k] + j * inner[k])
 
-/* Signed overflow is undefined in C; integer ops wrap through uint64 as ONNX runtimes do. */
-#define IADD(x, z) ((x) + (z))
-static int64_t iadd64(int64_t x, int64_t z) { return (int64_t)((uint64_t)x + (uint64_t)z); }
+/* Signed overflow is undefined in C; integer negation wraps through uint64 as ONNX runtimes
+ * do (engine_scalar.h has the binary ops). */
 static int64_t isub64(int64_t x, int64_t z) { return (int64_t)((uint64_t)x - (uint64_t)z); }
-static int64_t imul64(int64_t x, int64_t z) { return (int64_t)((uint64_t)x * (uint64_t)z); }
-static int64_t idiv64(int64_t x, int64_t z)
-{
-    if (z == 0)
-        return 0;
-    if (z == -1)
-        return isub64(0, x);
-    return x / z;
-}
-static int64_t imod64(int64_t x, int64_t z, int fm)
-{
-    if (z == 0)
-        return 0;
-    if (z == -1)
-        return 0;
-    int64_t r = x % z;
-    if (!fm && r != 0 && ((r < 0) != (z < 0)))
-        r += z;
-    return r;
-}
 
 static double load_num(const void *p, enum dtype dt, int64_t i)
 {
@@ -270,38 +250,6 @@ static double load_num(const void *p, enum dtype dt, int64_t i)
     case DT_INT64: return (double)((const int64_t *)p)[i];
     case DT_INT32: return ((const int32_t *)p)[i];
     case DT_BOOL: return ((const uint8_t *)p)[i];
-    default: return 0;
-    }
-}
-
-static float fop(enum eng_op op, float x, float z)
-{
-    switch (op) {
-    case EOP_ADD:
-    case EOP_SUM:
-    case EOP_MEAN: return x + z;
-    case EOP_SUB: return x - z;
-    case EOP_MUL: return x * z;
-    case EOP_DIV: return x / z;
-    case EOP_MOD: return fmodf(x, z);
-    case EOP_MIN: return isnan(x) || isnan(z) ? NAN : (x < z ? x : z);
-    case EOP_MAX: return isnan(x) || isnan(z) ? NAN : (x > z ? x : z);
-    default: return 0.0f;
-    }
-}
-
-static int64_t iop(enum eng_op op, int64_t x, int64_t z, int fm)
-{
-    switch (op) {
-    case EOP_ADD:
-    case EOP_SUM:
-    case EOP_MEAN: return iadd64(x, z);
-    case EOP_SUB: return isub64(x, z);
-    case EOP_MUL: return imul64(x, z);
-    case EOP_DIV: return idiv64(x, z);
-    case EOP_MOD: return imod64(x, z, fm);
-    case EOP_MIN: return x < z ? x : z;
-    case EOP_MAX: return x > z ? x : z;
     default: return 0;
     }
 }
@@ -324,16 +272,17 @@ static void arith(enum eng_op op, int fm, const struct tensor *A, const struct t
         case EOP_SUB: BCAST_FOR(&b, 2, py[obase + j] = pa[AT(0)] - pb[AT(1)]); break;
         case EOP_MUL: BCAST_FOR(&b, 2, py[obase + j] = pa[AT(0)] * pb[AT(1)]); break;
         case EOP_DIV: BCAST_FOR(&b, 2, py[obase + j] = pa[AT(0)] / pb[AT(1)]); break;
-        default: BCAST_FOR(&b, 2, py[obase + j] = fop(op, pa[AT(0)], pb[AT(1)])); break;
+        default: BCAST_FOR(&b, 2, py[obase + j] = eng_binary_f(op, pa[AT(0)], pb[AT(1)])); break;
         }
     } else if (Y->dtype == DT_INT64) {
         const int64_t *pa = A->data, *pb = B->data;
         int64_t *py = Y->data;
-        BCAST_FOR(&b, 2, py[obase + j] = iop(op, pa[AT(0)], pb[AT(1)], fm));
+        BCAST_FOR(&b, 2, py[obase + j] = eng_binary_i(op, pa[AT(0)], pb[AT(1)], fm));
     } else {
         const int32_t *pa = A->data, *pb = B->data;
         int32_t *py = Y->data;
-        BCAST_FOR(&b, 2, py[obase + j] = (int32_t)iop(op, pa[AT(0)], pb[AT(1)], fm));
+        BCAST_FOR(&b, 2,
+                  py[obase + j] = (int32_t)eng_binary_i(op, pa[AT(0)], pb[AT(1)], fm));
     }
 }
 
@@ -359,81 +308,10 @@ static int64_t cmp_i(enum eng_op op, int64_t x, int64_t z)
     }
 }
 
-float eng_act_apply(enum eng_act act, float x, float alpha, float beta)
-{
-    switch (act) {
-    case EACT_NONE: return x;
-    case EACT_RELU: return x > 0.0f ? x : 0.0f;
-    case EACT_LEAKYRELU: return x >= 0.0f ? x : alpha * x;
-    case EACT_CLIP: return x < alpha ? alpha : (x > beta ? beta : x);
-    case EACT_SIGMOID:
-        if (x >= 0.0f)
-            return 1.0f / (1.0f + expf(-x));
-        else {
-            float t = expf(x);
-            return t / (1.0f + t);
-        }
-    case EACT_TANH: return tanhf(x);
-    case EACT_HARDSIGMOID: {
-        float y = alpha * x + beta;
-        return y < 0.0f ? 0.0f : (y > 1.0f ? 1.0f : y);
-    }
-    case EACT_HARDSWISH: {
-        float y = x / 6.0f + 0.5f;
-        return x * (y < 0.0f ? 0.0f : (y > 1.0f ? 1.0f : y));
-    }
-    case EACT_ELU: return x >= 0.0f ? x : alpha * (expf(x) - 1.0f);
-    case EACT_GELU_ERF: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
-    case EACT_GELU_TANH:
-        return 0.5f * x *
-               (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
-    }
-    return x;
-}
-
 static float unary(const struct plan_step *st, float x)
 {
     const struct eng_attrs *a = &st->a;
-    switch (st->op) {
-    case EOP_SQRT: return sqrtf(x);
-    case EOP_EXP: return expf(x);
-    case EOP_LOG: return logf(x);
-    case EOP_ERF: return erff(x);
-    case EOP_NEG: return -x;
-    case EOP_ABS: return fabsf(x);
-    case EOP_RECIPROCAL: return 1.0f / x;
-    case EOP_FLOOR: return floorf(x);
-    case EOP_CEIL: return ceilf(x);
-    case EOP_ROUND: return nearbyintf(x);
-    case EOP_SIGN: return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);
-    case EOP_SIN: return sinf(x);
-    case EOP_COS: return cosf(x);
-    case EOP_TAN: return tanf(x);
-    case EOP_SINH: return sinhf(x);
-    case EOP_COSH: return coshf(x);
-    case EOP_ASIN: return asinf(x);
-    case EOP_ACOS: return acosf(x);
-    case EOP_ATAN: return atanf(x);
-    case EOP_RELU: return x > 0.0f ? x : 0.0f;
-    case EOP_LEAKYRELU: return x >= 0.0f ? x : a->alpha * x;
-    case EOP_ELU: return x >= 0.0f ? x : a->alpha * (expf(x) - 1.0f);
-    case EOP_SELU: return x > 0.0f ? a->gamma * x : a->gamma * (a->alpha * expf(x) - a->alpha);
-    case EOP_CELU: return fmaxf(0.0f, x) + fminf(0.0f, a->alpha * (expf(x / a->alpha) - 1.0f));
-    case EOP_SIGMOID: return eng_act_apply(EACT_SIGMOID, x, 0, 0);
-    case EOP_HARDSIGMOID: return eng_act_apply(EACT_HARDSIGMOID, x, a->alpha, a->beta);
-    case EOP_HARDSWISH: return eng_act_apply(EACT_HARDSWISH, x, 0, 0);
-    case EOP_SOFTPLUS: return x > 20.0f ? x : log1pf(expf(x));
-    case EOP_SOFTSIGN: return x / (1.0f + fabsf(x));
-    case EOP_THRESHOLDEDRELU: return x > a->alpha ? x : 0.0f;
-    case EOP_MISH: {
-        float sp = x > 20.0f ? x : log1pf(expf(x));
-        return x * tanhf(sp);
-    }
-    case EOP_GELU:
-        return eng_act_apply(a->approximate_tanh ? EACT_GELU_TANH : EACT_GELU_ERF, x, 0, 0);
-    case EOP_TANH: return tanhf(x);
-    default: return x;
-    }
+    return eng_unary_apply(st->op, x, a->alpha, a->beta, a->gamma, a->approximate_tanh);
 }
 
 static int run_unary(const struct plan_step *st, const struct tensor *X, struct tensor *Y,

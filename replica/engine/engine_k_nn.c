@@ -5,6 +5,7 @@
 #include <dnnl.h>
 
 #include "engine_internal.h"
+#include "engine_scalar.h"
 
 /*
  * Convolution, pooling and matrix products: attribute parsing and shape

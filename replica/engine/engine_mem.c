@@ -1,5 +1,8 @@
 #include <stdint.h>
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "engine_mem.h"
 
@@ -86,4 +89,12 @@ done:
     free(pl);
     free(tmp);
     return rc;
+}
+
+/* Returns memory freed at load time (the file, the message, folded originals) to the system. */
+void engine_trim_heap(void)
+{
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }

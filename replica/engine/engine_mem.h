@@ -28,4 +28,7 @@ struct mem_req {
 
 int plan_mem_assign(struct mem_req *r, size_t n, size_t align, size_t *total, struct cerr *e);
 
+/* malloc_trim where glibc has it: hands freed load and compile memory back to the system. */
+void engine_trim_heap(void);
+
 #endif

@@ -1,5 +1,4 @@
 #include <pthread.h>
-#include <string.h>
 
 #include "engine_internal.h"
 
@@ -110,12 +109,6 @@ static const struct {
     {EOP_REDUCELOGSUMEXP, 1u << 1},
 };
 
-static const char *const op_names[] = {
-#define ENG_OP_NAME(tag, name) name,
-    ENG_OP_LIST(ENG_OP_NAME)
-#undef ENG_OP_NAME
-};
-
 static struct eng_opdef defs[EOP_COUNT];
 static pthread_once_t defs_once = PTHREAD_ONCE_INIT;
 
@@ -126,8 +119,8 @@ static pthread_once_t defs_once = PTHREAD_ONCE_INIT;
 static void defs_init(void)
 {
     for (int i = 0; i < EOP_COUNT; i++) {
-        defs[i] = (struct eng_opdef){op_names[i], 1, 1, 1, 1, eng_setup_elem, eng_infer_elem,
-                                     eng_kernel_elem, 0};
+        defs[i] = (struct eng_opdef){eng_op_name((enum eng_op)i), 1, 1, 1, 1, eng_setup_elem,
+                                     eng_infer_elem, eng_kernel_elem, 0};
     }
     for (size_t k = 0; k < sizeof arity / sizeof arity[0]; k++) {
         struct eng_opdef *d = &defs[arity[k].op];
@@ -157,21 +150,6 @@ const struct eng_opdef *eng_opdef(enum eng_op op)
 {
     pthread_once(&defs_once, defs_init);
     return op < EOP_COUNT ? &defs[op] : NULL;
-}
-
-const char *eng_op_name(enum eng_op op)
-{
-    return op < EOP_COUNT ? op_names[op] : "?";
-}
-
-int eng_op_lookup(const char *domain, const char *op_type)
-{
-    if ((domain && *domain && strcmp(domain, "ai.onnx") != 0) || !op_type)
-        return -1;
-    for (int i = 0; i < EOP_COUNT; i++)
-        if (i != EOP_COPY && strcmp(op_names[i], op_type) == 0)
-            return i;
-    return -1;
 }
 
 int eng_kernel_run(const struct plan_step *st, const struct tensor *in, struct tensor *out,

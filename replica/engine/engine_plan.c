@@ -728,6 +728,20 @@ done:
     return rc;
 }
 
+void engine_release_resident_weights(struct engine *eng)
+{
+    if (!eng->be.ops->weight_resident)
+        return;
+    for (size_t i = 0; i < eng->n_vals; i++) {
+        struct eng_value *v = &eng->vals[i];
+        if (v->single_use_weight && v->init.data && v->init.owned &&
+            eng->be.ops->weight_resident(&eng->be, (int)i)) {
+            free(v->init.data);
+            v->init.data = NULL;
+        }
+    }
+}
+
 int engine_plan_get(struct engine *eng, const struct tensor *in, int pin, struct eng_plan **out,
                     struct cerr *e)
 {

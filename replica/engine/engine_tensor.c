@@ -69,17 +69,48 @@ static const char *field_name(enum typed_field f)
     return n[f];
 }
 
+/*
+ * The external file a tensor names, for the refusal message: made printable and
+ * cut short, since it comes from the file. Whether it would leave the model
+ * directory (absolute, or a ".." component) is said too; either way the engine
+ * opens nothing but the .onnx file itself.
+ */
+static int external_location(const Onnx__TensorProto *tp, char *buf, size_t len)
+{
+    const char *loc = NULL;
+    for (size_t i = 0; i < tp->n_external_data; i++)
+        if (tp->external_data[i]->key && strcmp(tp->external_data[i]->key, "location") == 0)
+            loc = tp->external_data[i]->value;
+    if (!loc) {
+        snprintf(buf, len, "no location given");
+        return 0;
+    }
+    size_t n = 0;
+    for (const char *c = loc; *c && n + 4 < len; c++)
+        buf[n++] = *c >= 0x20 && *c < 0x7f ? *c : '?';
+    if (strlen(loc) > n && n + 3 < len)
+        buf[n++] = '.', buf[n++] = '.', buf[n++] = '.';
+    buf[n] = '\0';
+    /* Both separators count: exporters on Windows write backslashes. */
+    int escapes = loc[0] == '/' || loc[0] == '\\';
+    for (const char *c = loc; c && !escapes; c = strpbrk(c, "/\\"), c = c ? c + 1 : NULL)
+        escapes = c[0] == '.' && c[1] == '.' && (!c[2] || c[2] == '/' || c[2] == '\\');
+    return escapes;
+}
+
 int engine_tensor_from_proto(const Onnx__TensorProto *tp, const char *what, const char *name,
                           struct tensor *out, struct cerr *e)
 {
     char sb[160];
     memset(out, 0, sizeof *out);
     if ((tp->has_data_location && tp->data_location == ONNX__TENSOR_PROTO__DATA_LOCATION__EXTERNAL) ||
-        tp->n_external_data > 0)
-        return cerr_set(e, CORRAL_EUNSUPP,
-                        "%s stores its data in an external file, which the engine does not "
-                        "support (save the model with its weights inside the .onnx file)",
-                        what);
+        tp->n_external_data > 0) {
+        int escapes = external_location(tp, sb, sizeof sb);
+        return cerr_set(e, escapes ? CORRAL_EINVAL : CORRAL_EUNSUPP,
+                        "%s stores its data in an external file ('%s'%s), which the engine does "
+                        "not read (save the model with its weights inside the .onnx file)",
+                        what, sb, escapes ? ", a path that escapes the model directory" : "");
+    }
     if (tp->segment)
         return cerr_set(e, CORRAL_EUNSUPP, "%s is a segment of a larger tensor, which the engine "
                         "does not support", what);

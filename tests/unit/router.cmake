@@ -1,10 +1,9 @@
-# Router tests: JSON <-> tensor conversion, the JSON reader, URL routing, Triton's model
-# configuration and repository index bodies, the HTTP server over loopback sockets, the
-# replica table (membership), its DNS discovery (numeric hosts only), and the real
-# corral-router process on its own.
+# Router tests: URL routing, Triton's model configuration and repository index bodies,
+# the HTTP server over loopback sockets, the replica table (membership), its DNS
+# discovery (numeric hosts only), and the real corral-router process on its own. The
+# OIP JSON codec's tests are in oipjson.cmake.
 if(TARGET PkgConfig::CMOCKA AND TARGET corral_router_core)
-  foreach(t test_oip_convert test_oip_route test_oip_config test_http test_jdoc test_jnum_format
-          test_membership test_dns)
+  foreach(t test_oip_route test_oip_config test_http test_membership test_dns)
     add_executable(${t} ${CMAKE_CURRENT_LIST_DIR}/${t}.c)
     target_link_libraries(${t} PRIVATE corral_router_core PkgConfig::CMOCKA PkgConfig::JANSSON)
     add_test(NAME router_${t} COMMAND ${t})

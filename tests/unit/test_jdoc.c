@@ -1,5 +1,5 @@
 /*
- * Tests of the router's JSON reader (router/jdoc.h).
+ * Tests of the OIP codec's JSON reader (oipjson/jdoc.h).
  *
  * - Numbers: jnum_float/jnum_double must give the same bits as strtof/strtod
  *   for edge cases, for seeded random JSON numbers, and for decimals lying

@@ -1,4 +1,4 @@
-/* JSON <-> tensor conversions of the router's infer endpoint. */
+/* JSON <-> tensor conversions of the OIP codec (oipjson/) behind the router's infer endpoint. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,7 +10,7 @@
 
 #include <jansson.h>
 
-#include "oip.h"
+#include "oip_codec.h"
 #include "wire.h"
 
 /* Converts `data` and returns the error code; bytes land in *out. */

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "oip.h"
+#include "oip_codec.h"
 
 /* ---- JSON -> tensor ---- */
 

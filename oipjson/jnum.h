@@ -1,5 +1,5 @@
 /*
- * jnum: JSON numbers for the router, read and written.
+ * jnum: JSON numbers read and written (for jdoc and the OIP codec).
  *
  * Reading: jnum_scan() checks a number against the JSON grammar and decodes
  * it in the same pass into a decimal mantissa and exponent (struct jnum_dec);

@@ -7,8 +7,8 @@
  * malloc'd bytes to the caller (NUL-terminated, length in *len) and resets the
  * buffer; buf_free drops them.
  */
-#ifndef CORRAL_ROUTER_BUF_H
-#define CORRAL_ROUTER_BUF_H
+#ifndef CORRAL_OIPJSON_BUF_H
+#define CORRAL_OIPJSON_BUF_H
 
 #include <stddef.h>
 

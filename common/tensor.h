@@ -14,8 +14,8 @@
  * All shape arithmetic goes through tensor_numel/tensor_nbytes, which reject
  * negative dimensions, too many dimensions and products that overflow.
  */
-#ifndef CORRAL_PROTO_TENSOR_H
-#define CORRAL_PROTO_TENSOR_H
+#ifndef CORRAL_COMMON_TENSOR_H
+#define CORRAL_COMMON_TENSOR_H
 
 #include <stddef.h>
 #include <stdint.h>

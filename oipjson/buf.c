@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "utf8.h"
+
 int buf_reserve(struct buf *b, size_t extra)
 {
     if (b->oom)
@@ -72,6 +74,19 @@ void buf_json_string(struct buf *b, const char *s, size_t n)
     size_t run = 0;
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            /* Valid UTF-8 stays as it is; any other byte becomes U+FFFD, so the text is
+             * valid JSON whatever bytes a client sent in a name that is echoed back. */
+            size_t k = utf8_len((const unsigned char *)s + i, n - i);
+            if (k) {
+                i += k - 1;
+                continue;
+            }
+            buf_append(b, s + run, i - run);
+            run = i + 1;
+            buf_puts(b, "\\ufffd");
+            continue;
+        }
         if (c >= 0x20 && c != '"' && c != '\\')
             continue;
         /* Copy the plain run before this byte in one go, then its escape. */

@@ -1,5 +1,5 @@
 /*
- * jdoc: the router's JSON reader for request bodies.
+ * jdoc: the OIP codec's JSON reader (bodies the router receives, files corralctl reads).
  *
  * One pass over the text builds a flat array of tokens in document order
  * (a container's elements follow it; each token records where its subtree
