@@ -17,6 +17,7 @@
 
 #include "corral.pb-c.h"
 #include "error.h"
+#include "list.h"
 #include "tensor.h"
 #include "wire.h"
 
@@ -27,6 +28,7 @@ _Static_assert((int)CORRAL_STATUS_TIMEOUT == (int)CORRAL_ETIMEDOUT, "status tabl
 _Static_assert((int)CORRAL_STATUS_QUEUE_FULL == (int)CORRAL_EQUEUEFULL, "status table");
 _Static_assert((int)CORRAL_STATUS_METHOD == (int)CORRAL_EMETHOD, "status table");
 _Static_assert((int)CORRAL_STATUS_DRAINING == (int)CORRAL_EDRAINING, "status table");
+_Static_assert((int)CORRAL_STATUS_MEDIA_TYPE == (int)CORRAL_EMEDIATYPE, "status table");
 _Static_assert(CORRAL_TYPE_BF16 == (int)DT_BF16 && CORRAL_TYPE_BYTES == (int)DT_BYTES,
                "datatype table");
 
@@ -44,7 +46,7 @@ struct call {
     corral_infer_cb cb;
     void *arg;
     int want_health; /* a health call: decode HealthResponse */
-    struct call *next, *prev; /* in flight list, or pool list (next only) */
+    struct list_node link; /* on the client's inflight list, or on its pool */
 };
 
 struct corral_client {
@@ -52,8 +54,8 @@ struct corral_client {
     unsigned timeout_ms;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct call *pool;     /* idle calls (mu) */
-    struct call *inflight; /* (mu) */
+    struct list_node pool;     /* idle calls, the last returned first (mu) */
+    struct list_node inflight; /* (mu) */
     struct call **all;     /* every call ever made, for freeing (mu) */
     size_t n_all, cap_all;
     unsigned n_inflight;   /* (mu) */
@@ -82,6 +84,7 @@ const char *corral_status_name(int status)
     case CORRAL_STATUS_TOO_LARGE: return "TOO_LARGE";
     case CORRAL_STATUS_METHOD: return "METHOD";
     case CORRAL_STATUS_DRAINING: return "DRAINING";
+    case CORRAL_STATUS_MEDIA_TYPE: return "MEDIA_TYPE";
     }
     return "UNKNOWN";
 }
@@ -134,6 +137,8 @@ int corral_connect(struct corral_client **out, const char *url,
     cl->timeout_ms = opt && opt->timeout_ms ? opt->timeout_ms : 30000;
     pthread_mutex_init(&cl->mu, NULL);
     pthread_cond_init(&cl->cv, NULL);
+    list_init(&cl->pool);
+    list_init(&cl->inflight);
     if ((rv = nng_req0_open(&cl->sock)) != 0) {
         set_err(err, CORRAL_STATUS_IO, "cannot open an NNG socket: %s", nng_strerror(rv));
         goto fail;
@@ -169,9 +174,9 @@ static struct call *call_get(struct corral_client *cl, struct corral_error *err)
         set_err(err, CORRAL_STATUS_UNAVAILABLE, "the client is closing");
         return NULL;
     }
-    struct call *c = cl->pool;
+    struct call *c = list_first_entry(&cl->pool, struct call, link);
     if (c) {
-        cl->pool = c->next;
+        list_remove(&c->link);
     } else {
         if (cl->n_all == cl->cap_all) {
             size_t nc = cl->cap_all ? cl->cap_all * 2 : 64;
@@ -193,11 +198,7 @@ static struct call *call_get(struct corral_client *cl, struct corral_error *err)
         }
         cl->all[cl->n_all++] = c;
     }
-    c->prev = NULL;
-    c->next = cl->inflight;
-    if (cl->inflight)
-        cl->inflight->prev = c;
-    cl->inflight = c;
+    list_push_front(&cl->inflight, &c->link);
     cl->n_inflight++;
     pthread_mutex_unlock(&cl->mu);
     return c;
@@ -212,14 +213,8 @@ static void call_put(struct call *c)
 {
     struct corral_client *cl = c->cl;
     pthread_mutex_lock(&cl->mu);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        cl->inflight = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->next = cl->pool;
-    cl->pool = c;
+    list_remove(&c->link);
+    list_push_front(&cl->pool, &c->link);
     if (--cl->n_inflight == 0)
         pthread_cond_broadcast(&cl->cv);
     pthread_mutex_unlock(&cl->mu);

@@ -34,7 +34,8 @@
     XX(EMISMATCH,  -11,  500, "result does not match the reference")                \
     XX(ETOOLARGE,  -12,  413, "too large")                                          \
     XX(EMETHOD,    -13,  405, "method not allowed")                                 \
-    XX(EDRAINING,  -14,  503, "draining")
+    XX(EDRAINING,  -14,  503, "draining")                                      \
+    XX(EMEDIATYPE, -15,  415, "unsupported media type")
 
 enum corral_err {
 #define CORRAL_ERR_ENUM(name, val, http, msg) CORRAL_##name = (val),

@@ -24,6 +24,7 @@ pkgs=(build-essential cmake pkg-config curl ca-certificates
       libuv1-dev libhttp-parser-dev libnng-dev libjansson-dev
       libprotobuf-c-dev protobuf-c-compiler libonnx-dev libdnnl-dev
       libcmocka-dev libonnx-testdata prometheus wrk chromium
+      libjpeg62-turbo-dev libpng-dev libwebp-dev   # image decoding (classify endpoint)
       libb64-0d
       dnsmasq-base iproute2   # the multi-host test (dnsmasq's binary, not its service)
       systemd                 # systemd-analyze verify, for deploy/systemd/'s units

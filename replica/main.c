@@ -33,6 +33,7 @@
 #include "log.h"
 #include "model_repo.h"
 #include "parity.h"
+#include "image_pool.h"
 #include "server.h"
 
 static void usage(FILE *f)
@@ -42,6 +43,7 @@ static void usage(FILE *f)
             "                      [--device cpu] [--threads N] [--contexts N] [--log-level LEVEL]\n"
             "                      [--overlap on|off] [--stall-ms N] [--drain-timeout-ms N]\n"
             "                      [--health-listen HOST:PORT]\n"
+            "                      [--image-threads N] [--max-image-pixels N]\n"
             "                      [--test-hooks [--test-hold-start FILE]]\n"
             "       corral-replica --model-repo DIR --model NAME [--version N] --verify\n"
             "\n"
@@ -68,6 +70,11 @@ static void usage(FILE *f)
             "                     stops reading until replies free room (default: enough for\n"
             "                     the batching queue, max_queue_size + 2 * max_batch_size + 16,\n"
             "                     at least 64)\n"
+            "  --image-threads N  for a model that takes images (config.json preprocess):\n"
+            "                     threads decoding and preprocessing them (default 1)\n"
+            "  --max-image-pixels N  largest decoded image, width x height (default 40000000);\n"
+            "                     larger ones are refused as too large (HTTP 413) before\n"
+            "                     anything the size of the image is allocated\n"
             "  --verify           check the parity vectors, print the max abs difference per\n"
             "                     output and exit 0 (within tolerance) or 1\n"
             "  --log-level L      debug, info, warn or error (default info)\n"
@@ -279,6 +286,7 @@ int main(int argc, char **argv)
     const char *health_listen = NULL;
     struct health_http *hh = NULL;
     long version = 0, threads = 1, contexts = 0, stall_ms = 0, drain_ms = 30000;
+    long image_threads = 1, max_image_pixels = 40000000;
     int verify = 0, rc = 1;
     struct batcher_options bo = BATCHER_OPTIONS_DEFAULT;
     struct batcher *bat = NULL;
@@ -300,6 +308,8 @@ int main(int argc, char **argv)
         {"test-hooks", no_argument, 0, 'T'},       {"drain-timeout-ms", required_argument, 0, 'D'},
         {"test-hold-start", required_argument, 0, 'H'},
         {"health-listen", required_argument, 0, 'P'},
+        {"image-threads", required_argument, 0, 'I'},
+        {"max-image-pixels", required_argument, 0, 'X'},
         {0, 0, 0, 0}};
     log_init("replica");
     int c;
@@ -360,6 +370,19 @@ int main(int argc, char **argv)
         case 'T': bo.test_hooks = 1; break;
         case 'H': hold = optarg; break;
         case 'P': health_listen = optarg; break;
+        case 'I':
+            if (parse_long(optarg, 1, 64, &image_threads)) {
+                fprintf(stderr, "corral-replica: --image-threads '%s' is not an integer in 1..64\n", optarg);
+                return 2;
+            }
+            break;
+        case 'X':
+            if (parse_long(optarg, 1, 1000000000L, &max_image_pixels)) {
+                fprintf(stderr, "corral-replica: --max-image-pixels '%s' is not an integer in "
+                        "1..1000000000\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -506,6 +529,18 @@ int main(int argc, char **argv)
         LOG_WARN("test hooks are enabled: requests may stall the executor on purpose");
     so.batcher = bat;
     so.device = device;
+    if (cfg.image.enabled) {
+        struct image_pool_options io = {.threads = (int)image_threads,
+                                        .max_pixels = (uint64_t)max_image_pixels};
+        if (replica_server_images(srv, &io, &e)) {
+            fprintf(stderr, "corral-replica: %s/%s: %s\n", cfg.name, cfg.version_str, e.msg);
+            goto out;
+        }
+        LOG_INFO("takes images: %lldx%lld %s into input '%s', %ld image thread%s, at most %ld "
+                 "pixels", (long long)cfg.image.out_h, (long long)cfg.image.out_w,
+                 cfg.image.nhwc ? "NHWC" : "NCHW", cfg.inputs[cfg.image.input].name,
+                 image_threads, image_threads == 1 ? "" : "s", max_image_pixels);
+    }
     if (cfg.batching.max_batch_size > 0)
         LOG_INFO("batching: max_batch_size %lld, max_queue_delay_us %lld, overlap %s, stall limit %lld ms",
                  (long long)cfg.batching.max_batch_size, (long long)cfg.batching.max_queue_delay_us,

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define LABELS_MAX 100000
 
@@ -161,7 +162,7 @@ static int get_buckets(json_t *arr, const char *what, int64_t hi, int64_t *out, 
     return CORRAL_OK;
 }
 
-static int find_io(const struct model_io *io, size_t n, const char *name)
+int model_find_io(const struct model_io *io, size_t n, const char *name)
 {
     for (size_t i = 0; i < n; i++)
         if (strcmp(io[i].name, name) == 0)
@@ -183,11 +184,12 @@ static int parse_dim_key(const char *key, const struct model_io *io, const char 
     return (int)d;
 }
 
-static int check_keys(json_t *obj, const char *what, const char *const *allowed, struct cerr *e)
+int model_check_keys(const json_t *obj, const char *what, const char *const *allowed,
+                     struct cerr *e)
 {
     const char *key;
     json_t *v;
-    json_object_foreach(obj, key, v) {
+    json_object_foreach((json_t *)obj, key, v) {
         size_t i;
         for (i = 0; allowed[i]; i++)
             if (strcmp(key, allowed[i]) == 0)
@@ -216,14 +218,14 @@ static int parse_batch_inputs(struct model_config *cfg, json_t *ins, struct cerr
         return cerr_set(e, CORRAL_EINVAL,
                         "config.json: batching.inputs must be an object keyed by input name");
     json_object_foreach(ins, name, spec) {
-        int i = find_io(cfg->inputs, cfg->n_inputs, name);
+        int i = model_find_io(cfg->inputs, cfg->n_inputs, name);
         if (i < 0)
             return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs names '%.128s', which "
                             "is not one of the model's inputs", name);
         if (!json_is_object(spec))
             return cerr_set(e, CORRAL_EINVAL, "config.json: batching.inputs '%s' must be an object "
                             "{pad_value, dims}", name);
-        if ((rc = check_keys(spec, "batching.inputs entry", keys, e)))
+        if ((rc = model_check_keys(spec, "batching.inputs entry", keys, e)))
             return rc;
         json_t *pv = json_object_get(spec, "pad_value");
         if (pv) {
@@ -275,11 +277,11 @@ static int parse_batch_outputs(struct model_config *cfg, json_t *outs, struct ce
         return cerr_set(e, CORRAL_EINVAL,
                         "config.json: batching.outputs must be an object keyed by output name");
     json_object_foreach(outs, name, spec) {
-        int j = find_io(cfg->outputs, cfg->n_outputs, name);
+        int j = model_find_io(cfg->outputs, cfg->n_outputs, name);
         if (j < 0)
             return cerr_set(e, CORRAL_EINVAL, "config.json: batching.outputs names '%.128s', which "
                             "is not one of the model's outputs", name);
-        if (!json_is_object(spec) || (rc = check_keys(spec, "batching.outputs entry", keys, e)))
+        if (!json_is_object(spec) || (rc = model_check_keys(spec, "batching.outputs entry", keys, e)))
             return json_is_object(spec)
                        ? rc
                        : cerr_set(e, CORRAL_EINVAL, "config.json: batching.outputs '%s' must be an "
@@ -300,7 +302,7 @@ static int parse_batch_outputs(struct model_config *cfg, json_t *outs, struct ce
                 continue;
             }
             json_t *in = json_object_get(f, "input"), *id = json_object_get(f, "dim");
-            int i = json_is_string(in) ? find_io(cfg->inputs, cfg->n_inputs, json_string_value(in)) : -1;
+            int i = json_is_string(in) ? model_find_io(cfg->inputs, cfg->n_inputs, json_string_value(in)) : -1;
             if (!json_is_object(f) || i < 0 || !json_is_integer(id) || json_integer_value(id) < 1 ||
                 json_integer_value(id) >= cfg->inputs[i].ndim ||
                 cfg->inputs[i].dims[json_integer_value(id)] != -1)
@@ -346,7 +348,7 @@ static int parse_batching(struct model_config *cfg, json_t *bj, struct cerr *e)
     }
     if (!json_is_object(bj))
         return cerr_set(e, CORRAL_EINVAL, "config.json: batching must be an object");
-    if ((rc = check_keys(bj, "batching", keys, e)) ||
+    if ((rc = model_check_keys(bj, "batching", keys, e)) ||
         (rc = get_int(bj, "max_batch_size", 0, 1 << 20, &b->max_batch_size, e)) ||
         (rc = get_int(bj, "max_queue_delay_us", 0, 60000000, &b->max_queue_delay_us, e)) ||
         (rc = get_int(bj, "max_queue_size", 1, 1 << 20, &b->max_queue_size, e)) ||
@@ -420,6 +422,92 @@ static int parse_batching(struct model_config *cfg, json_t *bj, struct cerr *e)
     return CORRAL_OK;
 }
 
+/*
+ * The memory this machine gives the replica: physical memory, or less where a
+ * cgroup caps it (v2 memory.max, v1 memory.limit_in_bytes; "max" means none).
+ */
+static uint64_t machine_memory(void)
+{
+    static const char *const caps[] = {"/sys/fs/cgroup/memory.max",
+                                       "/sys/fs/cgroup/memory/memory.limit_in_bytes"};
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    uint64_t mem = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : UINT64_MAX;
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
+        unsigned long long v;
+        FILE *f = fopen(caps[i], "r");
+        if (f && fscanf(f, "%llu", &v) == 1 && v < mem)
+            mem = v;
+        if (f)
+            fclose(f);
+    }
+    return mem;
+}
+
+/*
+ * The shape a tensor takes in the largest bucket: max_batch_size rows, each
+ * bucketed dimension at its largest bucket, a followed output dimension at its
+ * input's; a dimension not known before the run (unbucketed, computed) counts
+ * as 1, so the figure is a lower bound. Returns the bytes, saturating at UINT64_MAX.
+ */
+static uint64_t largest_bucket_bytes(const struct model_config *cfg, size_t k, int64_t *dims)
+{
+    const struct model_batching *b = &cfg->batching;
+    int is_in = k < cfg->n_inputs;
+    const struct model_io *io = is_in ? &cfg->inputs[k] : &cfg->outputs[k - cfg->n_inputs];
+    uint64_t bytes = dtype_size(io->dtype);
+    for (int d = 0; d < io->ndim; d++) {
+        int64_t n = d == 0 ? b->max_batch_size : io->dims[d] >= 0 ? io->dims[d] : 1;
+        const struct model_follow *f = is_in ? NULL : &b->follow[k - cfg->n_inputs][d];
+        int in = is_in ? (int)k : f->kind == MODEL_FOLLOW_INPUT ? f->input : -1;
+        int dim = is_in ? d : f->dim;
+        for (size_t v = 0; d > 0 && in >= 0 && v < b->n_var_dims; v++)
+            if (b->var_dims[v].input == in && b->var_dims[v].dim == dim && b->var_dims[v].n_buckets)
+                n = b->var_dims[v].buckets[b->var_dims[v].n_buckets - 1];
+        dims[d] = n;
+        if (__builtin_mul_overflow(bytes, (uint64_t)n, &bytes))
+            bytes = UINT64_MAX;
+    }
+    return bytes;
+}
+
+/*
+ * Refuses batching buckets whose largest one could never be run here: a tensor
+ * past the engine's limit on one tensor, or inputs and outputs that alone need
+ * more memory than the machine has. Checked before the model is read, so such a
+ * config fails in a moment with the figure rather than being killed mid warm-up.
+ */
+static int check_bucket_memory(const struct model_config *cfg, struct cerr *e)
+{
+    char sb[160];
+    int64_t dims[TENSOR_MAX_DIMS];
+    uint64_t total = 0, mem;
+    if (cfg->batching.max_batch_size == 0)
+        return CORRAL_OK;
+    for (size_t k = 0; k < cfg->n_inputs + cfg->n_outputs; k++) {
+        int is_in = k < cfg->n_inputs;
+        const struct model_io *io = is_in ? &cfg->inputs[k] : &cfg->outputs[k - cfg->n_inputs];
+        uint64_t bytes = largest_bucket_bytes(cfg, k, dims);
+        if (bytes > TENSOR_MAX_BYTES)
+            return cerr_set(e, CORRAL_ETOOLARGE, "config.json: in the largest batching bucket "
+                            "%s '%s' is %s %s, %llu%s bytes, more than the %zu-byte limit on one "
+                            "tensor; use smaller buckets or max_batch_size",
+                            is_in ? "input" : "output", io->name,
+                            tensor_shape_str(dims, io->ndim, sb, sizeof sb), dtype_name(io->dtype),
+                            (unsigned long long)bytes, bytes == UINT64_MAX ? " or more" : "",
+                            TENSOR_MAX_BYTES);
+        total += bytes;
+    }
+    mem = machine_memory();
+    if (total > mem)
+        return cerr_set(e, CORRAL_ETOOLARGE, "config.json: the largest batching bucket needs at "
+                        "least %llu bytes (%.1f GiB) for its inputs and outputs alone, more than "
+                        "the %llu bytes (%.1f GiB) of memory this machine has; use smaller "
+                        "buckets or max_batch_size", (unsigned long long)total,
+                        (double)total / 1073741824.0, (unsigned long long)mem,
+                        (double)mem / 1073741824.0);
+    return CORRAL_OK;
+}
+
 int model_batching_parse_text(struct model_config *cfg, const char *json_text, struct cerr *e)
 {
     json_error_t jerr;
@@ -483,7 +571,11 @@ int model_repo_load(const char *repo, const char *name, long version, struct mod
         if (r)
             cfg->parity_rtol = json_number_value(r);
     }
-    if ((rc = parse_batching(cfg, json_object_get(root, "batching"), e)))
+    if ((rc = parse_batching(cfg, json_object_get(root, "batching"), e)) ||
+        (rc = check_bucket_memory(cfg, e)))
+        goto fail;
+    if ((rc = image_prep_parse(json_object_get(root, "preprocess"),
+                               json_object_get(root, "postprocess"), cfg, &cfg->image, e)))
         goto fail;
     json_t *lab = json_object_get(root, "labels");
     if (lab) {

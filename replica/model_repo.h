@@ -30,6 +30,7 @@
 
 #include "aliases.h"
 #include "error.h"
+#include "image_prep.h"
 #include "tensor.h"
 
 #define MODEL_MAX_IO 64
@@ -104,6 +105,7 @@ struct model_config {
     char **labels;      /* owned; NULL when the model has none */
     size_t n_labels;
     struct model_batching batching;
+    struct image_prep image; /* preprocess/postprocess sections: image.enabled when present */
     size_t n_aliases;   /* the aliases.json names of this version, sorted */
     char aliases[ALIASES_MAX][ALIAS_NAME_MAX];
 };
@@ -113,6 +115,11 @@ int model_repo_load(const char *repo, const char *name, long version, struct mod
 void model_config_free(struct model_config *cfg);
 /* 1 when a request's `version` ("" for any) names the loaded version or one of its aliases. */
 int model_version_matches(const struct model_config *cfg, const char *version);
+/* Index of the input or output named `name` in io[n], or -1. */
+int model_find_io(const struct model_io *io, size_t n, const char *name);
+/* EINVAL naming the first key of `obj` not in the NULL-terminated `allowed` list. */
+int model_check_keys(const json_t *obj, const char *what, const char *const *allowed,
+                     struct cerr *e);
 /* Parses `json_text` (the batching object alone, or NULL for defaults) into cfg->batching. */
 int model_batching_parse_text(struct model_config *cfg, const char *json_text, struct cerr *e);
 

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "batcher.h"
+#include "image_pool.h"
 #include "log.h"
 #include "sp_rep.h"
 #include "wire.h"
@@ -20,6 +21,7 @@ struct replica_server {
      * store); the I/O thread reads them only after seeing that (an acquire load). */
     struct replica_server_options opt;
     struct batcher *batcher; /* borrowed */
+    struct image_pool *images; /* owned; NULL unless the model takes images */
     atomic_int phase;
     pthread_mutex_t mu; /* guards the texts below */
     char reason[256];   /* while starting */
@@ -123,6 +125,15 @@ static void answer_metadata(struct replica_server *srv, struct sp_rep_req *rq)
     bi.preserve_ordering = mb->preserve_ordering != 0;
     md.batching = &bi;
     md.device = (char *)(o->device ? o->device : "");
+    Corral__ImageInfo ii = CORRAL__IMAGE_INFO__INIT;
+    if (cfg->image.enabled) {
+        ii.input = (char *)cfg->inputs[cfg->image.input].name;
+        ii.output = (char *)cfg->outputs[cfg->image.output].name;
+        ii.postprocess = cfg->image.softmax ? "softmax" : "none";
+        ii.height = cfg->image.out_h;
+        ii.width = cfg->image.out_w;
+        md.image = &ii;
+    }
     resp.kind_case = CORRAL__RESPONSE__KIND_METADATA;
     resp.metadata = &md;
     send_response(rq, &resp);
@@ -279,6 +290,31 @@ static void submit_infer(struct replica_server *srv, struct sp_rep_req *rq, Corr
     }
 }
 
+/* An image request comes back from the image workers: decoded, or refused. */
+static void image_done(void *arg, Corral__Request *req, void *owner, int rc, const char *msg)
+{
+    struct replica_server *srv = arg;
+    if (rc == CORRAL_OK) {
+        submit_infer(srv, owner, req);
+        return;
+    }
+    corral__request__free_unpacked(req, NULL);
+    send_error(owner, rc, msg);
+}
+
+static void submit_any(struct replica_server *srv, struct sp_rep_req *rq, Corral__Request *req)
+{
+    struct cerr e = {0};
+    if (srv->images && image_request_wanted(srv->cfg, req)) {
+        if (image_pool_push(srv->images, req, rq, &e)) {
+            corral__request__free_unpacked(req, NULL);
+            send_error(rq, e.code, e.msg);
+        }
+        return;
+    }
+    submit_infer(srv, rq, req);
+}
+
 /* Answers a request that needs the loaded model while the replica is still starting. */
 static void refuse_starting(struct replica_server *srv, struct sp_rep_req *rq)
 {
@@ -321,7 +357,7 @@ static void on_request(void *arg, struct sp_rep_req *rq, const uint8_t *body, si
             corral__request__free_unpacked(req, NULL);
             refuse_starting(srv, rq);
         } else {
-            submit_infer(srv, rq, req);
+            submit_any(srv, rq, req);
         }
         break;
     case CORRAL__REQUEST__KIND_STATS:
@@ -377,6 +413,12 @@ void replica_server_ready(struct replica_server *srv, const struct replica_serve
     atomic_store_explicit(&srv->phase, PHASE_READY, memory_order_release);
 }
 
+int replica_server_images(struct replica_server *srv, const struct image_pool_options *opt,
+                          struct cerr *e)
+{
+    return image_pool_start(&srv->images, srv->cfg, opt, image_done, srv, e);
+}
+
 void replica_server_drain(struct replica_server *srv, const char *cause)
 {
     pthread_mutex_lock(&srv->mu);
@@ -394,6 +436,7 @@ void replica_server_stop(struct replica_server *srv)
     /* The batcher finishes the batches it is running and answers everything still queued
      * (EUNAVAIL) while the connections can still carry the replies; requests that arrive
      * meanwhile are refused by it and answered on the I/O thread. */
+    image_pool_stop(srv->images);
     if (srv->batcher)
         batcher_stop(srv->batcher);
     sp_rep_stop(srv->rep);

@@ -78,6 +78,12 @@ void replica_server_starting(struct replica_server *srv, const char *fmt, ...)
 /* Ready: infer requests go to opt->batcher (started); metadata reports opt's plans.
  * opt is copied. */
 void replica_server_ready(struct replica_server *srv, const struct replica_server_options *opt);
+/* For a model that takes images (cfg->image.enabled), before replica_server_ready: starts
+ * the image workers (replica/image_pool.h) that decode requests carrying encoded images,
+ * which then go to the batcher like any other. */
+struct image_pool_options;
+int replica_server_images(struct replica_server *srv, const struct image_pool_options *opt,
+                          struct cerr *e);
 /* Draining because of `cause` ("SIGTERM", copied): health says so with the count of
  * requests still to answer. Call batcher_drain too (the batcher refuses new work). */
 void replica_server_drain(struct replica_server *srv, const char *cause);

@@ -42,6 +42,7 @@ struct options {
     const char **replicas;
     int n_replicas;
     unsigned health_ms, timeout_ms, threads, max_inflight, eject_after, rpc_contexts, drain_ms;
+    size_t max_image_bytes;
     const char *rpc_url; /* NULL: off */
     int rpc_explicit;
     const char *control;   /* HOST:PORT, NULL: off */
@@ -93,6 +94,7 @@ static const char synopsis[] =
     "                     [--threads N] [--rpc-listen URL|off] [--timeout-ms N]\n"
     "                     [--max-inflight N] [--eject-after N] [--health-interval-ms N]\n"
     "                     [--max-body-bytes N] [--max-header-bytes N] [--max-connections N]\n"
+    "                     [--max-image-bytes N]\n"
     "                     [--idle-timeout-ms N] [--request-timeout-ms N] [--drain-timeout-ms N]\n"
     "                     [--log-level debug|info|warn|error] [--help]\n";
 
@@ -140,6 +142,9 @@ static void usage(FILE *f)
             "                           until a health probe succeeds (default 2)\n"
             "  --health-interval-ms N   how often replicas are health-checked (default 500)\n"
             "  --max-body-bytes N       largest request body (default 67108864; 413 above)\n"
+            "  --max-image-bytes N      largest image a classify request may carry (default\n"
+            "                           16777216; 413 above); the decoded size is limited by\n"
+            "                           the replicas' --max-image-pixels\n"
             "  --max-header-bytes N     largest request line + headers (default 16384; 431)\n"
             "  --max-connections N      open client connections per thread (default 4096)\n"
             "  --idle-timeout-ms N      close idle keep-alive connections (default 60000)\n"
@@ -402,6 +407,7 @@ static int worker_setup(struct worker *w)
     w->octx.metrics = w->metrics;
     w->octx.shard = w->idx;
     w->octx.timeout_ms = o->timeout_ms;
+    w->octx.max_image_bytes = o->max_image_bytes;
     if (http_server_new(&w->http, &w->loop, &o->lim, oip_handle, &w->octx, e))
         return e->code;
     if (o->threads > 1)
@@ -447,8 +453,10 @@ static int worker_start(struct worker *w)
     pthread_mutex_lock(w->mu);
     while (w->state == 0)
         pthread_cond_wait(w->cv, w->mu);
+    /* Read under the lock: once bound, the thread moves on to listening (on_gate). */
+    int state = w->state;
     pthread_mutex_unlock(w->mu);
-    return w->state >= 1 ? 0 : -1;
+    return state >= 1 ? 0 : -1;
 }
 
 struct main_state {
@@ -531,7 +539,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
     enum {
         O_LISTEN = 1, O_REPLICA, O_LOG, O_HEALTH, O_TIMEOUT, O_THREADS, O_RPC, O_RPC_CTX,
-        O_INFLIGHT, O_EJECT, O_BODY, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_DRAIN, O_CONTROL,
+        O_INFLIGHT, O_EJECT, O_BODY, O_IMAGE, O_HEADER, O_CONNS, O_IDLE, O_REQTIME, O_DRAIN, O_CONTROL,
         O_CONTROL_TOKEN, O_APPLY_DELAY, O_DNS_REFRESH, O_HELP
     };
     static const struct option opts[] = {
@@ -546,6 +554,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         {"max-inflight", required_argument, NULL, O_INFLIGHT},
         {"eject-after", required_argument, NULL, O_EJECT},
         {"max-body-bytes", required_argument, NULL, O_BODY},
+        {"max-image-bytes", required_argument, NULL, O_IMAGE},
         {"max-header-bytes", required_argument, NULL, O_HEADER},
         {"max-connections", required_argument, NULL, O_CONNS},
         {"idle-timeout-ms", required_argument, NULL, O_IDLE},
@@ -627,6 +636,12 @@ static int parse_args(int argc, char **argv, struct options *o)
                 return bad_args("--max-body-bytes '%s' is not a byte count from 1024 to 2 GiB",
                                 optarg);
             o->lim.max_body_bytes = ul;
+            break;
+        case O_IMAGE:
+            if (parse_ulong(optarg, 1024, (unsigned long)1 << 31, &ul))
+                return bad_args("--max-image-bytes '%s' is not a byte count from 1024 to 2 GiB",
+                                optarg);
+            o->max_image_bytes = ul;
             break;
         case O_HEADER:
             if (parse_ulong(optarg, 256, 1 << 20, &ul))
@@ -715,6 +730,7 @@ int main(int argc, char **argv)
     memset(&o, 0, sizeof o);
     o.health_ms = 500;
     o.timeout_ms = 30000;
+    o.max_image_bytes = (size_t)16 << 20;
     o.threads = 1;
     o.max_inflight = 1024;
     o.eject_after = 2;

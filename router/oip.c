@@ -15,6 +15,7 @@
 #include "buf.h"
 #include "log.h"
 #include "metrics.h"
+#include "oip_image.h"
 
 #ifndef CORRAL_VERSION
 #define CORRAL_VERSION "0.0.0"
@@ -61,6 +62,11 @@ void oip_route_parse(const char *path, struct oip_route *rt)
     /* Every early return below that finds no endpoint clears allow again. */
     if (n == 1 && strcmp(seg[0], "metrics") == 0) {
         rt->kind = OIP_METRICS;
+        return;
+    }
+    if (n == 1 && strcmp(seg[0], "predict") == 0) {
+        rt->kind = OIP_PREDICT;
+        rt->allow = ALLOW_POST;
         return;
     }
     if (n == 3 && strcmp(seg[0], "v1") == 0 && strcmp(seg[1], "models") == 0) {
@@ -137,6 +143,9 @@ void oip_route_parse(const char *path, struct oip_route *rt)
         rt->kind = OIP_MODEL_STATS;
     } else if (n == rest + 1 && strcmp(seg[rest], "config") == 0) {
         rt->kind = OIP_MODEL_CONFIG;
+    } else if (n == rest + 1 && strcmp(seg[rest], "classify") == 0) {
+        rt->kind = OIP_CLASSIFY;
+        rt->allow = ALLOW_POST;
     }
     if (rt->kind == OIP_NOT_FOUND) {
         rt->model[0] = rt->version[0] = '\0';
@@ -249,7 +258,8 @@ static void record_refused(struct oip_ctx *ctx, struct http_request *req, const 
 static int check_model(struct oip_ctx *ctx, struct http_request *req, const struct oip_route *rt)
 {
     char list[512];
-    int infer = rt->kind == OIP_MODEL_INFER || rt->kind == OIP_V1_PREDICT;
+    int infer = rt->kind == OIP_MODEL_INFER || rt->kind == OIP_V1_PREDICT ||
+                rt->kind == OIP_CLASSIFY || rt->kind == OIP_PREDICT;
     if (!upstream_model_known(ctx->up, rt->model)) {
         models_list(ctx->up, list, sizeof list);
         /* The name is the client's, so it never becomes a label value. */
@@ -723,6 +733,7 @@ struct pending {
     struct oip_infer in;
     struct up_call *call;
     int aborted; /* the client went away before the answer */
+    int top_k;   /* an image classification: answer its top_k classes */
     char model[OIP_NAME_MAX];
     char version[64];
 };
@@ -800,7 +811,15 @@ static void infer_done(void *arg, const struct upstream_done *d)
     }
     char *body = NULL;
     size_t len = 0, jlen = 0;
-    if (oip_infer_response_render(resp, &p->in, p->model, &body, &len, &jlen, &e)) {
+    int rc = p->top_k ? (md && md->image ? oip_classify_render(resp, md, p->top_k, p->model,
+                                                               &body, &len, &e)
+                                         : cerr_set(&e, CORRAL_EUNAVAIL, "metadata of model "
+                                                    "'%s' version %s is no longer known",
+                                                    p->model, version))
+                      : oip_infer_response_render(resp, &p->in, p->model, &body, &len, &jlen, &e);
+    if (p->top_k)
+        jlen = len;
+    if (rc) {
         record(p, corral_err_http_status(e.code), version, d, -1, -1);
         respond_cerr(req, &e);
         goto done;
@@ -937,6 +956,62 @@ static void handle_predict(struct oip_ctx *ctx, struct http_request *req,
     dispatch(p);
 }
 
+/*
+ * An image in, the top classes out: /v2/models/{m}[/versions/{v}]/classify?top_k=K, and
+ * /predict?model=M&version=V&top_k=K (the model may be left out when the router serves
+ * one). The replica decodes the image; only its type and size are checked here.
+ */
+static void handle_classify(struct oip_ctx *ctx, struct http_request *req, struct oip_route *rt)
+{
+    struct cerr e = {0};
+    int top_k = 0, rc;
+    if (rt->kind == OIP_PREDICT) {
+        rc = oip_query_get(req->query, "model", rt->model, sizeof rt->model, &e);
+        if (rc == 0 && upstream_model_count(ctx->up) == 1)
+            snprintf(rt->model, sizeof rt->model, "%s", upstream_model_name(ctx->up, 0));
+        else if (rc == 0) {
+            char list[512];
+            models_list(ctx->up, list, sizeof list);
+            respond_error(req, 400, NULL, "/predict needs ?model=NAME when the router serves "
+                          "several models (serving: %s)", list);
+            return;
+        }
+        if (rc >= 0 && oip_query_get(req->query, "version", rt->version, sizeof rt->version,
+                                     &e) < 0)
+            rc = -1;
+        if (rc < 0) {
+            respond_cerr(req, &e);
+            return;
+        }
+    }
+    if (oip_query_top_k(req->query, &top_k, &e)) {
+        respond_cerr(req, &e);
+        return;
+    }
+    const Corral__MetadataResponse *md = known_metadata(ctx, req, rt);
+    if (!md)
+        return;
+    if (!md->image) {
+        respond_error(req, 400, NULL, "model '%s' does not take images: its config.json has no "
+                      "preprocess section (export it with --preprocess, see docs/images.md)",
+                      rt->model);
+        return;
+    }
+    struct oip_image img;
+    size_t max = ctx->max_image_bytes ? ctx->max_image_bytes : (size_t)16 << 20;
+    struct pending *p = pending_new(ctx, req, rt);
+    if (!p)
+        return;
+    if (oip_image_extract(http_request_header(req, "Content-Type"), req->body, req->body_len,
+                          max, &img, &e) ||
+        oip_image_request(md, &img, p->model, p->version, &p->in, &e)) {
+        reject_parse(p, &e);
+        return;
+    }
+    p->top_k = top_k;
+    dispatch(p);
+}
+
 static void handle_v1_model(struct oip_ctx *ctx, struct http_request *req,
                             const struct oip_route *rt)
 {
@@ -961,8 +1036,9 @@ void oip_handle(void *arg, struct http_request *req)
     if (rt.kind == OIP_NOT_FOUND) {
         respond_error(req, 404, NULL, "no such endpoint: %s %s (expected /v2, /v2/health/live, "
                       "/v2/health/ready, "
-                      "/v2/models/{name}[/versions/{v}][/ready|/infer|/stats|/config], "
-                      "/v2/repository/index, /v1/models/{name}:predict or /metrics)",
+                      "/v2/models/{name}[/versions/{v}][/ready|/infer|/classify|/stats|"
+                      "/config], /v2/repository/index, /v1/models/{name}:predict, /predict or "
+                      "/metrics)",
                       req->method_name, req->path);
         return;
     }
@@ -998,6 +1074,8 @@ void oip_handle(void *arg, struct http_request *req)
     case OIP_METRICS: handle_gather(ctx, req, &rt); break;
     case OIP_V1_MODEL: handle_v1_model(ctx, req, &rt); break;
     case OIP_V1_PREDICT: handle_predict(ctx, req, &rt); break;
+    case OIP_CLASSIFY:
+    case OIP_PREDICT: handle_classify(ctx, req, &rt); break;
     case OIP_REPLICAS: handle_replicas(ctx, req); break;
     case OIP_MODEL_CONFIG: handle_model_config(ctx, req, &rt); break;
     case OIP_REPO_INDEX: handle_repo_index(ctx, req); break;

@@ -66,6 +66,13 @@ DEFAULT_QUEUE_DELAY_US = 0
 MAX_BATCH_LIMIT = 1 << 20
 QUEUE_DELAY_LIMIT_US = 60000000
 MAX_BUCKETS = 32
+# --preprocess presets: torchvision's ImageNet evaluation transform
+# (Resize(256), CenterCrop(224), ToTensor(), Normalize(mean, std)).
+PREPROCESS_PRESETS = {
+    "imagenet": {"resize": 256, "crop": [224, 224], "divisor": 255,
+                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                 "channels": "RGB", "layout": "NCHW"},
+}
 
 USAGE_EXAMPLES = """\
 examples:
@@ -73,6 +80,12 @@ examples:
   export.py --builder models.digits.model:build --checkpoint digits.pt \\
       --input input:-1x64:FP32:0:16 --output logits \\
       --repo models --name digits --labels labels.txt
+
+  # an image classifier: POST /v2/models/resnet/classify takes JPEG/PNG/WebP images
+  export.py --builder torchvision.models:resnet18 --checkpoint resnet18.pt \\
+      --input input:-1x3x224x224:FP32 --output logits \\
+      --repo models --name resnet --labels imagenet_classes.txt \\
+      --preprocess imagenet --postprocess softmax
 
   # a checkpoint dict or Lightning .ckpt: the builder gets the file's 'config',
   # 'hparams' or 'hyper_parameters' as keyword arguments
@@ -191,6 +204,68 @@ def parse_input_spec(text: str) -> InputSpec:
     return spec
 
 
+def parse_preprocess(text):
+    """--preprocess SPEC -> the config.json preprocess section (a dict)."""
+    out = {}
+    for tok in [t.strip() for t in text.split(",") if t.strip()]:
+        if "=" not in tok:
+            if tok not in PREPROCESS_PRESETS:
+                raise argparse.ArgumentTypeError("unknown preset '%s' (presets: %s; or KEY=VALUE steps)"
+                                                 % (tok, ", ".join(sorted(PREPROCESS_PRESETS))))
+            out.update(json.loads(json.dumps(PREPROCESS_PRESETS[tok])))
+            continue
+        key, val = tok.split("=", 1)
+        try:
+            if key in ("resize", "crop"):
+                hw = [int(v) for v in val.lower().split("x")]
+                if len(hw) not in (1, 2) or min(hw) < 1 or max(hw) > 16384:
+                    raise ValueError
+                out[key] = hw[0] if len(hw) == 1 and key == "resize" else (hw * 2 if len(hw) == 1 else hw)
+            elif key == "divisor":
+                out[key] = float(val)
+                if not out[key] > 0:
+                    raise ValueError
+            elif key in ("mean", "std"):
+                vals = [float(v) for v in val.split("/")]
+                if len(vals) != 3 or (key == "std" and min(vals) <= 0):
+                    raise ValueError
+                out[key] = vals
+            elif key == "channels" and val.upper() in ("RGB", "BGR"):
+                out[key] = val.upper()
+            elif key == "layout" and val.upper() in ("NCHW", "NHWC"):
+                out[key] = val.upper()
+            elif key == "input" and val:
+                out[key] = val
+            else:
+                raise ValueError
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                "--preprocess step '%s' is not valid (expected resize=N|HxW, crop=N|HxW, divisor=X>0, "
+                "mean=A/B/C, std=A/B/C (> 0), channels=RGB|BGR, layout=NCHW|NHWC or input=NAME)" % tok)
+    if "crop" not in out and not isinstance(out.get("resize"), list):
+        raise argparse.ArgumentTypeError("--preprocess needs crop=N|HxW or resize=HxW so that every image "
+                                         "becomes the input's size")
+    return out
+
+
+def check_image_input(args):
+    """The image input must be FP32 [batch, 3, H, W] (NHWC: [batch, H, W, 3]) of the crop's size."""
+    pre = args.preprocess
+    name = pre.get("input") or (args.inputs[0].name if len(args.inputs) == 1 else None)
+    if len(args.inputs) != 1:
+        raise ExportError("--preprocess needs a model with one input (the image); %d were given" % len(args.inputs))
+    spec = args.inputs[0]
+    if spec.name != name:
+        raise ExportError("--preprocess input=%s names no input (the model's input is '%s')" % (name, spec.name))
+    h, w = pre["crop"] if "crop" in pre else pre["resize"]
+    nhwc = pre.get("layout") == "NHWC"
+    want = [h, w, 3] if nhwc else [3, h, w]
+    dims = list(spec.dims)
+    if spec.dtype != "FP32" or len(dims) != 4 or any(d not in (-1, x) for d, x in zip(dims[1:], want)):
+        raise ExportError("--preprocess makes FP32 images shaped [batch, %s]; input '%s' is %s %s"
+                          % (", ".join(map(str, want)), spec.name, spec.dtype, dims))
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="export.py",
@@ -243,6 +318,18 @@ def parse_args(argv):
     r.add_argument("--overwrite", action="store_true",
                    help="replace the version if it exists already (default: refuse)")
     r.add_argument("--labels", metavar="FILE", help="class names, one per line, copied to NAME/labels.txt")
+    im = p.add_argument_group("images (config.json's preprocess and postprocess sections; see docs/images.md)")
+    im.add_argument("--preprocess", metavar="SPEC", type=parse_preprocess,
+                    help="the model takes images: 'imagenet' (resize the shorter side to 256, "
+                         "centre crop 224, scale to [0, 1], ImageNet mean and std, RGB, NCHW), "
+                         "or steps as KEY=VALUE,...: resize=N or HxW, crop=N or HxW, divisor=X, "
+                         "mean=A/B/C, std=A/B/C, channels=RGB|BGR, layout=NCHW|NHWC, input=NAME; "
+                         "a preset followed by KEY=VALUE changes those steps (imagenet,crop=192)")
+    im.add_argument("--postprocess", choices=("softmax", "none"),
+                    help="what turns the output into probabilities for /classify: softmax "
+                         "(default with --preprocess), or none when the model ends in one")
+    im.add_argument("--classify-output", metavar="NAME",
+                    help="the output /classify ranks (default: the first output)")
     v = p.add_argument_group("verification")
     v.add_argument("--vectors", type=int, default=4, metavar="K", help="parity vectors to write (default 4)")
     v.add_argument("--atol", type=float, default=1e-4,
@@ -1115,6 +1202,10 @@ def run(args) -> int:
     model_dir = repo / args.name
     if args.labels and not os.path.isfile(args.labels):
         raise ExportError("--labels file '%s' does not exist" % args.labels)
+    if (args.postprocess or args.classify_output) and not args.preprocess:
+        raise ExportError("--postprocess and --classify-output apply to image models: give --preprocess too")
+    if args.preprocess:
+        check_image_input(args)
     replica = None if args.no_verify_replica else find_replica(args)
     use_ort = have_onnxruntime()
     if not use_ort and not replica:
@@ -1226,6 +1317,15 @@ def run(args) -> int:
         elif isinstance(config.get("labels"), str) and (model_dir / config["labels"]).is_file():
             shutil.copyfile(model_dir / config["labels"], tmp_model / config["labels"])
         config["parity"] = {"atol": args.atol, "rtol": args.rtol}
+        if args.preprocess:
+            if args.classify_output and args.classify_output not in [o["name"] for o in outputs_cfg]:
+                raise ExportError("--classify-output %s names no output (outputs: %s)"
+                                  % (args.classify_output, ", ".join(o["name"] for o in outputs_cfg)))
+            config["preprocess"] = args.preprocess
+            config["postprocess"] = {"output": args.classify_output or outputs_cfg[0]["name"],
+                                     "kind": args.postprocess or "softmax"}
+            log("images: preprocess %s, postprocess %s" % (json.dumps(config["preprocess"]),
+                                                          json.dumps(config["postprocess"])))
         batching, why = batching_section(args, outputs_cfg, old_config)
         config.pop("batching", None)
         if batching is not None:

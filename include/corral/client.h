@@ -65,6 +65,7 @@ enum corral_status {
     CORRAL_STATUS_TOO_LARGE = -12,   /* (413) */
     CORRAL_STATUS_METHOD = -13,
     CORRAL_STATUS_DRAINING = -14,    /* the replica is shutting down: safe to send again (503) */
+    CORRAL_STATUS_MEDIA_TYPE = -15,  /* an image in a format the server does not decode (415) */
 };
 
 /* Open Inference Protocol datatypes, numbered as on the wire. */
