@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "utf8.h"
+
 const char *corral_err_name(int code)
 {
     switch (code) {
@@ -44,6 +46,22 @@ int corral_err_known(int code)
     return 0;
 }
 
+/* Messages quote what clients sent and travel as text (JSON bodies, the wire's
+ * Error.message, a proto3 string): bytes that are not valid UTF-8 become '?' in place
+ * (a sequence cut by truncation too). */
+static void text_clean(char *m)
+{
+    size_t n = strlen(m);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)m[i];
+        size_t k = c >= 0x80 ? utf8_len((const unsigned char *)m + i, n - i) : 0;
+        if (k)
+            i += k - 1;
+        else if (c >= 0x80)
+            m[i] = '?';
+    }
+}
+
 int cerr_set(struct cerr *e, int code, const char *fmt, ...)
 {
     if (e) {
@@ -52,6 +70,7 @@ int cerr_set(struct cerr *e, int code, const char *fmt, ...)
         e->code = code;
         vsnprintf(e->msg, sizeof e->msg, fmt, ap);
         va_end(ap);
+        text_clean(e->msg);
     }
     return code;
 }
@@ -74,6 +93,7 @@ int cerr_prefix(struct cerr *e, const char *fmt, ...)
     size_t ol = strnlen(old, room);
     memcpy(e->msg + hl + 2, old, ol);
     e->msg[hl + 2 + ol] = '\0';
+    text_clean(e->msg);
     return e->code;
 }
 

@@ -27,3 +27,14 @@ int httphead_get(const char *head, size_t len, const char *name, char *out, size
     }
     return -1;
 }
+
+int httphead_hex(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

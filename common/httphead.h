@@ -19,5 +19,7 @@
 #include <stddef.h>
 
 int httphead_get(const char *head, size_t len, const char *name, char *out, size_t olen);
+/* The value of one hexadecimal digit (percent escapes in targets and queries), or -1. */
+int httphead_hex(int c);
 
 #endif

@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "utf8.h"
+
 static const char *g_component = "corral";
 static enum log_level g_level = LOG_LEVEL_INFO;
 
@@ -55,8 +57,30 @@ void log_write(enum log_level lvl, const char *fmt, ...)
     size_t len = (size_t)n + (size_t)m;
     if (len > sizeof line - 2)
         len = sizeof line - 2;
-    line[len++] = '\n';
+    /* Messages carry client-sent names: control bytes and invalid UTF-8 are written as
+     * \xNN, so a name cannot start a line of its own or make the log undecodable. */
+    char out[sizeof line * 4];
+    size_t o = (size_t)n;
+    memcpy(out, line, (size_t)n);
+    for (size_t i = (size_t)n; i < len; i++) {
+        unsigned char c = (unsigned char)line[i];
+        size_t k = c >= 0x80 ? utf8_len((const unsigned char *)line + i, len - i) : 0;
+        if (k) {
+            memcpy(out + o, line + i, k);
+            o += k;
+            i += k - 1;
+        } else if (c < 0x20 || c >= 0x7f) {
+            static const char hex[] = "0123456789abcdef";
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o++] = '\n';
     /* One write per line keeps concurrent threads' lines whole. */
-    ssize_t w = write(STDERR_FILENO, line, len);
+    ssize_t w = write(STDERR_FILENO, out, o);
     (void)w;
 }

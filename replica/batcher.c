@@ -1313,7 +1313,7 @@ void batcher_health_why(struct batcher *b, int *live, int *ready, char *why, siz
     uint64_t busy = atomic_load(&b->compute_since_ns), beat = atomic_load(&b->batch_beat_ns);
     pthread_mutex_lock(&b->mu);
     size_t depth = b->depth;
-    int stopping = b->stopping, draining = b->draining;
+    int stopping = b->stopping, draining = b->draining, running = b->started_batch;
     pthread_mutex_unlock(&b->mu);
     if (why && n)
         why[0] = '\0';
@@ -1337,7 +1337,7 @@ void batcher_health_why(struct batcher *b, int *live, int *ready, char *why, siz
                      (unsigned long long)(slack / 1000000u));
     }
     *live = l;
-    *ready = l && b->warmed && b->started_batch && !stopping && !draining;
+    *ready = l && b->warmed && running && !stopping && !draining;
 }
 
 void batcher_health(struct batcher *b, int *live, int *ready)
@@ -1433,8 +1433,9 @@ void batcher_stop(struct batcher *b)
     /* The batcher thread drains running batches before it leaves; compute then exits. */
     if (b->started_batch)
         pthread_join(b->th_batch, NULL);
-    b->started_batch = 0;
+    /* Under the lock: the I/O thread reads it for health answers until it stops. */
     pthread_mutex_lock(&b->mu);
+    b->started_batch = 0;
     pthread_cond_broadcast(&b->cv_compute);
     pthread_mutex_unlock(&b->mu);
     if (b->started_compute)

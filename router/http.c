@@ -13,13 +13,15 @@
 #include <strings.h>
 
 #include "buf.h"
+#include "httphead.h"
+#include "list.h"
 #include "log.h"
 
 #define HTTP_READ_CHUNK 65536
 /* Bytes of answers queued for a client beyond which its further requests wait. */
 #define HTTP_WRITE_HIGH ((size_t)4 << 20)
 
-enum { HS_NONE = 0, HS_FIELD, HS_VALUE };
+enum { HS_NONE = 0, HS_FIELD, HS_VALUE, HS_DONE /* headers complete: trailers follow */ };
 
 struct http_server {
     uv_loop_t *loop;
@@ -28,7 +30,7 @@ struct http_server {
     struct http_limits lim;
     http_handler_fn handler;
     void *arg;
-    struct http_conn *conns;
+    struct list_node conns; /* open connections, newest first */
     unsigned n_conns;
     unsigned handles; /* libuv handles not yet closed (listener, connections, rejects) */
     uint64_t seq;
@@ -47,7 +49,7 @@ struct http_conn {
     uv_timer_t timer;
     uv_shutdown_t shut;
     struct http_server *srv;
-    struct http_conn *prev, *next;
+    struct list_node link; /* on srv->conns */
     http_parser parser;
     struct http_request *cur;         /* being parsed */
     struct http_request *head, *tail; /* complete, answered in this order */
@@ -66,6 +68,11 @@ struct http_conn {
     int msg_active;         /* a request has begun arriving and is not complete */
     uint64_t msg_start_ms;  /* uv_now() when its first byte was parsed */
     uint64_t last_read_ms;  /* uv_now() of the last read or completed write: idle timeout */
+    /* http_parser (as Debian builds it) takes any two bytes after a chunk's data for the
+     * CRLF; these check them: the end of the bytes being parsed, and how many bytes of a
+     * CRLF the next bytes must still supply (2, 1 or 0). */
+    const char *feed_end;
+    int crlf_due;
 };
 
 struct http_write {
@@ -113,17 +120,6 @@ const char *http_status_text(int status)
     return "Unknown";
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int http_split_target(const char *target, char *dst, size_t cap, const char **query)
 {
     const char *p = target;
@@ -149,7 +145,7 @@ int http_split_target(const char *target, char *dst, size_t cap, const char **qu
     for (; *p && *p != '?' && *p != '#'; p++) {
         char c = *p;
         if (c == '%') {
-            int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+            int hi = httphead_hex(p[1]), lo = hi < 0 ? -1 : httphead_hex(p[2]);
             if (hi < 0 || lo < 0)
                 return -1;
             c = (char)(hi << 4 | lo);
@@ -270,12 +266,7 @@ static void conn_handle_closed(uv_handle_t *h)
     if (--c->handles > 0)
         return;
     struct http_server *s = c->srv;
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    list_remove(&c->link);
     s->n_conns--;
     free(c->stash);
     free(c);
@@ -477,6 +468,17 @@ static void conn_process(struct http_conn *c, const char *data, size_t n)
 {
     c->in_feed = 1;
     while (n > 0 && !c->closing && !c->stop_reading) {
+        for (size_t k = 0; c->crlf_due && k < n; k++, c->crlf_due--) {
+            if (data[k] != (c->crlf_due == 2 ? '\r' : '\n')) {
+                c->in_feed = 0;
+                c->err_status = 400;
+                snprintf(c->err_msg, sizeof c->err_msg, "malformed chunked body: a chunk's "
+                         "data is not followed by CRLF");
+                conn_parse_error(c, HPE_OK);
+                return;
+            }
+        }
+        c->feed_end = data + n;
         size_t used = http_parser_execute(&c->parser, &g_settings, data, n);
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
         if (used > n)
@@ -703,12 +705,37 @@ static int on_url(http_parser *p, const char *at, size_t n)
  * middle of either), so they are collected into one buffer as "name\0value\0"
  * pairs and turned into pointers once the header block is complete.
  */
+/* Trailer fields of a chunked body are read and dropped (nothing here uses them), within
+ * the same byte limit as the header block. */
+static int trailer_bytes(struct http_conn *c, struct http_request *r, size_t n)
+{
+    r->trailer_len += n;
+    if (r->trailer_len > c->srv->lim.max_header_bytes)
+        return reject(c, 431, "chunked trailer fields exceed the %zu byte limit",
+                      c->srv->lim.max_header_bytes);
+    return 0;
+}
+
+/* RFC 9110 token characters, the only ones a field name may hold. */
+static int is_token(const char *s)
+{
+    if (!*s)
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *s)))
+            return 0;
+    return 1;
+}
+
 static int on_header_field(http_parser *p, const char *at, size_t n)
 {
     struct http_conn *c = p->data;
     if (c->closing)
         return -1;
     struct http_request *r = c->cur;
+    if (r->hstate == HS_DONE)
+        return trailer_bytes(c, r, n);
     if (r->hstate != HS_FIELD) {
         if (r->hstate == HS_VALUE && head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
             return -1;
@@ -727,6 +754,8 @@ static int on_header_value(http_parser *p, const char *at, size_t n)
     if (c->closing)
         return -1;
     struct http_request *r = c->cur;
+    if (r->hstate == HS_DONE)
+        return trailer_bytes(c, r, n);
     if (r->hstate != HS_VALUE) {
         if (head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
             return -1;
@@ -754,6 +783,11 @@ static int on_headers_complete(http_parser *p)
         for (int i = 0; i < r->n_headers; i++) {
             r->headers[i].name = r->hbuf + r->hoff[2 * i];
             r->headers[i].value = r->hbuf + r->hoff[2 * i + 1];
+            /* A name with spaces ("Content-Length :") is read differently by different
+             * parsers, which is how requests are smuggled past a proxy. */
+            if (!is_token(r->headers[i].name))
+                return reject(c, 400, "header field name '%.40s' is not a token (no spaces or "
+                              "separators before the colon)", r->headers[i].name);
         }
     }
     if (!r->target)
@@ -798,6 +832,7 @@ static int on_headers_complete(http_parser *p)
         if (c->closing)
             return -1;
     }
+    r->hstate = HS_DONE;
     return 0;
 }
 
@@ -808,8 +843,20 @@ static int on_body(http_parser *p, const char *at, size_t n)
         return -1;
     struct http_request *r = c->cur;
     size_t lim = c->srv->lim.max_body_bytes;
+    if (n == 0)
+        return 0;
     if (n > lim - r->body_len)
         return reject(c, 413, "request body exceeds the %zu byte limit", lim);
+    if ((p->flags & F_CHUNKED) && p->content_length == 0) {
+        /* The end of a chunk's data: a CRLF must follow, here or in the next bytes read. */
+        const char *after = at + n;
+        size_t avail = (size_t)(c->feed_end - after);
+        for (size_t k = 0; k < 2 && k < avail; k++)
+            if (after[k] != "\r\n"[k])
+                return reject(c, 400, "malformed chunked body: a chunk's data is not followed "
+                              "by CRLF");
+        c->crlf_due = avail >= 2 ? 0 : 2 - (int)avail;
+    }
     if (r->body_len + n + 1 > r->body_cap) {
         /* Chunked bodies grow geometrically; declared lengths were allocated up front. */
         size_t nc = r->body_cap ? r->body_cap : 4096;
@@ -823,6 +870,20 @@ static int on_body(http_parser *p, const char *at, size_t n)
     }
     memcpy(r->body + r->body_len, at, n);
     r->body_len += n;
+    return 0;
+}
+
+/* A chunk larger than the room left is refused when its size is read, not after its
+ * bytes have been waited for. */
+static int on_chunk_header(http_parser *p)
+{
+    struct http_conn *c = p->data;
+    if (c->closing)
+        return -1;
+    size_t lim = c->srv->lim.max_body_bytes;
+    if (p->content_length > lim - c->cur->body_len)
+        return reject(c, 413, "request body exceeds the %zu byte limit (a chunk of %llu bytes)",
+                      lim, (unsigned long long)p->content_length);
     return 0;
 }
 
@@ -960,10 +1021,7 @@ static void on_connection(uv_stream_t *ls, int status)
     c->handles = 2;
     s->handles++;
     s->n_conns++;
-    c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
-    s->conns = c;
+    list_push_front(&s->conns, &c->link);
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
@@ -998,9 +1056,11 @@ int http_server_new(struct http_server **out, uv_loop_t *loop, const struct http
         g_settings.on_header_value = on_header_value;
         g_settings.on_headers_complete = on_headers_complete;
         g_settings.on_body = on_body;
+        g_settings.on_chunk_header = on_chunk_header;
         g_settings.on_message_complete = on_message_complete;
     }
     s->loop = loop;
+    list_init(&s->conns);
     s->lim = *lim;
     if (s->lim.max_pipelined == 0)
         s->lim.max_pipelined = 1;
@@ -1116,7 +1176,8 @@ void http_server_drain(struct http_server *s, void (*drained)(void *), void *arg
         s->listener_open = 0;
         uv_close((uv_handle_t *)&s->listener, on_listener_closed);
     }
-    for (struct http_conn *c = s->conns; c; c = c->next) {
+    struct http_conn *c;
+    list_for_each_entry(c, &s->conns, link) {
         if (c->closing || c->shutting_down)
             continue;
         if (!c->head && !c->msg_active) {
@@ -1143,7 +1204,9 @@ void http_server_close(struct http_server *s, void (*done)(void *), void *done_a
         s->listener_open = 0;
         uv_close((uv_handle_t *)&s->listener, on_listener_closed);
     }
-    for (struct http_conn *c = s->conns; c; c = c->next)
+    /* conn_close only starts closing: each leaves the list from its handles' callback. */
+    struct http_conn *c;
+    list_for_each_entry(c, &s->conns, link)
         conn_close(c);
     server_handle_closed(s);
 }

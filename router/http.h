@@ -102,6 +102,7 @@ struct http_request {
     size_t *hoff; /* name/value offsets into hbuf while parsing */
     int hstate;
     size_t url_len, url_cap;
+    size_t trailer_len; /* chunked trailer bytes read (and dropped) */
     size_t body_cap;
     void (*abort_fn)(void *);
     void *abort_arg;

@@ -1,5 +1,5 @@
 /*
- * The router's JSON reader (router/jdoc.c, jnum.c) against jansson as an oracle.
+ * The OIP codec's JSON reader (oipjson/jdoc.c, jnum.c) against jansson as an oracle.
  *
  * Both parse the same bytes. They must agree on accept or reject, except where
  * a documented limit of one of them decides: jdoc's nesting limit

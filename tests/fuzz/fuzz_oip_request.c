@@ -13,7 +13,7 @@
  */
 
 #include "fuzz.h"
-#include "oip.h"
+#include "oip_codec.h"
 #include "wire.h"
 
 /* Model metadata the raw and predict forms read inputs from. */

@@ -27,8 +27,9 @@ class Proc:
     def __init__(self, argv, ready_re, timeout=60):
         self.argv = argv
         self.lines = []
+        # Whatever bytes a process writes, the reader keeps reading (escaped, not decoded).
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, bufsize=1)
+                                  text=True, bufsize=1, errors="backslashreplace")
         self.match = None
         self._cv = threading.Condition()
         self._t = threading.Thread(target=self._pump, args=(re.compile(ready_re),), daemon=True)
@@ -227,6 +228,13 @@ def infer_async(cluster, body, n=1, model="digits"):
     for t in threads:
         t.start()
     return threads, out
+
+
+def under_tsan(pid):
+    """True when the process runs with the thread sanitizer's runtime, whose shadow
+    memory grows with traffic: memory bounds say nothing about corral's memory there."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "libtsan" in f.read()
 
 
 def wait_until(what, cond, timeout=30.0, every=0.02):
