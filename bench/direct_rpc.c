@@ -1,7 +1,7 @@
 /*
  * corral-direct-rpc: latency of infer requests sent straight to a replica,
  * one at a time, over the same transport and the same code the router uses
- * (router/sp_req.h on a libuv loop), so that "through the router" minus this
+ * (sp/sp_uv_client.h on a libuv loop), so that "through the router" minus this
  * is what the router adds.
  *
  * Usage: corral-direct-rpc REPLICA_URL MODEL BODY.json [REQUESTS]
@@ -15,7 +15,7 @@
 #include <uv.h>
 
 #include "oip.h"
-#include "sp_req.h"
+#include "sp_uv_client.h"
 #include "wire.h"
 
 #define WARMUP 200

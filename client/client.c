@@ -29,6 +29,7 @@ _Static_assert((int)CORRAL_STATUS_QUEUE_FULL == (int)CORRAL_EQUEUEFULL, "status 
 _Static_assert((int)CORRAL_STATUS_METHOD == (int)CORRAL_EMETHOD, "status table");
 _Static_assert((int)CORRAL_STATUS_DRAINING == (int)CORRAL_EDRAINING, "status table");
 _Static_assert((int)CORRAL_STATUS_MEDIA_TYPE == (int)CORRAL_EMEDIATYPE, "status table");
+_Static_assert((int)CORRAL_STATUS_UNAUTHORIZED == (int)CORRAL_EUNAUTH, "status table");
 _Static_assert(CORRAL_TYPE_BF16 == (int)DT_BF16 && CORRAL_TYPE_BYTES == (int)DT_BYTES,
                "datatype table");
 
@@ -52,6 +53,7 @@ struct call {
 struct corral_client {
     nng_socket sock;
     unsigned timeout_ms;
+    char *token; /* bearer token sent with infer requests (owned), or NULL */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct list_node pool;     /* idle calls, the last returned first (mu) */
@@ -85,6 +87,7 @@ const char *corral_status_name(int status)
     case CORRAL_STATUS_METHOD: return "METHOD";
     case CORRAL_STATUS_DRAINING: return "DRAINING";
     case CORRAL_STATUS_MEDIA_TYPE: return "MEDIA_TYPE";
+    case CORRAL_STATUS_UNAUTHORIZED: return "UNAUTHORIZED";
     }
     return "UNKNOWN";
 }
@@ -135,6 +138,10 @@ int corral_connect(struct corral_client **out, const char *url,
     if (!cl)
         return set_err(err, CORRAL_STATUS_NO_MEMORY, "out of memory creating a client");
     cl->timeout_ms = opt && opt->timeout_ms ? opt->timeout_ms : 30000;
+    if (opt && opt->token && !(cl->token = strdup(opt->token))) {
+        free(cl);
+        return set_err(err, CORRAL_STATUS_NO_MEMORY, "out of memory creating a client");
+    }
     pthread_mutex_init(&cl->mu, NULL);
     pthread_cond_init(&cl->cv, NULL);
     list_init(&cl->pool);
@@ -161,6 +168,7 @@ int corral_connect(struct corral_client **out, const char *url,
 fail:
     pthread_mutex_destroy(&cl->mu);
     pthread_cond_destroy(&cl->cv);
+    free(cl->token);
     free(cl);
     return err ? err->status : CORRAL_STATUS_IO;
 }
@@ -284,7 +292,8 @@ static void call_cb(void *arg)
         return;
     }
     if (resp->kind_case == CORRAL__RESPONSE__KIND_ERROR) {
-        int code = resp->error->code < 0 && resp->error->code >= CORRAL_STATUS_METHOD
+        /* Every code of the table is a public status (the asserts above keep them equal). */
+        int code = resp->error->code < 0 && corral_err_known(resp->error->code)
                        ? resp->error->code
                        : CORRAL_STATUS_INTERNAL;
         snprintf(msg, sizeof msg, "%.580s",
@@ -418,6 +427,8 @@ int corral_infer_async(struct corral_client *cl, const struct corral_infer_reque
     Corral__Request req = CORRAL__REQUEST__INIT;
     req.kind_case = CORRAL__REQUEST__KIND_INFER;
     req.infer = &ir;
+    if (cl->token)
+        req.auth_token = cl->token;
     rc = start(cl, &req, timeout, 0, cb, arg, err);
 out:
     free(ts);
@@ -535,6 +546,7 @@ void corral_close(struct corral_client *cl)
     free(cl->all);
     pthread_mutex_destroy(&cl->mu);
     pthread_cond_destroy(&cl->cv);
+    free(cl->token);
     free(cl);
 }
 

@@ -2,11 +2,12 @@
  * corralctl: operator CLI.
  *
  *     corralctl infer  --rpc URL --model NAME [--version V] [--timeout-ms N]
- *                      [--id ID] [--output NAME ...] [--repeat N] FILE|-
+ *                      [--id ID] [--output NAME ...] [--repeat N] [--token-file F] FILE|-
  *         Sends the OIP infer body in FILE (JSON {"inputs": [...]}) over RPC with
- *         libcorral and prints the answer as OIP JSON.
+ *         libcorral and prints the answer as OIP JSON; --token-file for a router
+ *         started with --token-file.
  *     corralctl health --rpc URL
- *     corralctl status --http HOST:PORT
+ *     corralctl status --http HOST:PORT [--token-file F]
  *         Prints the router's replica table (model, version, state, in flight).
  *     corralctl status --admin HOST:PORT [--token-file F]
  *         Prints corral-scheduler's status (its admin API, GET /v1/status): one row
@@ -52,9 +53,9 @@
 
 static const char synopsis[] =
     "usage: corralctl infer --rpc URL --model NAME [--version V] [--timeout-ms N] [--id ID]\n"
-    "                       [--output NAME ...] [--repeat N] FILE|-\n"
+    "                       [--output NAME ...] [--repeat N] [--token-file F] FILE|-\n"
     "       corralctl health --rpc URL\n"
-    "       corralctl status --http HOST:PORT\n"
+    "       corralctl status --http HOST:PORT [--token-file F]\n"
     "       corralctl status --admin HOST:PORT [--token-file F]\n"
     "       corralctl apply --admin HOST:PORT [--token-file F] [--dry-run] FILE\n"
     "       corralctl promote --admin HOST:PORT [--token-file F] MODEL\n"
@@ -140,9 +141,11 @@ static int cmd_infer(int argc, char **argv)
         {"rpc", required_argument, NULL, 'r'},      {"model", required_argument, NULL, 'm'},
         {"version", required_argument, NULL, 'v'},  {"timeout-ms", required_argument, NULL, 't'},
         {"id", required_argument, NULL, 'i'},       {"output", required_argument, NULL, 'o'},
-        {"repeat", required_argument, NULL, 'n'},   {NULL, 0, NULL, 0},
+        {"repeat", required_argument, NULL, 'n'},   {"token-file", required_argument, NULL, 'k'},
+        {NULL, 0, NULL, 0},
     };
-    const char *url = NULL, *model = NULL, *version = "", *id = NULL;
+    const char *url = NULL, *model = NULL, *version = "", *id = NULL, *token_file = NULL;
+    char *token = NULL;
     const char **outs = calloc((size_t)argc + 1, sizeof *outs);
     size_t n_outs = 0;
     long timeout = 0, repeat = 1;
@@ -163,6 +166,7 @@ static int cmd_infer(int argc, char **argv)
         case 'v': version = optarg; break;
         case 'i': id = optarg; break;
         case 'o': outs[n_outs++] = optarg; break;
+        case 'k': token_file = optarg; break;
         case 't':
             timeout = strtol(optarg, NULL, 10);
             if (timeout <= 0) {
@@ -203,8 +207,13 @@ static int cmd_infer(int argc, char **argv)
         ts[i] = (struct corral_tensor){t->name, (int)t->datatype, t->shape, t->n_shape,
                                        t->data.data, t->data.len};
     }
+    if (token_file && token_read(token_file, &token, &e)) {
+        fprintf(stderr, "corralctl: %s\n", e.msg);
+        goto out;
+    }
     struct corral_error err;
-    if (corral_connect(&cl, url, NULL, &err)) {
+    struct corral_client_options copt = {.token = token};
+    if (corral_connect(&cl, url, &copt, &err)) {
         fprintf(stderr, "corralctl: %s\n", err.message);
         goto out;
     }
@@ -244,6 +253,7 @@ static int cmd_infer(int argc, char **argv)
     rc = 0;
 out:
     corral_close(cl);
+    free(token);
     free(ts);
     oip_infer_free(&in);
     free(body);
@@ -339,11 +349,6 @@ static char *http_call(const char *hostport, const char *method, const char *pat
     char *out = strdup(sep ? sep + 4 : "");
     free(all);
     return out;
-}
-
-static char *http_get(const char *hostport, const char *path, int *status)
-{
-    return http_call(hostport, "GET", path, NULL, NULL, status);
 }
 
 /* The error text of a JSON answer {"error": ...}, or the body itself. */
@@ -578,12 +583,18 @@ static int cmd_status(int argc, char **argv)
         return usage_error("%s", "status takes --http HOST:PORT or --admin HOST:PORT, not both");
     if (admin)
         return status_admin(admin, token_file);
-    if (token_file)
-        return usage_error("%s", "--token-file goes with status --admin HOST:PORT");
     if (!hp)
         return usage_error("%s", "status needs --http HOST:PORT (the router's HTTP address) or "
                            "--admin HOST:PORT (corral-scheduler's admin API)");
-    char *body = http_get(hp, "/v2/corral/replicas", &status);
+    /* With --http, the token is the router's own (--token-file), if it has one. */
+    char *token = NULL;
+    struct cerr e = {0};
+    if (token_file && token_read(token_file, &token, &e)) {
+        fprintf(stderr, "corralctl: %s\n", e.msg);
+        return 1;
+    }
+    char *body = http_call(hp, "GET", "/v2/corral/replicas", token, NULL, &status);
+    free(token);
     if (!body || status != 200) {
         fprintf(stderr, "corralctl: cannot read the replica table from http://%s (%s)\n", hp,
                 body ? body : "no answer");

@@ -35,7 +35,8 @@
     XX(ETOOLARGE,  -12,  413, "too large")                                          \
     XX(EMETHOD,    -13,  405, "method not allowed")                                 \
     XX(EDRAINING,  -14,  503, "draining")                                      \
-    XX(EMEDIATYPE, -15,  415, "unsupported media type")
+    XX(EMEDIATYPE, -15,  415, "unsupported media type")                        \
+    XX(EUNAUTH,    -16,  401, "unauthorized")
 
 enum corral_err {
 #define CORRAL_ERR_ENUM(name, val, http, msg) CORRAL_##name = (val),

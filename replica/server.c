@@ -9,7 +9,7 @@
 #include "batcher.h"
 #include "image_pool.h"
 #include "log.h"
-#include "sp_rep.h"
+#include "sp_epoll_server.h"
 #include "wire.h"
 
 enum phase { PHASE_STARTING, PHASE_READY, PHASE_DRAINING };

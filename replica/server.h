@@ -1,6 +1,6 @@
 /*
  * The replica's RPC server: the REP side of the SP request/reply protocol over
- * TCP (replica/sp_rep.h), which NNG REQ sockets and the router dial. One I/O
+ * TCP (sp/sp_epoll_server.h), which NNG REQ sockets and the router dial. One I/O
  * thread reads requests from every connection and decodes them.
  *
  * Health, metadata and stats requests are answered on the I/O thread (they

@@ -1,3 +1,9 @@
+/*
+ * The HTTP/1.1 server's transport side on libuv: the listener and its limits on
+ * connections, each connection's reads (fed to http-parser, whose callbacks are in
+ * http_parse.c), pipelining and back-pressure, the idle and request deadlines, answers
+ * written in request order, keep-alive and close, draining and shutdown. See http.h.
+ */
 #include "http.h"
 
 #include <errno.h>
@@ -14,74 +20,9 @@
 
 #include "buf.h"
 #include "httphead.h"
+#include "http_internal.h"
 #include "list.h"
 #include "log.h"
-
-#define HTTP_READ_CHUNK 65536
-/* Bytes of answers queued for a client beyond which its further requests wait. */
-#define HTTP_WRITE_HIGH ((size_t)4 << 20)
-
-enum { HS_NONE = 0, HS_FIELD, HS_VALUE, HS_DONE /* headers complete: trailers follow */ };
-
-struct http_server {
-    uv_loop_t *loop;
-    uv_tcp_t listener;
-    int listener_open;
-    struct http_limits lim;
-    http_handler_fn handler;
-    void *arg;
-    struct list_node conns; /* open connections, newest first */
-    unsigned n_conns;
-    unsigned handles; /* libuv handles not yet closed (listener, connections, rejects) */
-    uint64_t seq;
-    int closing;
-    int draining;
-    int reuseport;
-    void (*done)(void *);
-    void *done_arg;
-    void (*drained)(void *);
-    void *drained_arg;
-    char readbuf[HTTP_READ_CHUNK];
-};
-
-struct http_conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_shutdown_t shut;
-    struct http_server *srv;
-    struct list_node link; /* on srv->conns */
-    http_parser parser;
-    struct http_request *cur;         /* being parsed */
-    struct http_request *head, *tail; /* complete, answered in this order */
-    unsigned inflight;
-    int err_status; /* status to answer when a parser callback rejected the message */
-    char err_msg[256];
-    int handles;
-    int closing;
-    int stop_reading; /* no further request will be parsed on this connection */
-    int shutting_down;
-    int paused;
-    int reading;
-    int in_feed, in_resume;
-    char *stash; /* bytes read but not parsed while the parser is paused */
-    size_t stash_len;
-    int msg_active;         /* a request has begun arriving and is not complete */
-    uint64_t msg_start_ms;  /* uv_now() when its first byte was parsed */
-    uint64_t last_read_ms;  /* uv_now() of the last read or completed write: idle timeout */
-    /* http_parser (as Debian builds it) takes any two bytes after a chunk's data for the
-     * CRLF; these check them: the end of the bytes being parsed, and how many bytes of a
-     * CRLF the next bytes must still supply (2, 1 or 0). */
-    const char *feed_end;
-    int crlf_due;
-};
-
-struct http_write {
-    uv_write_t w;
-    char *head;
-    char *body;
-};
-
-static http_parser_settings g_settings;
 
 void http_limits_default(struct http_limits *l)
 {
@@ -162,7 +103,7 @@ int http_split_target(const char *target, char *dst, size_t cap, const char **qu
     return 0;
 }
 
-static void request_free(struct http_request *r)
+void http_request_free(struct http_request *r)
 {
     if (!r)
         return;
@@ -228,7 +169,7 @@ static void request_detach(struct http_request *r)
     r->next = NULL;
     r->conn = NULL;
     if (r->responded) {
-        request_free(r);
+        http_request_free(r);
         return;
     }
     void (*fn)(void *) = r->abort_fn;
@@ -290,7 +231,7 @@ static void conn_close(struct http_conn *c)
     c->reading = 0;
     /* Inside the parser the message being parsed is still in use; conn_process frees it. */
     if (!c->in_feed) {
-        request_free(c->cur);
+        http_request_free(c->cur);
         c->cur = NULL;
     }
     struct http_request *r = c->head;
@@ -332,7 +273,7 @@ static void conn_maybe_resume(struct http_conn *c);
  * pile up unread (a client that pipelines without reading would otherwise make
  * the write queue grow without bound).
  */
-static int conn_can_parse(const struct http_conn *c)
+int http_conn_can_parse(const struct http_conn *c)
 {
     return c->inflight < c->srv->lim.max_pipelined &&
            uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp) < HTTP_WRITE_HIGH;
@@ -356,7 +297,7 @@ static void on_write(uv_write_t *w, int status)
         conn_maybe_resume(c);
 }
 
-static void conn_write_raw(struct http_conn *c, char *head, size_t hlen, char *body, size_t blen)
+void http_conn_write_raw(struct http_conn *c, char *head, size_t hlen, char *body, size_t blen)
 {
     struct http_write *hw = calloc(1, sizeof *hw);
     if (!hw) {
@@ -387,9 +328,9 @@ static void conn_flush(struct http_conn *c)
             c->tail = NULL;
         c->inflight--;
         int keep = r->keep_alive;
-        conn_write_raw(c, r->resp_head, r->resp_head_len, r->resp_body, r->resp_body_len);
+        http_conn_write_raw(c, r->resp_head, r->resp_head_len, r->resp_body, r->resp_body_len);
         r->resp_head = r->resp_body = NULL;
-        request_free(r);
+        http_request_free(r);
         if (!keep) {
             /* Anything pipelined after a closing request is dropped, as HTTP requires. */
             c->stop_reading = 1;
@@ -412,7 +353,7 @@ static void conn_flush(struct http_conn *c)
     conn_maybe_resume(c);
 }
 
-static void conn_enqueue(struct http_conn *c, struct http_request *r)
+void http_conn_enqueue(struct http_conn *c, struct http_request *r)
 {
     r->conn = c;
     r->next = NULL;
@@ -443,7 +384,7 @@ static void conn_parse_error(struct http_conn *c, enum http_errno err)
     else
         snprintf(msg, sizeof msg, "malformed HTTP request: %s", http_errno_description(err));
     LOG_ERROR("client request rejected with %d: %s", status, msg);
-    request_free(c->cur);
+    http_request_free(c->cur);
     c->cur = NULL;
     c->stop_reading = 1;
     if (c->reading)
@@ -458,7 +399,7 @@ static void conn_parse_error(struct http_conn *c, enum http_errno err)
     r->method_name = "-";
     r->keep_alive = 0;
     r->start_ns = uv_hrtime();
-    conn_enqueue(c, r);
+    http_conn_enqueue(c, r);
     size_t blen = 0;
     char *body = error_body(msg, &blen);
     http_respond(r, status, "application/json", NULL, body, body ? blen : 0);
@@ -479,7 +420,7 @@ static void conn_process(struct http_conn *c, const char *data, size_t n)
             }
         }
         c->feed_end = data + n;
-        size_t used = http_parser_execute(&c->parser, &g_settings, data, n);
+        size_t used = http_parser_execute(&c->parser, &http_parse_settings, data, n);
         enum http_errno err = HTTP_PARSER_ERRNO(&c->parser);
         if (used > n)
             used = n;
@@ -490,7 +431,7 @@ static void conn_process(struct http_conn *c, const char *data, size_t n)
         if (err == HPE_PAUSED) {
             if (c->stop_reading)
                 break;
-            if (conn_can_parse(c)) {
+            if (http_conn_can_parse(c)) {
                 http_parser_pause(&c->parser, 0);
                 continue;
             }
@@ -527,7 +468,7 @@ static void conn_process(struct http_conn *c, const char *data, size_t n)
     }
     c->in_feed = 0;
     if (c->closing) {
-        request_free(c->cur);
+        http_request_free(c->cur);
         c->cur = NULL;
         return;
     }
@@ -565,7 +506,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
             if (c->reading)
                 uv_read_stop(st);
             c->reading = 0;
-            request_free(c->cur);
+            http_request_free(c->cur);
             c->cur = NULL;
             conn_flush(c);
         } else {
@@ -584,7 +525,7 @@ static void conn_maybe_resume(struct http_conn *c)
     if (c->in_feed || c->in_resume)
         return;
     c->in_resume = 1;
-    while (c->paused && !c->closing && !c->stop_reading && conn_can_parse(c)) {
+    while (c->paused && !c->closing && !c->stop_reading && http_conn_can_parse(c)) {
         c->paused = 0;
         http_parser_pause(&c->parser, 0);
         char *s = c->stash;
@@ -636,289 +577,6 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
-/* ---- parser callbacks ---- */
-
-static int reject(struct http_conn *c, int status, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static int reject(struct http_conn *c, int status, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->err_msg, sizeof c->err_msg, fmt, ap);
-    va_end(ap);
-    c->err_status = status;
-    return -1;
-}
-
-static int head_append(struct http_conn *c, char **p, size_t *len, size_t *cap, const char *at,
-                       size_t n)
-{
-    struct http_request *r = c->cur;
-    size_t lim = c->srv->lim.max_header_bytes;
-    if (r->url_len + r->hbuf_len + n > lim)
-        return reject(c, 431, "request line and headers exceed the %zu byte limit", lim);
-    if (*len + n + 1 > *cap) {
-        size_t nc = *cap ? *cap : 256;
-        while (nc < *len + n + 1)
-            nc *= 2;
-        char *np = realloc(*p, nc);
-        if (!np)
-            return reject(c, 500, "out of memory while reading the request headers");
-        *p = np;
-        *cap = nc;
-    }
-    memcpy(*p + *len, at, n);
-    *len += n;
-    (*p)[*len] = '\0';
-    return 0;
-}
-
-static int on_message_begin(http_parser *p)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    request_free(c->cur);
-    c->msg_active = 1;
-    c->msg_start_ms = uv_now(c->srv->loop);
-    c->cur = calloc(1, sizeof *c->cur);
-    if (!c->cur)
-        return reject(c, 500, "out of memory while reading a request");
-    c->cur->hoff = calloc(2 * (size_t)c->srv->lim.max_headers + 2, sizeof(size_t));
-    if (!c->cur->hoff)
-        return reject(c, 500, "out of memory while reading a request");
-    return 0;
-}
-
-static int on_url(http_parser *p, const char *at, size_t n)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    struct http_request *r = c->cur;
-    return head_append(c, &r->target, &r->url_len, &r->url_cap, at, n);
-}
-
-/*
- * Header names and values may arrive in several pieces (a read can end in the
- * middle of either), so they are collected into one buffer as "name\0value\0"
- * pairs and turned into pointers once the header block is complete.
- */
-/* Trailer fields of a chunked body are read and dropped (nothing here uses them), within
- * the same byte limit as the header block. */
-static int trailer_bytes(struct http_conn *c, struct http_request *r, size_t n)
-{
-    r->trailer_len += n;
-    if (r->trailer_len > c->srv->lim.max_header_bytes)
-        return reject(c, 431, "chunked trailer fields exceed the %zu byte limit",
-                      c->srv->lim.max_header_bytes);
-    return 0;
-}
-
-/* RFC 9110 token characters, the only ones a field name may hold. */
-static int is_token(const char *s)
-{
-    if (!*s)
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *s)))
-            return 0;
-    return 1;
-}
-
-static int on_header_field(http_parser *p, const char *at, size_t n)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    struct http_request *r = c->cur;
-    if (r->hstate == HS_DONE)
-        return trailer_bytes(c, r, n);
-    if (r->hstate != HS_FIELD) {
-        if (r->hstate == HS_VALUE && head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
-            return -1;
-        if ((unsigned)r->n_headers >= c->srv->lim.max_headers)
-            return reject(c, 431, "request has more than %u header fields", c->srv->lim.max_headers);
-        r->hoff[2 * r->n_headers] = r->hbuf_len;
-        r->n_headers++;
-        r->hstate = HS_FIELD;
-    }
-    return head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, at, n);
-}
-
-static int on_header_value(http_parser *p, const char *at, size_t n)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    struct http_request *r = c->cur;
-    if (r->hstate == HS_DONE)
-        return trailer_bytes(c, r, n);
-    if (r->hstate != HS_VALUE) {
-        if (head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
-            return -1;
-        r->hoff[2 * (r->n_headers - 1) + 1] = r->hbuf_len;
-        r->hstate = HS_VALUE;
-    }
-    return head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, at, n);
-}
-
-static int on_headers_complete(http_parser *p)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    struct http_request *r = c->cur;
-    struct http_server *s = c->srv;
-    if (r->hstate == HS_FIELD) /* a name without a value cannot pass the parser, but be safe */
-        return reject(c, 400, "malformed HTTP request: header field without a value");
-    if (r->hstate == HS_VALUE && head_append(c, &r->hbuf, &r->hbuf_len, &r->hbuf_cap, "", 1))
-        return -1;
-    if (r->n_headers) {
-        r->headers = calloc((size_t)r->n_headers, sizeof *r->headers);
-        if (!r->headers)
-            return reject(c, 500, "out of memory while reading the request headers");
-        for (int i = 0; i < r->n_headers; i++) {
-            r->headers[i].name = r->hbuf + r->hoff[2 * i];
-            r->headers[i].value = r->hbuf + r->hoff[2 * i + 1];
-            /* A name with spaces ("Content-Length :") is read differently by different
-             * parsers, which is how requests are smuggled past a proxy. */
-            if (!is_token(r->headers[i].name))
-                return reject(c, 400, "header field name '%.40s' is not a token (no spaces or "
-                              "separators before the colon)", r->headers[i].name);
-        }
-    }
-    if (!r->target)
-        return reject(c, 400, "malformed HTTP request: empty request target");
-    r->path = malloc(r->url_len + 2);
-    if (!r->path)
-        return reject(c, 500, "out of memory while reading the request target");
-    const char *q = "";
-    if (http_split_target(r->target, r->path, r->url_len + 2, &q) != 0)
-        return reject(c, 400,
-                      "request target '%.200s' is not a valid path (expected /v2/... with "
-                      "well-formed percent escapes)",
-                      r->target);
-    r->query = (char *)q;
-    r->method = (int)p->method;
-    r->method_name = http_method_str((enum http_method)p->method);
-    r->http_major = p->http_major;
-    r->http_minor = p->http_minor;
-    if (p->http_major != 1)
-        return reject(c, 505, "HTTP/%d.%d is not supported (expected HTTP/1.0 or HTTP/1.1)",
-                      p->http_major, p->http_minor);
-    int has_len = (p->flags & F_CONTENTLENGTH) != 0;
-    if (has_len && p->content_length > s->lim.max_body_bytes)
-        return reject(c, 413, "request body of %llu bytes exceeds the %zu byte limit",
-                      (unsigned long long)p->content_length, s->lim.max_body_bytes);
-    if (has_len && p->content_length > 0) {
-        r->body = malloc((size_t)p->content_length + 1);
-        r->body_cap = (size_t)p->content_length + 1;
-        if (!r->body)
-            return reject(c, 500, "out of memory for a request body of %llu bytes",
-                          (unsigned long long)p->content_length);
-    }
-    const char *expect = http_request_header(r, "Expect");
-    if (expect && strcasecmp(expect, "100-continue") == 0 && !c->head) {
-        /* Only when nothing is queued ahead: an interim answer must not overtake one. */
-        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-        char *h = malloc(sizeof cont);
-        if (h) {
-            memcpy(h, cont, sizeof cont);
-            conn_write_raw(c, h, sizeof cont - 1, NULL, 0);
-        }
-        if (c->closing)
-            return -1;
-    }
-    r->hstate = HS_DONE;
-    return 0;
-}
-
-static int on_body(http_parser *p, const char *at, size_t n)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    struct http_request *r = c->cur;
-    size_t lim = c->srv->lim.max_body_bytes;
-    if (n == 0)
-        return 0;
-    if (n > lim - r->body_len)
-        return reject(c, 413, "request body exceeds the %zu byte limit", lim);
-    if ((p->flags & F_CHUNKED) && p->content_length == 0) {
-        /* The end of a chunk's data: a CRLF must follow, here or in the next bytes read. */
-        const char *after = at + n;
-        size_t avail = (size_t)(c->feed_end - after);
-        for (size_t k = 0; k < 2 && k < avail; k++)
-            if (after[k] != "\r\n"[k])
-                return reject(c, 400, "malformed chunked body: a chunk's data is not followed "
-                              "by CRLF");
-        c->crlf_due = avail >= 2 ? 0 : 2 - (int)avail;
-    }
-    if (r->body_len + n + 1 > r->body_cap) {
-        /* Chunked bodies grow geometrically; declared lengths were allocated up front. */
-        size_t nc = r->body_cap ? r->body_cap : 4096;
-        while (nc < r->body_len + n + 1)
-            nc *= 2;
-        uint8_t *nb = realloc(r->body, nc);
-        if (!nb)
-            return reject(c, 500, "out of memory while reading the request body");
-        r->body = nb;
-        r->body_cap = nc;
-    }
-    memcpy(r->body + r->body_len, at, n);
-    r->body_len += n;
-    return 0;
-}
-
-/* A chunk larger than the room left is refused when its size is read, not after its
- * bytes have been waited for. */
-static int on_chunk_header(http_parser *p)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    size_t lim = c->srv->lim.max_body_bytes;
-    if (p->content_length > lim - c->cur->body_len)
-        return reject(c, 413, "request body exceeds the %zu byte limit (a chunk of %llu bytes)",
-                      lim, (unsigned long long)p->content_length);
-    return 0;
-}
-
-static int on_message_complete(http_parser *p)
-{
-    struct http_conn *c = p->data;
-    if (c->closing)
-        return -1;
-    struct http_server *s = c->srv;
-    struct http_request *r = c->cur;
-    c->cur = NULL;
-    c->msg_active = 0;
-    if (!r->body) {
-        r->body = malloc(1);
-        if (!r->body) {
-            request_free(r);
-            return reject(c, 500, "out of memory while reading a request");
-        }
-    }
-    r->body[r->body_len] = '\0';
-    free(r->hoff);
-    r->hoff = NULL;
-    r->keep_alive = http_should_keep_alive(p) && !p->upgrade && !s->draining;
-    r->seq = ++s->seq;
-    r->start_ns = uv_hrtime();
-    conn_enqueue(c, r);
-    if (!r->keep_alive)
-        c->stop_reading = 1;
-    s->handler(s->arg, r);
-    /* Pausing stops the parser after this message; conn_process decides whether to go on. */
-    if (c->closing || c->stop_reading || !conn_can_parse(c))
-        http_parser_pause(p, 1);
-    return 0;
-}
-
 /* ---- responses ---- */
 
 void http_respond(struct http_request *req, int status, const char *content_type,
@@ -937,7 +595,7 @@ void http_respond(struct http_request *req, int status, const char *content_type
         /* The client left: nobody is waiting, so just drop the answer. */
         free(body);
         if (!c)
-            request_free(req);
+            http_request_free(req);
         return;
     }
     if (req->responded) {
@@ -1049,16 +707,6 @@ int http_server_new(struct http_server **out, uv_loop_t *loop, const struct http
     struct http_server *s = calloc(1, sizeof *s);
     if (!s)
         return cerr_set(e, CORRAL_ENOMEM, "cannot allocate the HTTP server");
-    if (!g_settings.on_message_complete) {
-        g_settings.on_message_begin = on_message_begin;
-        g_settings.on_url = on_url;
-        g_settings.on_header_field = on_header_field;
-        g_settings.on_header_value = on_header_value;
-        g_settings.on_headers_complete = on_headers_complete;
-        g_settings.on_body = on_body;
-        g_settings.on_chunk_header = on_chunk_header;
-        g_settings.on_message_complete = on_message_complete;
-    }
     s->loop = loop;
     list_init(&s->conns);
     s->lim = *lim;

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sp_frame.h"
+#include "sp_proto.h"
 
 struct membership {
     pthread_mutex_t mu;

@@ -43,6 +43,9 @@ struct oip_ctx {
     unsigned shard;          /* this thread's index into the metrics */
     unsigned timeout_ms;     /* default deadline of one inference */
     size_t max_image_bytes;  /* largest image a classify request may carry (0: 16 MiB) */
+    /* --token-file: every endpoint but health, model readiness and /metrics needs
+     * "Authorization: Bearer <token>"; NULL: open. Borrowed. */
+    const char *token;
 };
 
 /* The HTTP handler; `arg` is a struct oip_ctx. */

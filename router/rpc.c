@@ -12,8 +12,9 @@
 
 #include "corral.pb-c.h"
 #include "log.h"
-#include "sp_serve.h"
+#include "sp_uv_server.h"
 #include "wire.h"
+#include "token.h"
 
 /* Connections one router thread accepts at most. */
 #define RPC_MAX_CONNS 4096
@@ -48,6 +49,7 @@ struct rpc {
     struct rpc_lane *lanes;
     unsigned per_lane_inflight;
     unsigned timeout_ms;
+    const char *token; /* --token-file (borrowed); NULL: open */
     atomic_int quiesced;
 };
 
@@ -145,6 +147,15 @@ static void handle(void *arg, struct sp_serve_req *c, const uint8_t *body, size_
         reply_error(c, e.code ? e.code : CORRAL_EINVAL, e.msg);
         return;
     }
+    const char *tok = l->rpc->token;
+    if (tok && req->kind_case != CORRAL__REQUEST__KIND_HEALTH &&
+        !(req->auth_token && token_equal(tok, req->auth_token, strlen(req->auth_token)))) {
+        corral__request__free_unpacked(req, NULL);
+        record(c, CORRAL_EUNAUTH, 0);
+        reply_error(c, CORRAL_EUNAUTH, "this endpoint needs the router's token: set it in the "
+                    "request (libcorral: corral_client_options.token; corralctl --token-file)");
+        return;
+    }
     if (req->kind_case == CORRAL__REQUEST__KIND_INFER) {
         const Corral__InferRequest *ir = req->infer;
         const char *model = ir->model_name ? ir->model_name : "";
@@ -203,6 +214,11 @@ static void handle(void *arg, struct sp_serve_req *c, const uint8_t *body, size_
     reply_error(c, CORRAL_EUNSUPP, "the router's RPC endpoint answers infer and health requests "
                 "(and metadata when it serves one model); use HTTP GET /v2/models/{name} and "
                 "/v2/models/{name}/stats for the rest");
+}
+
+void rpc_set_token(struct rpc *r, const char *token)
+{
+    r->token = token;
 }
 
 /* Loop thread: takes over a listening socket, or stops taking requests. */

@@ -25,7 +25,7 @@
  *
  * Threads: every lane (router thread) listens on its own socket bound to the
  * same address with SO_REUSEPORT, so the kernel spreads connections over the
- * lanes, and serves its connections on its own loop (router/sp_serve.h),
+ * lanes, and serves its connections on its own loop (sp/sp_uv_server.h),
  * where its upstream lives: a request crosses no thread. rpc_start() binds
  * the sockets on the calling thread (so that a taken port is reported at
  * once) and hands them to the loops; rpc_quiesce() closes the listeners and
@@ -50,6 +50,9 @@ int rpc_new(struct rpc **out, const char *url, unsigned contexts, unsigned n_lan
 int rpc_lane_init(struct rpc *r, unsigned lane, uv_loop_t *loop, struct upstream *up,
                   struct metrics *m, struct cerr *e);
 /* Listens and starts receiving; *bound gets the URL actually bound (port 0 resolved). */
+/* Requires the bearer token `token` (borrowed, must outlive r) in every request but
+ * health (Request.auth_token); refused with CORRAL_EUNAUTH otherwise. Before rpc_start. */
+void rpc_set_token(struct rpc *r, const char *token);
 int rpc_start(struct rpc *r, char *bound, size_t bound_len, struct cerr *e);
 void rpc_quiesce(struct rpc *r);
 /* On the lane's loop thread: closes its handle (the loop must run once more). */

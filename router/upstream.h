@@ -10,7 +10,7 @@
  * CORRAL_EUNAVAIL) before it returns, and the loop must then run once more so
  * the libuv handles close.
  *
- * Transport: one SP REQ connection per replica (router/sp_req.h), the wire
+ * Transport: one SP REQ connection per replica (sp/sp_uv_client.h), the wire
  * protocol of the replica's REP socket, driven by the libuv loop itself:
  * a request is written to the socket by the thread that routes it and answers
  * are read by the same loop, so no request crosses a thread.

@@ -18,7 +18,7 @@
 #include "upstream.h"
 
 #include "list.h"
-#include "sp_req.h"
+#include "sp_uv_client.h"
 #include "wire.h"
 
 enum call_kind { CALL_INFER, CALL_HEALTH, CALL_METADATA, CALL_STATS };

@@ -335,12 +335,34 @@ static void check_token_file(const char *p, const char *path, struct sched_errs 
     free(tok);
 }
 
+/* SECTION.token_file: a readable token file, resolved against the config's folder. */
+static void get_token_file(const json_t *o, const char *section, const char *dir, char **out,
+                           struct sched_errs *errs)
+{
+    char path[64];
+    snprintf(path, sizeof path, "%s.token_file", section);
+    const char *tf = get_str(o, section, "token_file", 0, "the path of a file", errs);
+    if (!tf)
+        return;
+    if (!tf[0]) {
+        sched_errs_add(errs, path, "expected the path of a file, got \"\"");
+        return;
+    }
+    *out = resolve(dir, tf);
+    if (!*out) {
+        errs->oom = 1;
+        return;
+    }
+    check_token_file(*out, path, errs);
+}
+
 /* ---- sections ---------------------------------------------------------------------- */
 
-static void parse_router(const json_t *root, struct sched_config *cfg, struct sched_errs *errs)
+static void parse_router(const json_t *root, struct sched_config *cfg, const char *dir,
+                         struct sched_errs *errs)
 {
     static const char *const keys[] = {"listen", "rpc_listen", "threads", "control_listen",
-                                       NULL};
+                                       "token_file", NULL};
     const json_t *o = get_obj(root, "router", errs);
     long threads;
     char g[80];
@@ -372,6 +394,7 @@ static void parse_router(const json_t *root, struct sched_config *cfg, struct sc
     }
     if (get_int(o, "router", "threads", 1, 256, 1, 0, &threads, errs) == 0)
         cfg->router.threads = (int)threads;
+    get_token_file(o, "router", dir, &cfg->router.token_file, errs);
 }
 
 static void parse_admin(const json_t *root, struct sched_config *cfg, const char *dir,
@@ -384,19 +407,7 @@ static void parse_admin(const json_t *root, struct sched_config *cfg, const char
         return;
     check_keys(o, "admin", keys, errs);
     get_addr(o, "admin", "listen", "127.0.0.1:8002", &cfg->admin.listen, errs);
-    const char *tf = get_str(o, "admin", "token_file", 0, "the path of a file", errs);
-    if (tf) {
-        if (!tf[0]) {
-            sched_errs_add(errs, "admin.token_file", "expected the path of a file, got \"\"");
-            return;
-        }
-        cfg->admin.token_file = resolve(dir, tf);
-        if (!cfg->admin.token_file) {
-            errs->oom = 1;
-            return;
-        }
-        check_token_file(cfg->admin.token_file, "admin.token_file", errs);
-    }
+    get_token_file(o, "admin", dir, &cfg->admin.token_file, errs);
 }
 
 static void parse_health(const json_t *root, struct sched_config *cfg, struct sched_errs *errs)
@@ -750,7 +761,7 @@ int sched_config_parse(const char *text, size_t len, const char *path, struct sc
         strcpy(dir, "/");
 
     /* Defaults first, so that a file that stops early still leaves a usable struct. */
-    parse_router(NULL, cfg, errs);
+    parse_router(NULL, cfg, dir, errs);
     sched_addr_parse("127.0.0.1:8002", &cfg->admin.listen);
     parse_health(NULL, cfg, errs);
     parse_rollout(NULL, cfg, errs);
@@ -769,7 +780,7 @@ int sched_config_parse(const char *text, size_t len, const char *path, struct sc
     }
     check_keys(root, "", keys, errs);
     parse_repository(root, cfg, dir, errs);
-    parse_router(root, cfg, errs);
+    parse_router(root, cfg, dir, errs);
     parse_admin(root, cfg, dir, errs);
     parse_health(root, cfg, errs);
     parse_rollout(root, cfg, errs);
@@ -845,6 +856,7 @@ void sched_config_free(struct sched_config *cfg)
     free(cfg->path);
     free(cfg->model_repository);
     free(cfg->admin.token_file);
+    free(cfg->router.token_file);
     free(cfg->models);
     memset(cfg, 0, sizeof *cfg);
 }

@@ -111,6 +111,7 @@ struct sched_config {
         char rpc_url[SCHED_HOST_MAX + 32]; /* "tcp://HOST:PORT", or "off" */
         int threads;                   /* 1..256, default 1 */
         struct sched_addr control;     /* the router's control endpoint; default 127.0.0.1:8003 */
+        char *token_file;              /* --token-file: absolute, or NULL: inference is open */
     } router;
     struct {
         struct sched_addr listen; /* default 127.0.0.1:8002 */

@@ -106,6 +106,8 @@ static void print_plan(const struct sched_config *cfg, const struct sched_machin
     printf("%-27s %s\n", "router.rpc_listen", cfg->router.rpc_url);
     printf("%-27s %d\n", "router.threads", cfg->router.threads);
     printf("%-27s %s\n", "router.control_listen", cfg->router.control.text);
+    printf("%-27s %s\n", "router.token_file",
+           cfg->router.token_file ? cfg->router.token_file : "none (inference takes no token)");
     printf("%-27s %s\n", "admin.listen", cfg->admin.listen.text);
     printf("%-27s %s\n", "admin.token_file",
            cfg->admin.token_file ? cfg->admin.token_file : "none (the admin API takes no token)");

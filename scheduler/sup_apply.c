@@ -69,6 +69,9 @@ static void refusals(struct sup *sup, const struct sched_config *n, json_t *errs
     RESTART("router.threads", o->router.threads != n->router.threads, a, b);
     RESTART("admin.listen", strcmp(o->admin.listen.text, n->admin.listen.text) != 0,
             o->admin.listen.text, n->admin.listen.text);
+    RESTART("router.token_file", !same_str(o->router.token_file, n->router.token_file),
+            o->router.token_file ? o->router.token_file : "none",
+            n->router.token_file ? n->router.token_file : "none");
     RESTART("admin.token_file", !same_str(o->admin.token_file, n->admin.token_file),
             o->admin.token_file ? o->admin.token_file : "none",
             n->admin.token_file ? n->admin.token_file : "none");

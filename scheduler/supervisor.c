@@ -131,7 +131,7 @@ static void start_router(struct sup *s, long now)
     size_t nf = sizeof fixed / sizeof *fixed, na = nf;
     /* A restarted router starts with the replicas that serve already (--replica seeds
      * its table), so it has somewhere to send its first requests. */
-    char **argv = calloc(nf + 2 * s->n + 1, sizeof *argv);
+    char **argv = calloc(nf + 2 * s->n + 3, sizeof *argv);
     char **seeds = calloc(s->n + 1, sizeof *seeds);
     int nseed = 0;
     if (!argv || !seeds) {
@@ -142,6 +142,10 @@ static void start_router(struct sup *s, long now)
         return;
     }
     memcpy(argv, fixed, sizeof fixed);
+    if (cfg->router.token_file) {
+        argv[na++] = "--token-file";
+        argv[na++] = cfg->router.token_file;
+    }
     for (size_t i = 0; i < s->n; i++) {
         struct child *r = s->reps[i];
         if (r->retiring || r->state != C_READY || r->unhealthy || r->hold || !r->url[0] ||

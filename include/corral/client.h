@@ -66,6 +66,7 @@ enum corral_status {
     CORRAL_STATUS_METHOD = -13,
     CORRAL_STATUS_DRAINING = -14,    /* the replica is shutting down: safe to send again (503) */
     CORRAL_STATUS_MEDIA_TYPE = -15,  /* an image in a format the server does not decode (415) */
+    CORRAL_STATUS_UNAUTHORIZED = -16, /* no token, or not the router's (--token-file) (401) */
 };
 
 /* Open Inference Protocol datatypes, numbered as on the wire. */
@@ -122,6 +123,9 @@ struct corral_infer_request {
 
 struct corral_client_options {
     unsigned timeout_ms; /* default deadline per request; 0: 30000 */
+    /* The bearer token of a router started with --token-file, sent with every infer
+     * request (copied at connect); NULL: none. */
+    const char *token;
 };
 
 struct corral_client;

@@ -1,7 +1,7 @@
 /*
  * The RPC wire (proto/wire.c): Request and Response protobuf messages as a
  * replica and the router decode them, and the SP frame's backtrace
- * (proto/sp_frame.h) in front of them. Byte 0 picks Request or Response. A
+ * (sp/sp_proto.h) in front of them. Byte 0 picks Request or Response. A
  * message that decodes must pack again; when that packed message decodes, it packs to
  * the same bytes. (Not always: protobuf-c keeps an unknown field numbered 0 whose tag
  * is written in two bytes, packs it in one and then refuses it, see
@@ -9,7 +9,7 @@
  */
 
 #include "fuzz.h"
-#include "sp_frame.h"
+#include "sp_proto.h"
 #include "wire.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -230,11 +230,13 @@ def infer_async(cluster, body, n=1, model="digits"):
     return threads, out
 
 
-def under_tsan(pid):
-    """True when the process runs with the thread sanitizer's runtime, whose shadow
-    memory grows with traffic: memory bounds say nothing about corral's memory there."""
+def sanitized(pid):
+    """True when the process runs with a sanitizer's runtime (address or thread), whose
+    quarantine and shadow memory grow with traffic: memory bounds say nothing about
+    corral's own memory there, and are checked on the Release build."""
     with open("/proc/%d/maps" % pid) as f:
-        return "libtsan" in f.read()
+        maps = f.read()
+    return "libasan" in maps or "libtsan" in maps
 
 
 def wait_until(what, cond, timeout=30.0, every=0.02):

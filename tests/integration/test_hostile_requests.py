@@ -46,7 +46,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testrun  # noqa: E402
-from cluster import Cluster, proc_memory, under_tsan, wait_until  # noqa: E402
+from cluster import Cluster, proc_memory, sanitized, wait_until  # noqa: E402
 from test_protocol_util import stop_and_clean  # noqa: E402
 from images import encode, png_chunk  # noqa: E402
 
@@ -580,9 +580,8 @@ class HostileRequests(unittest.TestCase):
             rss = proc_memory(pid)["VmRSS"]
             print("%s: VmRSS %d kB before, %d kB after; %d descriptors"
                   % (k, rss0[k] // 1024, rss // 1024, fds0[k]), flush=True)
-            # Under the thread sanitizer the runtime's own shadow memory grows with traffic;
-            # there the bound says nothing about corral's memory.
-            if not under_tsan(pid):
+            # Under a sanitizer its own memory grows with traffic (cluster.sanitized).
+            if not sanitized(pid):
                 self.assertLessEqual(rss, rss0[k] * 1.10, "%s grew from %d to %d bytes"
                                      % (k, rss0[k], rss))
 

@@ -28,7 +28,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testrun  # noqa: E402
-from cluster import Cluster, digits_request, under_tsan, wait_until  # noqa: E402
+from cluster import Cluster, digits_request, sanitized, wait_until  # noqa: E402
 from test_protocol_util import stop_and_clean  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
@@ -177,7 +177,7 @@ class Overload(unittest.TestCase):
             peak = max(curve)
             print("%s RSS: baseline %.1f MiB, peak %.1f MiB over %d samples" %
                   (name, base[pid] / 2**20, peak / 2**20, len(curve)), flush=True)
-            if under_tsan(pid):
+            if sanitized(pid):
                 continue
             self.assertLess(peak - base[pid], RSS_GROWTH_MAX, "%s RSS grew by %d bytes" %
                             (name, peak - base[pid]))

@@ -616,6 +616,12 @@ static void test_token_file(void **state)
                      "{'token_file': 'blank-token'}}", want2);
     expect_errors_on(&m4, "{'model_repository': '../repo', 'models': [], 'admin': "
                      "{'token_file': 'long-token'}}", want3);
+    /* The router's inference token goes through the same checks, named by its own path. */
+    char w4[1024];
+    snprintf(w4, sizeof w4, "router.token_file: the token file %s/conf/nope does not exist", tmp);
+    const char *const want4[] = {w4, NULL};
+    expect_errors_on(&m4, "{'model_repository': '../repo', 'models': [], 'router': "
+                     "{'token_file': 'nope'}}", want4);
 }
 
 static void test_several_errors_at_once(void **state)

@@ -1,5 +1,5 @@
 /*
- * sp_rep: SP REP over TCP with one epoll thread. See sp_rep.h.
+ * sp_epoll_server: SP REP over TCP with one epoll thread. See sp_epoll_server.h.
  *
  * Threads and ownership: the I/O thread owns the listener, every connection's
  * read side and the lists of connections. Repliers (any thread) touch a
@@ -15,7 +15,7 @@
  * or even after sp_rep_stop(), finds valid memory and is dropped.
  */
 #define _GNU_SOURCE
-#include "sp_rep.h"
+#include "sp_epoll_server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -36,7 +36,7 @@
 
 #include "list.h"
 #include "log.h"
-#include "sp_frame.h"
+#include "sp_proto.h"
 
 #define SP_READ_CHUNK (64 * 1024)
 /* Reads on one connection before the others get their turn. */
@@ -50,7 +50,7 @@ struct sp_out {
     struct sp_out *next;
     size_t hlen, blen, off; /* off counts bytes already sent, header first */
     uint8_t *body;
-    uint8_t hdr[8 + 4 * SP_MAX_HOPS];
+    uint8_t hdr[SP_HEAD_MAX];
 };
 
 struct sp_conn {
@@ -64,7 +64,8 @@ struct sp_conn {
     /* The rest belongs to the I/O thread. */
     uint8_t *rbuf;
     size_t rcap, rpos, rlen;
-    int greeted;
+    struct sp_stream st;
+    size_t need; /* bytes of the unit being assembled, as the parser last said */
     int hup; /* the peer's end of stream has been reported: read until it is seen */
     struct list_node link;  /* on srv->conns: open connections */
     struct list_node rlink; /* on srv->ready while it has input left to read, else on none */
@@ -72,8 +73,7 @@ struct sp_conn {
 
 struct sp_rep_req {
     struct sp_conn *conn;
-    size_t btlen;
-    uint8_t bt[4 * SP_MAX_HOPS];
+    struct sp_backtrace bt;
 };
 
 struct sp_rep {
@@ -206,10 +206,8 @@ void sp_rep_reply(struct sp_rep_req *r, uint8_t *buf, size_t len)
     struct sp_conn *c = r->conn;
     struct sp_rep *s = c->srv;
     if (buf) {
-        uint8_t hdr[8 + 4 * SP_MAX_HOPS];
-        size_t hlen = 8 + r->btlen;
-        sp_put_be64(hdr, (uint64_t)(r->btlen + len));
-        memcpy(hdr + 8, r->bt, r->btlen);
+        uint8_t hdr[SP_HEAD_MAX];
+        size_t hlen = sp_reply_head(hdr, &r->bt, len);
         pthread_mutex_lock(&c->mu);
         if (!c->closed && !c->broken) {
             size_t sent = 0;
@@ -305,6 +303,7 @@ static void conn_open(struct sp_rep *s, int fd, const char *peer)
         goto fail;
     }
     c->rcap = SP_READ_CHUNK;
+    sp_stream_init(&c->st, SP_PROTO_REQ, 0, s->opt.max_message);
     c->fd = fd;
     c->srv = s;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
@@ -373,13 +372,12 @@ static void accept_all(struct sp_rep *s)
 }
 
 /* Hands one request frame (backtrace and body) to the handler. */
-static void dispatch(struct sp_rep *s, struct sp_conn *c, const uint8_t *p, size_t n)
+static void dispatch(struct sp_rep *s, struct sp_conn *c, const struct sp_unit *u)
 {
-    size_t bt = sp_backtrace_len(p, n);
-    if (!bt) {
+    if (!u->head) {
         /* NNG drops such a message too; the peer's own REQ socket retries or times out. */
-        LOG_DEBUG("dropped a %zu-byte request from %s: no request ID in its first %d words", n,
-                  c->peer, SP_MAX_HOPS);
+        LOG_DEBUG("dropped a %zu-byte request from %s: no request ID in its first %d words",
+                  u->len, c->peer, SP_MAX_HOPS);
         return;
     }
     struct sp_rep_req *r = malloc(sizeof *r);
@@ -388,48 +386,46 @@ static void dispatch(struct sp_rep *s, struct sp_conn *c, const uint8_t *p, size
         return;
     }
     r->conn = c;
-    r->btlen = bt;
-    memcpy(r->bt, p, bt);
+    r->bt.len = u->head;
+    memcpy(r->bt.w, u->msg, u->head);
     atomic_fetch_add(&c->refs, 1);
     atomic_fetch_add(&s->inflight, 1);
-    s->handler(s->arg, r, p + bt, n - bt);
+    s->handler(s->arg, r, u->msg + u->head, u->len - u->head);
 }
 
 /* Handles every complete header and frame buffered: 0 when more input is needed, 1 when
  * the pending limit stops it, -1 when the connection must close. */
 static int conn_process(struct sp_rep *s, struct sp_conn *c)
 {
-    while (c->rlen - c->rpos >= 8) {
-        const uint8_t *p = c->rbuf + c->rpos;
-        if (!c->greeted) {
-            int proto = sp_header_proto(p);
-            if (proto < 0) {
-                LOG_WARN("closing connection from %s: it did not open with an SP header", c->peer);
-                return -1;
-            }
-            if (proto != SP_PROTO_REQ) {
-                LOG_WARN("closing connection from %s: its SP protocol is %u, expected %u (REQ)",
-                         c->peer, proto, SP_PROTO_REQ);
-                return -1;
-            }
-            c->greeted = 1;
-            c->rpos += 8;
-            continue;
-        }
-        uint64_t n = sp_get_be64(p);
-        if (n > s->opt.max_message) {
-            LOG_WARN("closing connection from %s: a request frame of %llu bytes exceeds the "
-                     "limit of %zu bytes", c->peer, (unsigned long long)n, s->opt.max_message);
-            return -1;
-        }
-        if (c->rlen - c->rpos - 8 < n)
+    for (;;) {
+        struct sp_unit u;
+        switch (sp_stream_next(&c->st, c->rbuf + c->rpos, c->rlen - c->rpos, &u)) {
+        case SP_UNIT_MORE:
+            c->need = u.need;
             return 0;
-        if (slots_full(s))
-            return 1;
-        c->rpos += 8 + (size_t)n;
-        dispatch(s, c, p + 8, (size_t)n);
+        case SP_UNIT_NOT_SP:
+            LOG_WARN("closing connection from %s: it did not open with an SP header", c->peer);
+            return -1;
+        case SP_UNIT_WRONG_PROTO:
+            LOG_WARN("closing connection from %s: its SP protocol is %u, expected %u (REQ)",
+                     c->peer, u.proto, SP_PROTO_REQ);
+            return -1;
+        case SP_UNIT_BAD_SIZE:
+            LOG_WARN("closing connection from %s: a request frame of %llu bytes exceeds the "
+                     "limit of %zu bytes", c->peer, (unsigned long long)u.size,
+                     s->opt.max_message);
+            return -1;
+        case SP_UNIT_GREETING:
+            c->rpos += u.used;
+            break;
+        case SP_UNIT_MESSAGE:
+            if (slots_full(s))
+                return 1;
+            c->rpos += u.used;
+            dispatch(s, c, &u);
+            break;
+        }
     }
-    return 0;
 }
 
 /* Makes room at the end of the read buffer for at least part of what comes next. */
@@ -449,9 +445,7 @@ static int conn_make_room(struct sp_conn *c)
         return 0;
     }
     /* The unit being assembled: the 8-byte header or length, then the whole frame. */
-    size_t need = 8;
-    if (have >= 8 && c->greeted)
-        need = 8 + (size_t)sp_get_be64(c->rbuf + c->rpos);
+    size_t need = c->need;
     if (c->rpos > 0 && (c->rcap - c->rlen < SP_READ_CHUNK / 4 || c->rpos + need > c->rcap)) {
         memmove(c->rbuf, c->rbuf + c->rpos, have);
         c->rpos = 0;

@@ -1,7 +1,7 @@
 /*
- * sp_req: SP REQ over TCP on a libuv loop. See sp_req.h.
+ * sp_uv_client: SP REQ over TCP on a libuv loop. See sp_uv_client.h.
  */
-#include "sp_req.h"
+#include "sp_uv_client.h"
 
 #include <netdb.h>
 #include <stdio.h>
@@ -10,14 +10,13 @@
 #include <sys/socket.h>
 
 #include "log.h"
-#include "sp_frame.h"
-#include "loop_io.h"
+#include "sp_proto.h"
+#include "sp_uv.h"
 
 enum { SP_IDLE, SP_CONNECTING, SP_HANDSHAKE, SP_UP };
 
 #define SP_RETRY_MIN_MS 50
 #define SP_RETRY_MAX_MS 1000
-#define SP_READ_CHUNK (64 * 1024)
 
 struct sp_req {
     uv_loop_t *loop;
@@ -29,14 +28,13 @@ struct sp_req {
     int tcp_open, tcp_closing; /* the tcp handle is initialised / being closed */
     int state, was_up;
     unsigned backoff_ms;
-    size_t max_frame;
-    uint8_t *rbuf;
-    size_t rlen, rcap;
+    size_t max_reply;
+    struct sp_stream st;
+    struct sp_uv_in in;
     /* Requests routed in one turn of the loop leave in one write at its end
-     * (loop_io.h's loop_turn), instead of one system call each. */
-    uint8_t *obuf;
-    size_t olen, ocap;
-    struct loop_turn flush;
+     * (sp_uv.h's sp_uv_turn), instead of one system call each. */
+    struct sp_uv_batch out;
+    struct sp_uv_turn flush;
     struct sp_req_events ev;
     void *arg;
     int stopping, pending_closes;
@@ -52,8 +50,8 @@ static void release_step(struct sp_req *s)
         return;
     void (*closed)(void *) = s->closed;
     void *arg = s->arg;
-    free(s->rbuf);
-    free(s->obuf);
+    free(s->in.buf);
+    free(s->out.buf);
     free(s);
     if (closed)
         closed(arg);
@@ -71,13 +69,13 @@ static void on_tcp_closed(uv_handle_t *h)
     s->tcp_open = s->tcp_closing = 0;
     s->state = SP_IDLE;
     s->was_up = 0;
-    s->rlen = 0;
-    s->olen = 0; /* requests not yet written are lost with the connection; `down` says so */
-    if (s->rcap > 4 * SP_READ_CHUNK) {
+    s->in.len = 0;
+    s->out.len = 0; /* requests not yet written are lost with the connection; `down` says so */
+    if (s->in.cap > 4 * SP_UV_CHUNK) {
         /* A large reply grew the buffer; do not keep it for the next connection. */
-        free(s->rbuf);
-        s->rbuf = NULL;
-        s->rcap = 0;
+        free(s->in.buf);
+        s->in.buf = NULL;
+        s->in.cap = 0;
     }
     if (s->stopping) {
         release_step(s);
@@ -113,33 +111,28 @@ static void on_sent(void *arg, int status)
     }
 }
 
-/* Writes what the kernel takes now and queues the rest (copied). */
-static int write_bufs(struct sp_req *s, uv_buf_t *b, unsigned nb)
+/* Writes what the kernel takes now and queues the rest (copied); -1 when the
+ * connection is gone. */
+static int write_bufs(void *arg, const uv_buf_t *b, unsigned nb)
 {
-    int r = stream_send((uv_stream_t *)&s->tcp, b, nb, on_sent, s, NULL);
+    struct sp_req *s = arg;
+    int r = sp_uv_send((uv_stream_t *)&s->tcp, b, nb, on_sent, s, NULL);
     if (r < 0) {
         char why[128];
         snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
         drop(s, why);
     }
-    return 0;
+    return s->tcp_closing ? -1 : 0;
 }
 
 static void flush_now(void *arg)
 {
     struct sp_req *s = arg;
-    if (!s->olen || s->state != SP_UP || s->tcp_closing) {
-        s->olen = 0;
+    if (s->state != SP_UP || s->tcp_closing) {
+        s->out.len = 0;
         return;
     }
-    uv_buf_t b = uv_buf_init((char *)s->obuf, (unsigned)s->olen);
-    s->olen = 0;
-    write_bufs(s, &b, 1);
-    if (s->ocap > 16 * SP_READ_CHUNK) {
-        free(s->obuf);
-        s->obuf = NULL;
-        s->ocap = 0;
-    }
+    sp_uv_batch_flush(&s->out, write_bufs, s);
 }
 
 int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
@@ -147,37 +140,19 @@ int sp_req_send(struct sp_req *s, uint32_t id, const uint8_t *body, size_t len)
     if (s->state != SP_UP || s->tcp_closing || len > UINT32_MAX - 16)
         return -1;
     uint8_t hdr[12];
-    sp_put_be64(hdr, (uint64_t)len + 4);
-    sp_put_be32(hdr + 8, id | SP_ID_BIT);
-    if (len > SP_READ_CHUNK) {
-        /* Large requests go out at once, after what is already waiting, without the
-         * copy into the batch buffer (write_bufs still copies what the kernel does not
-         * take at once, so the caller's buffer is free on return either way). */
-        if (s->olen)
-            flush_now(s);
-        uv_buf_t b[2] = {uv_buf_init((char *)hdr, sizeof hdr),
-                         uv_buf_init((char *)body, (unsigned)len)};
-        return write_bufs(s, b, 2);
-    }
-    if (sp_buf_room(&s->obuf, &s->ocap, s->olen, sizeof hdr + len, SP_READ_CHUNK)) {
+    sp_request_head(hdr, id, len);
+    int r = sp_uv_batch_add(&s->out, hdr, sizeof hdr, body, len, write_bufs, s);
+    if (r < 0)
         drop(s, "out of memory queueing a request");
-        return 0;
-    }
-    memcpy(s->obuf + s->olen, hdr, sizeof hdr);
-    memcpy(s->obuf + s->olen + sizeof hdr, body, len);
-    s->olen += sizeof hdr + len;
-    loop_turn_arm(&s->flush);
+    else if (r == 0)
+        sp_uv_turn_arm(&s->flush);
     return 0;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct sp_req *s = h->data;
-    if (sp_buf_room(&s->rbuf, &s->rcap, s->rlen, SP_READ_CHUNK, SP_READ_CHUNK)) {
-        *buf = uv_buf_init(NULL, 0); /* read_cb gets UV_ENOBUFS */
-        return;
-    }
-    *buf = uv_buf_init((char *)s->rbuf + s->rlen, (unsigned)(s->rcap - s->rlen));
+    sp_uv_in_alloc(&s->in, buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
@@ -194,64 +169,58 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     if (s->tcp_closing)
         return;
-    s->rlen += (size_t)nread;
+    s->in.len += (size_t)nread;
     size_t off = 0;
-    if (s->state == SP_HANDSHAKE) {
-        if (s->rlen < 8)
-            return;
-        int proto = sp_header_proto(s->rbuf);
-        if (proto < 0) {
+    struct sp_unit u;
+    for (;;) {
+        enum sp_unit_kind k = sp_stream_next(&s->st, s->in.buf + off, s->in.len - off, &u);
+        if (k == SP_UNIT_MORE)
+            break;
+        switch (k) {
+        case SP_UNIT_NOT_SP:
             drop(s, "the peer does not speak the SP protocol (is this a corral replica?)");
             return;
-        }
-        if (proto != SP_PROTO_REP) {
-            snprintf(why, sizeof why, "the peer speaks SP protocol %d, expected REP (%d)", proto,
-                     SP_PROTO_REP);
+        case SP_UNIT_WRONG_PROTO:
+            snprintf(why, sizeof why, "the peer speaks SP protocol %d, expected REP (%d)",
+                     u.proto, SP_PROTO_REP);
             drop(s, why);
             return;
-        }
-        off = 8;
-        s->state = SP_UP;
-        s->backoff_ms = SP_RETRY_MIN_MS;
-        if (s->ev.up)
-            s->ev.up(s->arg);
-        if (s->state != SP_UP || s->tcp_closing)
-            return;
-    }
-    while (s->rlen - off >= 8) {
-        uint64_t n = sp_get_be64(s->rbuf + off);
-        if (n < 4 || n > s->max_frame) {
+        case SP_UNIT_BAD_SIZE:
             snprintf(why, sizeof why, "reply frame of %llu bytes (expected 4 to %zu)",
-                     (unsigned long long)n, s->max_frame);
+                     (unsigned long long)u.size, s->st.max_len);
             drop(s, why);
             return;
-        }
-        if (s->rlen - off - 8 < n)
+        case SP_UNIT_GREETING:
+            off += u.used;
+            s->state = SP_UP;
+            s->backoff_ms = SP_RETRY_MIN_MS;
+            if (s->ev.up)
+                s->ev.up(s->arg);
             break;
-        const uint8_t *f = s->rbuf + off + 8;
-        uint32_t id = sp_get_be32(f);
-        off += 8 + (size_t)n;
-        /* A reply without the request-id bit is not one of ours; NNG drops those too. */
-        if ((id & SP_ID_BIT) && s->ev.reply)
-            s->ev.reply(s->arg, id & ~SP_ID_BIT, f + 4, (size_t)n - 4);
+        default:
+            off += u.used;
+            if (u.head && s->ev.reply)
+                s->ev.reply(s->arg, u.id, u.msg + u.head, u.len - u.head);
+            break;
+        }
         if (s->state != SP_UP || s->tcp_closing)
             return;
     }
     if (off) {
-        memmove(s->rbuf, s->rbuf + off, s->rlen - off);
-        s->rlen -= off;
+        memmove(s->in.buf, s->in.buf + off, s->in.len - off);
+        s->in.len -= off;
     }
-    if (s->rlen >= 8) {
+    if (s->in.len >= 8) {
         /* Make room for the whole frame now so that large replies arrive in few reads. */
-        size_t need = 8 + (size_t)sp_get_be64(s->rbuf) + SP_READ_CHUNK;
-        if (need > s->rcap) {
-            uint8_t *p = realloc(s->rbuf, need);
+        size_t need = u.need + SP_UV_CHUNK;
+        if (need > s->in.cap) {
+            uint8_t *p = realloc(s->in.buf, need);
             if (!p) {
                 drop(s, "out of memory receiving a reply");
                 return;
             }
-            s->rbuf = p;
-            s->rcap = need;
+            s->in.buf = p;
+            s->in.cap = need;
         }
     }
 }
@@ -268,6 +237,7 @@ static void on_connect(uv_connect_t *req, int status)
         return;
     }
     s->state = SP_HANDSHAKE;
+    sp_stream_init(&s->st, SP_PROTO_REP, 4, s->max_reply + 4);
     uint8_t hello[8];
     sp_header(hello, SP_PROTO_REQ);
     uv_buf_t b = uv_buf_init((char *)hello, sizeof hello);
@@ -331,11 +301,11 @@ int sp_req_open(struct sp_req **out, uv_loop_t *loop, const char *url, size_t ma
     s->loop = loop;
     s->ev = *ev;
     s->arg = arg;
-    s->max_frame = max_reply + 4;
+    s->max_reply = max_reply;
     s->backoff_ms = SP_RETRY_MIN_MS;
     uv_timer_init(loop, &s->retry);
     s->retry.data = s;
-    loop_turn_init(loop, &s->flush, flush_now, s);
+    sp_uv_turn_init(loop, &s->flush, flush_now, s);
     start_connect(s);
     *out = s;
     return CORRAL_OK;
@@ -358,7 +328,7 @@ void sp_req_close(struct sp_req *s, void (*closed)(void *arg))
     s->pending_closes = 3;
     uv_timer_stop(&s->retry);
     uv_close((uv_handle_t *)&s->retry, on_handle_closed);
-    loop_turn_close(&s->flush, on_handle_closed);
+    sp_uv_turn_close(&s->flush, on_handle_closed);
     if (s->tcp_open) {
         s->pending_closes++;
         if (!s->tcp_closing) {

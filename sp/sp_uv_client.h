@@ -1,6 +1,7 @@
 /*
- * sp_req: the requesting end of one SP REQ/REP connection over TCP (the
- * protocol a replica's REP socket speaks), run on a libuv loop.
+ * sp_uv_client (API prefix sp_req_): the requesting end of one SP REQ/REP
+ * connection over TCP (the protocol a replica's REP socket speaks), run on a
+ * libuv loop: the libuv driver of sp_proto.h's connection state.
  *
  * The router keeps one per replica. Requests go out as
  *   64-bit big-endian length | 32-bit request id (top bit set) | body
@@ -19,8 +20,8 @@
  * Events never run inside sp_req_send() or sp_req_open(); they run from the
  * loop.
  */
-#ifndef CORRAL_SP_REQ_H
-#define CORRAL_SP_REQ_H
+#ifndef CORRAL_SP_UV_CLIENT_H
+#define CORRAL_SP_UV_CLIENT_H
 
 #include <stddef.h>
 #include <stdint.h>

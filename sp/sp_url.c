@@ -1,11 +1,11 @@
 /*
- * tcp://HOST:PORT as the SP endpoints take it (see sp_frame.h).
+ * tcp://HOST:PORT as the SP endpoints take it (see sp_proto.h).
  */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
-#include "sp_frame.h"
+#include "sp_proto.h"
 
 int sp_url_split(const char *url, const char *what, int *family, char *host, size_t hl,
                  char *port, size_t pl, struct cerr *e)

@@ -1,6 +1,8 @@
 /*
- * sp_rep: the REP side of the SP request/reply protocol over TCP (the wire
- * protocol NNG's REQ sockets speak), served by one I/O thread.
+ * sp_epoll_server (API prefix sp_rep_): the REP side of the SP request/reply
+ * protocol over TCP (the wire protocol NNG's REQ sockets speak), served by one
+ * epoll I/O thread: the epoll driver of sp_proto.h's connection state, serving
+ * the replica.
  *
  * Each accepted connection exchanges the 8-byte SP header (this side sends
  * protocol 49, REPv0, and requires 48, REQv0, from the peer), then carries
@@ -35,8 +37,8 @@
  * Every request should be answered before sp_rep_stop(); one answered after it
  * is dropped safely, and the last such reply frees what the server still held.
  */
-#ifndef CORRAL_REPLICA_SP_REP_H
-#define CORRAL_REPLICA_SP_REP_H
+#ifndef CORRAL_SP_EPOLL_SERVER_H
+#define CORRAL_SP_EPOLL_SERVER_H
 
 #include <stddef.h>
 #include <stdint.h>

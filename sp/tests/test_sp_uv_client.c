@@ -1,5 +1,5 @@
 /*
- * Unit tests for sp_req, the router's SP REQ client (router/sp_req.c), run on a
+ * Unit tests for sp_req, the SP REQ client on libuv (sp/sp_uv_client.c), run on a
  * local libuv loop against real peers on 127.0.0.1:
  *  - a real NNG REP socket (several contexts, half of them answering a little
  *    late so that replies come back out of order) echoing 1000 requests of 0
@@ -48,7 +48,8 @@
 #include <nng/protocol/reqrep0/rep.h>
 #include <uv.h>
 
-#include "sp_req.h"
+#include "sp_test_util.h"
+#include "sp_uv_client.h"
 
 #define MAX_PEERS 4
 #define MAX_RECORDED 64
@@ -57,46 +58,6 @@
 /* What a REQv0 socket sends first, and what a REPv0 peer answers. */
 static const uint8_t REQ_HELLO[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
 static const uint8_t REP_HELLO[8] = {0, 'S', 'P', 0, 0, 0x31, 0, 0};
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint64_t get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
-static uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 /* Request bodies are a function of the id, so a reply can be checked without keeping a copy. */
 static uint8_t pattern_byte(uint32_t id, size_t j)

@@ -1,6 +1,8 @@
 /*
- * sp_serve: the replying end of SP REQ/REP over TCP (what NNG's REP socket
- * speaks, and what libcorral's REQ socket expects) on one libuv loop.
+ * sp_uv_server (API prefix sp_serve_): the replying end of SP REQ/REP over TCP
+ * (what NNG's REP socket speaks, and what libcorral's REQ socket expects) on one
+ * libuv loop: the libuv driver of sp_proto.h's connection state, serving the
+ * router's RPC endpoint.
  *
  * A server owns the connections accepted on its listening socket. Each
  * connection sends the 8-byte SP header naming REPv0 at once and expects the
@@ -34,8 +36,8 @@
  * handshake_ms is closed, and one whose peer does not read its replies stops
  * being read.
  */
-#ifndef CORRAL_ROUTER_SP_SERVE_H
-#define CORRAL_ROUTER_SP_SERVE_H
+#ifndef CORRAL_SP_UV_SERVER_H
+#define CORRAL_SP_UV_SERVER_H
 
 #include <stddef.h>
 #include <stdint.h>

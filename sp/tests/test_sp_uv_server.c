@@ -1,5 +1,5 @@
 /*
- * Unit tests for sp_serve, the router's SP REP server (router/sp_serve.c), run
+ * Unit tests for sp_serve, the SP REP server on libuv (sp/sp_uv_server.c), run
  * on a libuv loop in a thread of its own against real clients on 127.0.0.1:
  *  - a real NNG REQ socket with several contexts sending 1000 requests of 0
  *    bytes to 300 KB, some answered at once from the request callback, some
@@ -39,7 +39,8 @@
 #include <nng/protocol/reqrep0/req.h>
 #include <uv.h>
 
-#include "sp_serve.h"
+#include "sp_test_util.h"
+#include "sp_uv_server.h"
 
 static const uint8_t REQ_HELLO[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
 static const uint8_t REP_HELLO[8] = {0, 'S', 'P', 0, 0, 0x31, 0, 0};
@@ -74,19 +75,6 @@ struct env {
  * long so that a loaded machine (two cores, the sanitizers, a build beside) cannot fail it.
  */
 #define MUST_COME_MS 10000
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void answer_list(struct env *v, struct held **list)
 {
@@ -195,7 +183,7 @@ static void env_cmd(struct env *v, int c)
     int before = atomic_load(&v->acks);
     atomic_store(&v->command, c);
     uv_async_send(&v->cmd);
-    for (int64_t end = now_ms() + MUST_COME_MS; atomic_load(&v->acks) == before && now_ms() < end;)
+    for (int64_t end = mono_ms() + MUST_COME_MS; atomic_load(&v->acks) == before && mono_ms() < end;)
         sleep_ms(1);
     assert_int_not_equal(atomic_load(&v->acks), before);
 }
@@ -211,7 +199,7 @@ static int env_conns(struct env *v)
 static int env_conns_reach(struct env *v, int want)
 {
     int n = env_conns(v);
-    for (int64_t end = now_ms() + MUST_COME_MS; n != want && now_ms() < end; n = env_conns(v))
+    for (int64_t end = mono_ms() + MUST_COME_MS; n != want && mono_ms() < end; n = env_conns(v))
         sleep_ms(2);
     return n;
 }
@@ -219,7 +207,7 @@ static int env_conns_reach(struct env *v, int want)
 /* Waits for a counter the handler keeps to reach want; returns its value. */
 static int wait_count(atomic_int *c, int want)
 {
-    for (int64_t end = now_ms() + MUST_COME_MS; atomic_load(c) < want && now_ms() < end;)
+    for (int64_t end = mono_ms() + MUST_COME_MS; atomic_load(c) < want && mono_ms() < end;)
         sleep_ms(1);
     return atomic_load(c);
 }
@@ -291,20 +279,6 @@ static int closed_after(int fd, int ms, size_t *skipped)
 }
 
 static int closed_within(int fd, int ms) { return closed_after(fd, ms, NULL); }
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--, v >>= 8)
-        p[i] = (uint8_t)v;
-}
-
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24);
-    p[1] = (uint8_t)(v >> 16);
-    p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
 
 /* A raw REQ peer: connects, exchanges headers. */
 static int raw_peer(struct env *v)
@@ -496,10 +470,10 @@ static void test_bad_peers(void **state)
      * (the server's clock starts at the accept, after t0: exact, but for clock steps),
      * and within ten times that on a loaded machine.
      */
-    int64_t t0 = now_ms();
+    int64_t t0 = mono_ms();
     fd = dial(v->port);
     assert_true(closed_within(fd, MUST_COME_MS));
-    int64_t waited = now_ms() - t0;
+    int64_t waited = mono_ms() - t0;
     print_message("  closed %lld ms after connecting without a header (handshake_ms 200)\n",
                   (long long)waited);
     assert_true(waited >= 200 - 10);

@@ -1,5 +1,5 @@
 /*
- * sp_serve: SP REP over TCP on a libuv loop. See sp_serve.h.
+ * sp_uv_server: SP REP over TCP on a libuv loop. See sp_uv_server.h.
  *
  * Lifetimes: a connection is counted by references: one while its handle is
  * open, one per request handed out and not replied to, and one while it sits
@@ -8,7 +8,7 @@
  * freed and one per embedded handle being closed, so that late replies after
  * sp_serve_close() still find valid memory.
  */
-#include "sp_serve.h"
+#include "sp_uv_server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -22,10 +22,9 @@
 
 #include "list.h"
 #include "log.h"
-#include "sp_frame.h"
-#include "loop_io.h"
+#include "sp_proto.h"
+#include "sp_uv.h"
 
-#define SS_READ_CHUNK (64 * 1024)
 /* A peer with this much of its replies unread is not read from until it catches up. */
 #define SS_WRITE_HIGH ((size_t)16 << 20)
 #define SS_FREE_REQS 256
@@ -34,12 +33,11 @@ struct ss_conn {
     uv_tcp_t tcp;
     struct sp_serve *s;
     unsigned refs;
-    int closing, greeted, reading, dirty, waiting;
+    int closing, reading, dirty, waiting;
     uint64_t born_ms;
-    uint8_t *rbuf;
-    size_t rlen, rcap;
-    uint8_t *obuf;
-    size_t olen, ocap;
+    struct sp_stream st;
+    struct sp_uv_in in;
+    struct sp_uv_batch out;
     struct list_node link;       /* on s->conns while open */
     struct ss_conn *dnext;       /* replies to flush */
     struct ss_conn *wnext;       /* waiting for a free request slot */
@@ -48,8 +46,7 @@ struct ss_conn {
 struct sp_serve_req {
     struct ss_conn *conn;
     struct sp_serve_req *next_free;
-    size_t btlen;
-    uint8_t bt[4 * SP_MAX_HOPS];
+    struct sp_backtrace bt;
     _Alignas(16) uint8_t data[];
 };
 
@@ -60,7 +57,7 @@ struct sp_serve {
     void *arg;
     uv_tcp_t listener;
     int listener_open;
-    struct loop_turn turn; /* service() once at the end of a turn with work for it */
+    struct sp_uv_turn turn; /* service() once at the end of a turn with work for it */
     uv_timer_t timer;
     int quiesced, closing;
     unsigned refs, nconns, inflight;
@@ -89,8 +86,8 @@ static void conn_unref(struct ss_conn *c)
     if (--c->refs)
         return;
     struct sp_serve *s = c->s;
-    free(c->rbuf);
-    free(c->obuf);
+    free(c->in.buf);
+    free(c->out.buf);
     free(c);
     srv_unref(s);
 }
@@ -123,11 +120,7 @@ static void conn_close(struct ss_conn *c, int level, const char *why)
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct ss_conn *c = h->data;
-    if (sp_buf_room(&c->rbuf, &c->rcap, c->rlen, SS_READ_CHUNK, SS_READ_CHUNK)) {
-        *buf = uv_buf_init(NULL, 0); /* the read callback gets UV_ENOBUFS */
-        return;
-    }
-    *buf = uv_buf_init((char *)c->rbuf + c->rlen, (unsigned)(c->rcap - c->rlen));
+    sp_uv_in_alloc(&c->in, buf);
 }
 
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
@@ -169,40 +162,35 @@ static void on_sent(void *arg, int status)
         conn_update_reading(c);
 }
 
-/* Writes what the kernel takes now and queues a copy of the rest. */
-static void write_bufs(struct ss_conn *c, const uv_buf_t *b, unsigned nb)
+/* Writes what the kernel takes now and queues a copy of the rest; -1 when the
+ * connection is gone. */
+static int write_bufs(void *arg, const uv_buf_t *b, unsigned nb)
 {
+    struct ss_conn *c = arg;
     int queued = 0;
-    int r = stream_send((uv_stream_t *)&c->tcp, b, nb, on_sent, c, &queued);
+    int r = sp_uv_send((uv_stream_t *)&c->tcp, b, nb, on_sent, c, &queued);
     if (r < 0) {
         char why[128];
         snprintf(why, sizeof why, "sending failed: %s", uv_strerror(r));
         conn_close(c, r == UV_ENOMEM ? LOG_LEVEL_WARN : LOG_LEVEL_DEBUG, why);
-        return;
+        return -1;
     }
     if (queued)
         conn_update_reading(c);
+    return c->closing ? -1 : 0;
 }
 
 static void flush_conn(struct ss_conn *c)
 {
-    if (c->closing || !c->olen) {
-        c->olen = 0;
+    if (c->closing) {
+        c->out.len = 0;
         return;
     }
-    uv_buf_t b = uv_buf_init((char *)c->obuf, (unsigned)c->olen);
-    c->olen = 0;
-    write_bufs(c, &b, 1);
-    if (c->ocap > 16 * SS_READ_CHUNK) {
-        /* A burst grew the buffer; do not keep it for the quiet times. */
-        free(c->obuf);
-        c->obuf = NULL;
-        c->ocap = 0;
-    }
+    sp_uv_batch_flush(&c->out, write_bufs, c);
 }
 
 /*
- * At the end of a turn of the loop (loop_turn): connections that waited for a
+ * At the end of a turn of the loop (sp_uv_turn): connections that waited for a
  * request slot go on, then every connection with replies queued writes them in
  * one go.
  */
@@ -237,39 +225,25 @@ static void service(void *arg)
 static void service_start(struct sp_serve *s)
 {
     if (!s->closing)
-        loop_turn_arm(&s->turn);
+        sp_uv_turn_arm(&s->turn);
 }
 
 void *sp_serve_req_data(struct sp_serve_req *req) { return req->data; }
 
 unsigned sp_serve_connections(const struct sp_serve *s) { return s->nconns; }
 
-static void queue_reply(struct ss_conn *c, const uint8_t *bt, size_t btlen, const void *body,
+static void queue_reply(struct ss_conn *c, const struct sp_backtrace *bt, const void *body,
                         size_t len)
 {
-    uint8_t hdr[8 + 4 * SP_MAX_HOPS];
-    sp_put_be64(hdr, (uint64_t)btlen + len);
-    memcpy(hdr + 8, bt, btlen);
-    size_t hl = 8 + btlen;
-    if (len > SS_READ_CHUNK) {
-        /* Large replies go at once, after what is already queued, without the extra copy. */
-        if (c->olen)
-            flush_conn(c);
-        if (c->closing)
-            return;
-        uv_buf_t b[2] = {uv_buf_init((char *)hdr, (unsigned)hl),
-                         uv_buf_init((char *)(uintptr_t)body, (unsigned)len)};
-        write_bufs(c, b, 2);
+    uint8_t hdr[SP_HEAD_MAX];
+    size_t hl = sp_reply_head(hdr, bt, len);
+    int r = sp_uv_batch_add(&c->out, hdr, hl, body, len, write_bufs, c);
+    if (r > 0)
         return;
-    }
-    if (sp_buf_room(&c->obuf, &c->ocap, c->olen, hl + len, SS_READ_CHUNK)) {
+    if (r < 0) {
         conn_close(c, LOG_LEVEL_WARN, "out of memory queueing a reply");
         return;
     }
-    memcpy(c->obuf + c->olen, hdr, hl);
-    if (len)
-        memcpy(c->obuf + c->olen + hl, body, len);
-    c->olen += hl + len;
     if (!c->dirty) {
         c->dirty = 1;
         c->refs++;
@@ -284,8 +258,8 @@ void sp_serve_reply(struct sp_serve_req *req, const void *body, size_t len)
     struct ss_conn *c = req->conn;
     struct sp_serve *s = c->s;
     s->inflight--;
-    if (!c->closing && (uint64_t)len + req->btlen <= s->opt.max_frame)
-        queue_reply(c, req->bt, req->btlen, body, len);
+    if (!c->closing && (uint64_t)len + req->bt.len <= s->opt.max_frame)
+        queue_reply(c, &req->bt, body, len);
     else if (!c->closing)
         LOG_WARN("RPC reply of %zu bytes dropped: over the %zu-byte frame limit", len,
                  s->opt.max_frame);
@@ -301,14 +275,13 @@ void sp_serve_reply(struct sp_serve_req *req, const void *body, size_t len)
     conn_unref(c);
 }
 
-/* Hands one frame (backtrace and body) to the handler. */
-static void dispatch(struct ss_conn *c, const uint8_t *f, size_t n)
+/* Hands one message (backtrace and body) to the handler. */
+static void dispatch(struct ss_conn *c, const struct sp_unit *u)
 {
     struct sp_serve *s = c->s;
-    size_t btlen = sp_backtrace_len(f, n);
-    if (!btlen) {
+    if (!u->head) {
         LOG_DEBUG("RPC request of %zu bytes dropped: no request id within its first %d words",
-                  n, SP_MAX_HOPS);
+                  u->len, SP_MAX_HOPS);
         return;
     }
     struct sp_serve_req *r = s->free_reqs;
@@ -321,11 +294,11 @@ static void dispatch(struct ss_conn *c, const uint8_t *f, size_t n)
     }
     r->conn = c;
     r->next_free = NULL;
-    r->btlen = btlen;
-    memcpy(r->bt, f, btlen);
+    r->bt.len = u->head;
+    memcpy(r->bt.w, u->msg, u->head);
     c->refs++;
     s->inflight++;
-    s->handler(s->arg, r, f + btlen, n - btlen);
+    s->handler(s->arg, r, u->msg + u->head, u->len - u->head);
 }
 
 /* Takes what the read buffer holds: the peer's header, then whole frames. */
@@ -334,33 +307,31 @@ static void conn_process(struct ss_conn *c)
     struct sp_serve *s = c->s;
     size_t off = 0;
     char why[160];
-    if (!c->greeted) {
-        if (c->rlen < 8)
-            return;
-        int proto = sp_header_proto(c->rbuf);
-        if (proto != SP_PROTO_REQ) {
-            if (proto < 0)
+    struct sp_unit u;
+    while (!(c->st.greeted && s->quiesced)) {
+        enum sp_unit_kind k = sp_stream_next(&c->st, c->in.buf + off, c->in.len - off, &u);
+        if (k == SP_UNIT_MORE)
+            break;
+        if (k == SP_UNIT_NOT_SP || k == SP_UNIT_WRONG_PROTO) {
+            if (k == SP_UNIT_NOT_SP)
                 snprintf(why, sizeof why, "the peer does not speak the SP protocol (expected "
                          "an NNG REQ socket such as libcorral's)");
             else
                 snprintf(why, sizeof why, "the peer speaks SP protocol %d, expected REQ (%d)",
-                         proto, SP_PROTO_REQ);
+                         u.proto, SP_PROTO_REQ);
             conn_close(c, LOG_LEVEL_WARN, why);
             return;
         }
-        c->greeted = 1;
-        off = 8;
-    }
-    while (c->rlen - off >= 8 && !s->quiesced) {
-        uint64_t n = sp_get_be64(c->rbuf + off);
-        if (n > s->opt.max_frame) {
+        if (k == SP_UNIT_BAD_SIZE) {
             snprintf(why, sizeof why, "request frame of %llu bytes (the limit is %zu)",
-                     (unsigned long long)n, s->opt.max_frame);
+                     (unsigned long long)u.size, s->opt.max_frame);
             conn_close(c, LOG_LEVEL_WARN, why);
             return;
         }
-        if (c->rlen - off - 8 < n)
-            break;
+        if (k == SP_UNIT_GREETING) {
+            off += u.used;
+            continue;
+        }
         if (s->inflight >= s->opt.max_inflight) {
             /* Wait for a slot with the frame in the buffer; reading stops meanwhile. */
             if (!c->waiting) {
@@ -374,21 +345,20 @@ static void conn_process(struct ss_conn *c)
             }
             break;
         }
-        const uint8_t *f = c->rbuf + off + 8;
-        off += 8 + (size_t)n;
-        dispatch(c, f, (size_t)n);
+        off += u.used;
+        dispatch(c, &u);
         if (c->closing)
             return;
     }
     if (off) {
-        memmove(c->rbuf, c->rbuf + off, c->rlen - off);
-        c->rlen -= off;
+        memmove(c->in.buf, c->in.buf + off, c->in.len - off);
+        c->in.len -= off;
     }
-    if (!c->rlen && c->rcap > 4 * SS_READ_CHUNK) {
+    if (!c->in.len && c->in.cap > 4 * SP_UV_CHUNK) {
         /* A large request grew the buffer; do not keep it for the small ones. */
-        free(c->rbuf);
-        c->rbuf = NULL;
-        c->rcap = 0;
+        free(c->in.buf);
+        c->in.buf = NULL;
+        c->in.cap = 0;
     }
 }
 
@@ -406,7 +376,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->closing || nread == 0)
         return;
-    c->rlen += (size_t)nread;
+    c->in.len += (size_t)nread;
     conn_process(c);
     conn_update_reading(c);
 }
@@ -425,6 +395,7 @@ static void on_connection(uv_stream_t *ls, int status)
     }
     c->s = s;
     c->refs = 1;
+    sp_stream_init(&c->st, SP_PROTO_REQ, 0, s->opt.max_frame);
     s->refs++;
     uv_tcp_init(s->loop, &c->tcp);
     c->tcp.data = c;
@@ -460,7 +431,7 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     struct ss_conn *c, *nx;
     list_for_each_entry_safe(c, nx, &s->conns, link) {
-        if (!c->greeted && now - c->born_ms >= s->opt.handshake_ms)
+        if (!c->st.greeted && now - c->born_ms >= s->opt.handshake_ms)
             conn_close(c, LOG_LEVEL_WARN, "no SP header from the peer in time");
     }
 }
@@ -485,7 +456,7 @@ int sp_serve_new(struct sp_serve **out, uv_loop_t *loop, const struct sp_serve_o
     s->handler = handler;
     s->arg = arg;
     s->refs = 1;
-    loop_turn_init(loop, &s->turn, service, s);
+    sp_uv_turn_init(loop, &s->turn, service, s);
     uv_timer_init(loop, &s->timer);
     s->timer.data = s;
     unsigned tick = s->opt.handshake_ms < 1000 ? s->opt.handshake_ms : 1000;
@@ -560,7 +531,7 @@ void sp_serve_close(struct sp_serve *s)
     }
     uv_timer_stop(&s->timer);
     s->refs += 3;
-    loop_turn_close(&s->turn, on_handle_closed);
+    sp_uv_turn_close(&s->turn, on_handle_closed);
     uv_close((uv_handle_t *)&s->timer, on_handle_closed);
     srv_unref(s);
 }

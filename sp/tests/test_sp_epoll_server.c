@@ -1,10 +1,11 @@
 /*
- * Unit tests for sp_rep, the SP REP server: a real server on 127.0.0.1 with a
- * test handler, spoken to by real NNG REQ sockets (many contexts in flight,
- * replies out of order, messages of several MB, the pending limit) and by raw
- * sockets (exact frames, pipelining, a peer that does not read, bad headers,
- * garbage, truncated and oversized frames, peers that leave with requests in
- * flight). After every bad peer a good NNG client must still be answered.
+ * Unit tests for sp_rep, the SP REP server on epoll (sp/sp_epoll_server.c): a
+ * real server on 127.0.0.1 with a test handler, spoken to by real NNG REQ
+ * sockets (many contexts in flight, replies out of order, messages of several
+ * MB, the pending limit) and by raw sockets (exact frames, pipelining, a peer
+ * that does not read, bad headers, garbage, truncated and oversized frames,
+ * peers that leave with requests in flight). After every bad peer a good NNG
+ * client must still be answered.
  *
  * The handler looks at the first body byte: 'E' echoes the body at once on
  * the I/O thread, 'D' hands it to a replier thread that answers in LIFO order
@@ -32,7 +33,8 @@
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 
-#include "sp_rep.h"
+#include "sp_epoll_server.h"
+#include "sp_test_util.h"
 
 #define MAX_HELD 4096
 
@@ -50,12 +52,6 @@ static long n_handled;
 static pthread_t replier;
 static struct sp_rep *srv;
 static const char *url;
-
-static void sleep_ms(unsigned ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static void echo(struct item *it)
 {
