@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static int is_space(char c)
 {
@@ -47,4 +48,17 @@ int token_equal(const char *want, const char *got, size_t got_len)
     for (size_t i = 0; i < n; i++)
         diff |= (unsigned char)(want[i] ^ (i < got_len ? got[i] : 0));
     return diff == 0;
+}
+
+int token_bearer_ok(const char *h, const char *want)
+{
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return 0;
+    h += 7;
+    while (*h == ' ')
+        h++;
+    size_t n = strlen(h);
+    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+        n--;
+    return token_equal(want, h, n);
 }

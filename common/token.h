@@ -21,5 +21,8 @@
 
 int token_read(const char *path, char **token, struct cerr *e);
 int token_equal(const char *want, const char *got, size_t got_len);
+/* True when an Authorization header's value (NULL: absent) is "Bearer <want>": the
+ * scheme in any case, blanks around the token ignored, compared as token_equal does. */
+int token_bearer_ok(const char *authorization, const char *want);
 
 #endif

@@ -288,6 +288,18 @@ static int parse_triple(const json_t *v, const char *what, float dflt, int posit
     return CORRAL_OK;
 }
 
+/* A key naming one of the model's inputs or outputs (absent: *idx is left as it is). */
+static int io_named(const json_t *v, const struct model_io *io, size_t n, const char *key,
+                    const char *what, int *idx, struct cerr *e)
+{
+    if (!v)
+        return CORRAL_OK;
+    if (!json_is_string(v) || (*idx = model_find_io(io, n, json_string_value(v))) < 0)
+        return cerr_set(e, CORRAL_EINVAL, "config.json: %s must name one of the model's %s", key,
+                        what);
+    return CORRAL_OK;
+}
+
 static int parse_post(const json_t *post, const struct model_config *cfg, struct image_prep *p,
                       struct cerr *e)
 {
@@ -300,13 +312,9 @@ static int parse_post(const json_t *post, const struct model_config *cfg, struct
         if (rc)
             return rc;
         kind = json_object_get(post, "kind");
-        const json_t *out = json_object_get(post, "output");
-        if (out) {
-            if (!json_is_string(out) ||
-                (p->output = model_find_io(cfg->outputs, cfg->n_outputs, json_string_value(out))) < 0)
-                return cerr_set(e, CORRAL_EINVAL, "config.json: postprocess.output must name "
-                                "one of the model's outputs");
-        }
+        if ((rc = io_named(json_object_get(post, "output"), cfg->outputs, cfg->n_outputs,
+                           "postprocess.output", "outputs", &p->output, e)))
+            return rc;
     } else if (post && !json_is_string(post)) {
         return cerr_set(e, CORRAL_EINVAL, "config.json: postprocess must be \"softmax\", "
                         "\"none\" or {\"output\": NAME, \"kind\": ...}");
@@ -345,13 +353,9 @@ int image_prep_parse(const json_t *pre, const json_t *post, const struct model_c
     if ((rc = model_check_keys(pre, "preprocess", keys, e)))
         return rc;
     p->enabled = 1;
-    const json_t *in = json_object_get(pre, "input");
-    if (in) {
-        if (!json_is_string(in) ||
-            (p->input = model_find_io(cfg->inputs, cfg->n_inputs, json_string_value(in))) < 0)
-            return cerr_set(e, CORRAL_EINVAL, "config.json: preprocess.input must name one of "
-                            "the model's inputs");
-    }
+    if ((rc = io_named(json_object_get(pre, "input"), cfg->inputs, cfg->n_inputs,
+                       "preprocess.input", "inputs", &p->input, e)))
+        return rc;
     if (cfg->n_inputs != 1)
         return cerr_set(e, CORRAL_EINVAL, "config.json: preprocess needs a model with one input "
                         "(the image); this one has %zu", cfg->n_inputs);

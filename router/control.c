@@ -67,18 +67,7 @@ static void respond_error(struct http_request *req, int status, const char *fmt,
 
 static int authorized(const struct control *c, const struct http_request *req)
 {
-    if (!c->token)
-        return 1;
-    const char *h = http_request_header(req, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
-        return 0;
-    h += 7;
-    while (*h == ' ')
-        h++;
-    size_t n = strlen(h);
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    return token_equal(c->token, h, n);
+    return !c->token || token_bearer_ok(http_request_header(req, "Authorization"), c->token);
 }
 
 static void answer_generation(struct control *c, struct http_request *req, uint64_t g)

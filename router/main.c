@@ -288,6 +288,14 @@ join:
     uv_close((uv_handle_t *)&ms.applied, NULL);
     uv_run(ms.loop, UV_RUN_DEFAULT);
     uv_loop_close(ms.loop);
+    goto out;
+fail:
+    LOG_ERROR("%s", e.msg);
+    dns_close(ms.dns); /* never started: nothing on the loop */
+    if (ms.loop)
+        uv_loop_close(ms.loop);
+    rc = 1;
+out:
     membership_free(table);
     free(token);
     free(o.token);
@@ -298,16 +306,4 @@ join:
     if (rc == 0)
         LOG_INFO("stopped");
     return rc;
-fail:
-    LOG_ERROR("%s", e.msg);
-    dns_close(ms.dns); /* never started: nothing on the loop */
-    if (ms.loop)
-        uv_loop_close(ms.loop);
-    membership_free(table);
-    free(token);
-    free(o.token);
-    rpc_free(rpc);
-    metrics_free(metrics);
-    free(o.replicas);
-    return 1;
 }

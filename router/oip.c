@@ -376,21 +376,6 @@ static int open_route(enum oip_route_kind k)
            k == OIP_V1_MODEL || k == OIP_METRICS;
 }
 
-/* "Authorization: Bearer <token>" naming `want`, compared in constant time. */
-static int bearer_ok(struct http_request *req, const char *want)
-{
-    const char *h = http_request_header(req, "Authorization");
-    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
-        return 0;
-    h += 7;
-    while (*h == ' ')
-        h++;
-    size_t n = strlen(h);
-    while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
-        n--;
-    return token_equal(want, h, n);
-}
-
 void oip_handle(void *arg, struct http_request *req)
 {
     struct oip_ctx *ctx = arg;
@@ -415,7 +400,8 @@ void oip_handle(void *arg, struct http_request *req)
                       req->method_name, req->path, rt.allow);
         return;
     }
-    if (ctx->token && !open_route(rt.kind) && !bearer_ok(req, ctx->token)) {
+    if (ctx->token && !open_route(rt.kind) &&
+        !token_bearer_ok(http_request_header(req, "Authorization"), ctx->token)) {
         /* The model named in the path is the client's: it never becomes a label here. */
         if (rt.kind == OIP_MODEL_INFER || rt.kind == OIP_V1_PREDICT || rt.kind == OIP_CLASSIFY ||
             rt.kind == OIP_PREDICT)

@@ -138,14 +138,13 @@ json_t *sup_status(void *arg)
 
     for (size_t k = 0; k < cfg->n_models; k++) {
         const struct sched_model *m = &cfg->models[k];
-        long long ready = 0, restarts = 0, failed = 0;
+        long long ready = 0, restarts = sup_restarts_of(s, m->name), failed = 0;
         for (size_t i = 0; i < s->n; i++) {
             const struct child *c = s->reps[i];
             if (c->retiring || strcmp(c->m.name, m->name) != 0)
                 continue;
             ready += strcmp(sup_state_name(s, c), "ready") == 0;
             failed += c->state == C_FAILED;
-            restarts += c->starts > 1 ? c->starts - 1 : 0;
         }
         json_t *o = json_pack("{s:s, s:I, s:i, s:I, s:I, s:I}", "name", m->name, "version",
                               (json_int_t)m->version, "desired", m->replicas, "ready",

@@ -80,6 +80,29 @@ void sup_fmt_addr(char *buf, size_t len, const char *host, int port)
 }
 
 /* Starts c's process with its log tail; on failure the next try waits out its backoff. */
+void sup_count_restart(struct sup *s, const char *model)
+{
+    for (size_t i = 0; i < s->n_restarts; i++)
+        if (strcmp(s->restarts[i].model, model) == 0) {
+            s->restarts[i].n++;
+            return;
+        }
+    struct sup_restarts *r = realloc(s->restarts, (s->n_restarts + 1) * sizeof *r);
+    if (!r)
+        return; /* a count lost to a failed allocation, not a crash */
+    s->restarts = r;
+    snprintf(r[s->n_restarts].model, sizeof r[s->n_restarts].model, "%s", model);
+    r[s->n_restarts++].n = 1;
+}
+
+long long sup_restarts_of(const struct sup *s, const char *model)
+{
+    for (size_t i = 0; i < s->n_restarts; i++)
+        if (strcmp(s->restarts[i].model, model) == 0)
+            return s->restarts[i].n;
+    return 0;
+}
+
 static int spawn_child(struct child *c, const struct sched_spawn *sp, long now)
 {
     struct cerr e = {0};
@@ -207,6 +230,8 @@ static void start_replica(struct sup *s, struct child *c, long now)
     c->url[0] = '\0';
     if (spawn_child(c, &sp, now))
         return;
+    if (c->starts > 1)
+        sup_count_restart(s, m->name);
     LOG_INFO("%s: started (pid %d): %s version %s on %s%s; log %s", c->name, (int)c->pid,
              m->name, version, where, r->shared ? " (shared, oversubscribe)" : "", c->log_path);
 }
@@ -377,7 +402,7 @@ static void step_replica(struct sup *s, struct child *c, long now)
      * picked, and its successor (on a new URL) must not start while it is listed. */
     if ((c->state == C_DOWN || c->state == C_FAILED) && c->in_table && router_ready(s) &&
         now >= c->retry_ms) {
-        if (remove_from_table(s, c, why, sizeof why) == 0) {
+        if (remove_from_table(s, c, why, sizeof why) != 0) {
             c->retry_ms = now + 1000;
             LOG_WARN("%s: removing %s from the router's table failed: %s; again in 1 s", c->name,
                      c->url, why);
@@ -468,7 +493,7 @@ static void step_health(struct sup *s, struct child *c, long now)
              c->url, c->misses, c->last_miss);
     sched_probe_close(&c->probe);
     if (c->in_table && router_ready(s)) {
-        if (remove_from_table(s, c, why, sizeof why) == 0) {
+        if (remove_from_table(s, c, why, sizeof why) != 0) {
             /* It answers nothing anyway; removed again before its successor starts. */
             LOG_WARN("%s: removing %s from the router's table failed: %s; killing it anyway",
                      c->name, c->url, why);
@@ -759,6 +784,7 @@ int sched_sup_run(const struct sched_sup_opts *o)
         free(s.reps[i]);
     free(s.reps);
     free(s.ro);
+    free(s.restarts);
     if (s.cfg_owned) {
         sched_config_free(s.cfg);
         free(s.cfg);

@@ -100,6 +100,13 @@ struct sup {
     char *last_state;          /* what the state file holds (JSON), to write changes only */
     struct rollout *ro;        /* one per model that has had a rollout */
     size_t n_ro;
+    /* Replicas restarted, per model, since this scheduler started: only ever grows (a
+     * replica drained by a rollout or a scale-down takes its restarts with it). */
+    struct sup_restarts {
+        char model[SCHED_NAME_MAX];
+        long long n;
+    } *restarts;
+    size_t n_restarts;
 };
 
 /* ---- supervisor.c ---- */
@@ -112,6 +119,8 @@ int sup_control(struct sup *s, const char *path, char *body, int ok_too, char *w
                 size_t why_len);
 struct child *sup_add_child(struct sup *s, const struct sched_model *m,
                             const struct sched_replica *r);
+void sup_count_restart(struct sup *s, const char *model);
+long long sup_restarts_of(const struct sup *s, const char *model);
 
 /* ---- sup_state.c ---- */
 /* A process's start time (/proc/PID/stat field 22); 0 when it is gone. */

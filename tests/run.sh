@@ -25,7 +25,7 @@ run_suite() {
     ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 900
 }
 
-run_suite build -DCMAKE_BUILD_TYPE=Release
+CORRAL_SOAK_MINUTES="${CORRAL_SOAK_MINUTES:-2}" run_suite build -DCMAKE_BUILD_TYPE=Release
 # The libFuzzer targets (tests/fuzz/), in the Release pass only: ctest replays each
 # target's committed corpus and regressions, then fuzzes it for CORRAL_FUZZ_SECONDS
 # (10 by default); a crash fails the run. tests/fuzz/run.sh SECONDS fuzzes longer.

@@ -5,10 +5,4 @@
 # 400 for hostile uploads while the cluster keeps serving.
 add_executable(image_prep_tool ${CMAKE_CURRENT_LIST_DIR}/image_prep_tool.c)
 target_link_libraries(image_prep_tool PRIVATE corral_model)
-if(CORRAL_PYTHON)
-  add_test(NAME integration_classify
-           COMMAND ${CORRAL_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/test_classify.py
-                   ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
-  set_tests_properties(integration_classify PROPERTIES TIMEOUT 300
-                       LABELS "integration;router;replica;python")
-endif()
+corral_python_test(classify 300 "integration;router;replica;python")

@@ -48,13 +48,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testrun  # noqa: E402
 from cluster import Cluster, proc_memory, sanitized, wait_until  # noqa: E402
 from test_protocol_util import stop_and_clean  # noqa: E402
-from images import encode, png_chunk  # noqa: E402
+from images import encode, make_image_model, png_chunk  # noqa: E402
+from wire_raw import SP_REQ_HELLO, TYPE_FP32, pb_bytes, pb_fields, pb_varint  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
 
 try:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # noqa: F401 (images.make_image_model needs it)
     from PIL import Image
 except ImportError as ex:  # pragma: no cover - the tooling venv has them
     testrun.skip_all("onnx and Pillow are needed: %s" % ex)
@@ -64,46 +64,9 @@ MAX_BODY = 262144          # --max-body-bytes
 MAX_IMAGE = 200000         # --max-image-bytes
 REQUEST_TIMEOUT_MS = 1000  # --request-timeout-ms
 IDLE_TIMEOUT_MS = 2000     # --idle-timeout-ms
-CLASSES = 10
 
 
 # ---- the image model: global average pooling and a linear layer, built with onnx ----
-
-def make_image_model(mdir):
-    """img: FP32 [N, 3, 224, 224] -> logits [N, 10], preprocessed as ImageNet images."""
-    rng = np.random.RandomState(3)
-    w = rng.randn(3, CLASSES).astype(np.float32)
-    b = rng.randn(CLASSES).astype(np.float32)
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])]
-    graph = helper.make_graph(
-        nodes, "img",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    os.makedirs(os.path.join(mdir, "1", "vectors", "0"))
-    onnx.save(model, os.path.join(mdir, "1", "model.onnx"))
-    x = rng.rand(1, 3, 224, 224).astype(np.float32)
-    y = (x.astype(np.float64).mean(axis=(2, 3)) @ w + b).astype(np.float32)
-    vdir = os.path.join(mdir, "1", "vectors", "0")
-    with open(os.path.join(vdir, "input_0.pb"), "wb") as f:
-        f.write(numpy_helper.from_array(x, "input").SerializeToString())
-    with open(os.path.join(vdir, "output_0.pb"), "wb") as f:
-        f.write(numpy_helper.from_array(y, "logits").SerializeToString())
-    with open(os.path.join(mdir, "config.json"), "w") as f:
-        json.dump({"name": "img", "platform": "onnx",
-                   "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}],
-                   "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, CLASSES]}],
-                   "parity": {"atol": 1e-4, "rtol": 1e-4},
-                   "preprocess": {"input": "input", "resize": 256, "crop": [224, 224],
-                                  "divisor": 255, "mean": [0.485, 0.456, 0.406],
-                                  "std": [0.229, 0.224, 0.225], "channels": "RGB",
-                                  "layout": "NCHW"},
-                   "postprocess": {"output": "logits", "kind": "softmax"}}, f)
-
 
 def multipart(parts, boundary=None):
     """parts: [(headers text, data bytes)] -> (body, content type)."""
@@ -199,31 +162,6 @@ def error_of(body):
 
 # ---- SP request/reply over TCP, as an NNG REQ socket speaks it ----
 
-SP_REQ_HELLO = b"\x00SP\x00\x00\x30\x00\x00"
-
-
-def varint(n):
-    n &= (1 << 64) - 1
-    out = b""
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out += bytes([b | 0x80])
-        else:
-            return out + bytes([b])
-
-
-def pb_bytes(field, data):
-    if isinstance(data, str):
-        data = data.encode()
-    return varint(field << 3 | 2) + varint(len(data)) + data
-
-
-def pb_varint(field, v):
-    return varint(field << 3) + varint(v)
-
-
 def pb_tensor(name, dtype, shape, data):
     """corral.Tensor; shape given as a list of ints (each sent as an unpacked int64)."""
     return (pb_bytes(1, name) + pb_varint(2, dtype) + b"".join(pb_varint(3, d) for d in shape) +
@@ -236,42 +174,6 @@ def pb_infer(model, tensors, rid="r"):
 
 
 PB_HEALTH = pb_bytes(2, b"")
-TYPE_FP32 = 11
-
-
-def pb_fields(data):
-    """Top-level fields of a protobuf message: [(field, wire type, value)]."""
-    out, i = [], 0
-    while i < len(data):
-        key, i = read_varint(data, i)
-        f, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = read_varint(data, i)
-        elif wt == 2:
-            n, i = read_varint(data, i)
-            v = data[i:i + n]
-            i += n
-        elif wt == 5:
-            v, i = data[i:i + 4], i + 4
-        elif wt == 1:
-            v, i = data[i:i + 8], i + 8
-        else:
-            raise ValueError("wire type %d" % wt)
-        out.append((f, wt, v))
-    return out
-
-
-def read_varint(data, i):
-    v = shift = 0
-    while True:
-        b = data[i]
-        i += 1
-        v |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return v, i
-
-
 def decode_response(data):
     """corral.Response -> ("infer"|"health"|"error", detail)."""
     for f, _, v in pb_fields(data):
