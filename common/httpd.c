@@ -284,6 +284,10 @@ static int body_of(struct httpd_conn *c)
         reply_error(c, 400, "Transfer-Encoding is not taken: send a body with Content-Length");
         return -1;
     }
+    if (httphead_count(c->in, c->head_len, "Content-Length") > 1) {
+        reply_error(c, 400, "more than one Content-Length");
+        return -1;
+    }
     if (httphead_get(c->in, c->head_len, "Content-Length", v, sizeof v) != 0)
         return 0;
     char *end = NULL;

@@ -19,6 +19,9 @@
 #include <stddef.h>
 
 int httphead_get(const char *head, size_t len, const char *name, char *out, size_t olen);
+/* How many lines of the head name the header `name` (a second Content-Length is how
+ * requests are smuggled past a proxy that reads the other one). */
+int httphead_count(const char *head, size_t len, const char *name);
 /* The value of one hexadecimal digit (percent escapes in targets and queries), or -1. */
 int httphead_hex(int c);
 
