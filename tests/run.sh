@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything, builds corral and runs the whole test suite with ctest:
 # first a Release build, then the same suite on an address+undefined sanitizer
-# build. Set CORRAL_SANITIZE=0 to skip the sanitizer pass. After the Release pass, the
-# libFuzzer targets run briefly where clang is installed (CORRAL_FUZZ_SECONDS each).
+# build. Set CORRAL_SANITIZE=0 to skip the sanitizer pass. The Release pass includes
+# a soak of a whole cluster (CORRAL_SOAK_MINUTES, default 2; 0 skips it). After the
+# Release pass, the libFuzzer targets run briefly where clang is installed
+# (CORRAL_FUZZ_SECONDS each).
 # Last, the concurrency tests run on a thread sanitizer build (CORRAL_TSAN=0 skips it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

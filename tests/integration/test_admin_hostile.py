@@ -19,7 +19,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testrun  # noqa: E402
 from cluster import wait_until  # noqa: E402
-from test_scheduler_run import ROOT, SchedulerRun  # noqa: E402
+from test_scheduler_run import ROOT, SchedulerHarness  # noqa: E402
 
 TOKEN = "admin-hostile-token-2f6c1"
 
@@ -57,13 +57,8 @@ def req(method, path, body=b"", headers=(), token=TOKEN, length=True):
     return ("\r\n".join(h) + "\r\n\r\n").encode() + body
 
 
-class AdminHostile(unittest.TestCase):
-    setUp = SchedulerRun.setUp
-    tearDown = SchedulerRun.tearDown
-    start = SchedulerRun.start
-    admin = SchedulerRun.admin
-    status = SchedulerRun.status
-    ready_replicas = SchedulerRun.ready_replicas
+class AdminHostile(SchedulerHarness, unittest.TestCase):
+    # The cluster as test_scheduler_run.py starts and tears it down.
 
     def expect(self, status, data, contains=None, **kw):
         st, body = exchange(self.admin_port, data, **kw)
@@ -142,5 +137,4 @@ class AdminHostile(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    # SchedulerRun is imported for its helpers; only this file's test runs.
     testrun.main(unittest.TestLoader().loadTestsFromTestCase(AdminHostile))

@@ -197,13 +197,7 @@ class CtlAlias(unittest.TestCase):
             self.assertEqual(f.read(), '{"production": "one"}')
 
 
-class RolloutByAlias(unittest.TestCase):
-    setUp = tsr.SchedulerRun.setUp
-    tearDown = tsr.SchedulerRun.tearDown
-    start = tsr.SchedulerRun.start
-    admin = tsr.SchedulerRun.admin
-    status = tsr.SchedulerRun.status
-    ready_replicas = tsr.SchedulerRun.ready_replicas
+class RolloutByAlias(tsr.SchedulerHarness, unittest.TestCase):
 
     def served(self, n=10):
         seen = set()

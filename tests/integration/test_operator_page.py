@@ -37,7 +37,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cluster import wait_until  # noqa: E402
 from test_control_plane import Load  # noqa: E402
-from test_scheduler_run import SchedulerRun, children  # noqa: E402
+from test_scheduler_run import SchedulerHarness, children  # noqa: E402
 import testrun  # noqa: E402
 
 ROOT = os.path.abspath(sys.argv[2])
@@ -105,14 +105,8 @@ class Dom(html.parser.HTMLParser):
         return id_ in self.ids and "hidden" not in self.ids[id_]
 
 
-class OperatorPage(unittest.TestCase):
+class OperatorPage(SchedulerHarness, unittest.TestCase):
     # The cluster as test_scheduler_run.py starts and tears it down.
-    setUp = SchedulerRun.setUp
-    tearDown = SchedulerRun.tearDown
-    start = SchedulerRun.start
-    admin = SchedulerRun.admin
-    status = SchedulerRun.status
-    ready_replicas = SchedulerRun.ready_replicas
 
     def get(self, path, token=None, method="GET"):
         """(status, headers, body text) of one admin call."""

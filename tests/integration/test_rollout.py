@@ -166,15 +166,7 @@ class TableWatch:
         return self
 
 
-class Rollout(unittest.TestCase):
-    setUp = tsr.SchedulerRun.setUp
-    tearDown = tsr.SchedulerRun.tearDown
-    start = tsr.SchedulerRun.start
-    admin = tsr.SchedulerRun.admin
-    status = tsr.SchedulerRun.status
-    corralctl_status = tsr.SchedulerRun.corralctl_status
-    ready_replicas = tsr.SchedulerRun.ready_replicas
-    replica_children = tsr.SchedulerRun.replica_children
+class Rollout(tsr.SchedulerHarness, unittest.TestCase):
 
     def apply(self, version, **rollout):
         """Writes the config with digits at `version` and applies it with corralctl."""
@@ -244,7 +236,7 @@ class Rollout(unittest.TestCase):
         self.assertEqual(self.status()["models"][0]["version"], 2)
         text = self.admin("/metrics")[1]
         for state, v in (("aborted", 1), ("done", 0), ("rolling", 0)):
-            self.assertEqual(tsr.SchedulerRun.metric(text, "corral_scheduler_rollout_state",
+            self.assertEqual(tsr.SchedulerHarness.metric(text, "corral_scheduler_rollout_state",
                                                      model="digits", state=state), v)
         wait_until("2 ready version-2 replicas", lambda: sorted(
             (r["version"], r["state"]) for r in self.status()["replicas"]) ==

@@ -215,7 +215,11 @@ class RotationClock:
                " (poll errors: %s)" % self.errors[:3] if self.errors else ""))
 
 
-class SchedulerRun(unittest.TestCase):
+class SchedulerHarness:
+    """A scheduler-run cluster for a test case: start() it, call its admin API, read its
+    status and the router's table; torn down after each test. Mixed into the test cases
+    of this file and of the tests built on it (the operator page, the admin API)."""
+
     def setUp(self):
         self.tmp = tempfile.TemporaryDirectory(prefix="corral-sched-run-")
         with open(os.path.join(ROOT, "tests", "data", "digits_heldout.json")) as f:
@@ -315,6 +319,8 @@ class SchedulerRun(unittest.TestCase):
         return sorted(p for p, comm in children(self.sched.p.pid).items()
                       if comm == "corral-replica")
 
+
+class SchedulerRun(SchedulerHarness, unittest.TestCase):
     def test_sigkill_one_replica_then_stop(self):
         self.start(os.path.join(ROOT, "models"),
                    [{"name": "digits", "version": 1, "replicas": 2, "threads": 1}])
