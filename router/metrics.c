@@ -38,7 +38,12 @@ struct series {
     uint64_t last_ok_ms;
 };
 
-/* Requests sent to one replica (each attempt), kept after the replica leaves the table. */
+/* Requests sent to one replica (each attempt). When a replica is released its count
+ * moves to its model's "retired" series, so the series stay as many as the replicas in
+ * the table (a restarted replica comes back on a new port) while every counter only
+ * grows and their sum stays the number of requests sent. */
+#define RETIRED "retired"
+
 struct rsent {
     char model[M_NAME];
     char url[256];
@@ -209,6 +214,20 @@ void metrics_event(struct metrics *m, unsigned shard, const char *model, const c
         struct rsent *x = rsent_get(sh, model, replica);
         if (x)
             x->n++;
+        pthread_mutex_unlock(&sh->mu);
+        return;
+    }
+    if (ev == UPSTREAM_EV_GONE) {
+        for (size_t i = 0; i < sh->rn; i++) {
+            if (strcmp(sh->r[i].url, replica) != 0 || strcmp(sh->r[i].model, model) != 0)
+                continue;
+            uint64_t n = sh->r[i].n;
+            sh->r[i] = sh->r[--sh->rn];
+            struct rsent *x = rsent_get(sh, model, RETIRED);
+            if (x)
+                x->n += n;
+            break;
+        }
         pthread_mutex_unlock(&sh->mu);
         return;
     }

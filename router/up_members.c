@@ -108,6 +108,7 @@ void up_reap_removed(struct upstream *u)
         memmove(&u->replicas[i], &u->replicas[i + 1], (u->n_replicas - i - 1) * sizeof *u->replicas);
         u->n_replicas--;
         LOG_DEBUG("replica %s of model '%s' released", r->url, m->name);
+        up_emit(u, UPSTREAM_EV_GONE, r);
         if (r->meta)
             corral__response__free_unpacked(r->meta, NULL);
         /* The connection's close callback frees the replica itself. */

@@ -55,8 +55,9 @@ struct upstream;
 struct up_call;
 
 /* RETRY: a request sent again to another replica; EJECT: a replica taken out of rotation;
- * SENT: an inference request written to a replica (each attempt). */
-enum upstream_event { UPSTREAM_EV_RETRY, UPSTREAM_EV_EJECT, UPSTREAM_EV_SENT };
+ * SENT: an inference request written to a replica (each attempt); GONE: a replica that
+ * left the table is released, nothing will be sent to it again. */
+enum upstream_event { UPSTREAM_EV_RETRY, UPSTREAM_EV_EJECT, UPSTREAM_EV_SENT, UPSTREAM_EV_GONE };
 
 struct upstream_config {
     unsigned health_interval_ms;

@@ -41,6 +41,13 @@ def sent(c):
     return out
 
 
+def sent_to(c, url, retired_before):
+    """Requests sent to `url` so far, also once it left the table: a released replica's
+    count moves to its model's "retired" series (one replica retires at a time here)."""
+    s = sent(c)
+    return s[url] if url in s else s.get("retired", 0) - retired_before
+
+
 class Load:
     """Closed-loop HTTP clients, a new connection per request (so they spread over the
     router's threads), until stop()."""
@@ -143,23 +150,28 @@ class ReplicaTable(unittest.TestCase):
         self.change("/v1/replicas/drain", {"url": a})
         self.assertEqual([e["state"] for e in self.table()["replicas"] if e["url"] == a],
                          ["draining"])
+        retired = sent(self.c).get("retired", 0)
         frozen = sent(self.c)[a]
         self.load.more(60)
         self.assertEqual(sent(self.c)[a], frozen)
 
-        # Remove it: gone from the table, still nothing new sent to it.
+        # Remove it: gone from the table, still nothing new sent to it; once released its
+        # count moves to the model's "retired" series, whole.
         self.change("/v1/replicas/remove", {"url": a})
         self.assertNotIn(a, [e["url"] for e in self.table()["replicas"]])
         self.load.more(60)
-        self.assertEqual(sent(self.c)[a], frozen)
+        self.assertEqual(sent_to(self.c, a, retired), frozen)
+        wait_until("the removed replica's count retired", lambda: a not in sent(self.c))
+        self.assertEqual(sent(self.c)["retired"], retired + frozen)
         b_before, c_before = sent(self.c)[b], sent(self.c)[c3]
         self.load.more(40)
         self.assertGreater(sent(self.c)[b], b_before)
         self.assertGreater(sent(self.c)[c3], c_before)
+        self.assertEqual(sent(self.c)["retired"], retired + frozen)
 
-        # Added back, it takes traffic again.
+        # Added back, it takes traffic again (a series of its own from 0).
         self.change("/v1/replicas", {"model": "digits", "url": a})
-        wait_until("traffic on the replica added back", lambda: sent(self.c)[a] > frozen)
+        wait_until("traffic on the replica added back", lambda: sent(self.c).get(a, 0) > 0)
         self.load.more(20)
         self.load.stop()
         self.assertEqual(self.load.bad, [])
@@ -177,13 +189,14 @@ class ReplicaTable(unittest.TestCase):
         self.load = Load(self.c, self.x)
         wait_until("traffic on both replicas", lambda: sent(self.c).get(a, 0) > 0 and
                    sent(self.c).get(b, 0) > 0)
+        retired = sent(self.c).get("retired", 0)
         t0 = time.time()
         self.change("/v1/replicas/remove", {"url": b})
         took = time.time() - t0
-        frozen = sent(self.c)[b]
+        frozen = sent_to(self.c, b, retired)
         self.load.more(100)
-        self.assertEqual(sent(self.c)[b], frozen, "requests went to a removed replica after the "
-                         "removal was acknowledged")
+        self.assertEqual(sent_to(self.c, b, retired), frozen, "requests went to a removed "
+                         "replica after the removal was acknowledged")
         self.assertGreaterEqual(took, 1.0, "answered before the delayed threads applied it")
         self.load.stop()
         self.assertEqual(self.load.bad, [])
