@@ -64,6 +64,27 @@ static struct up_replica *pick(struct upstream *u, struct up_model *m, const str
 }
 
 /*
+ * When no replica of the model is eligible (none ready, or none at the cap): a replica
+ * that only answered a health probe late, or said its executor stalls, while its
+ * connection stays up (up_replica.suspect) is tried rather than answering 503. A pause of
+ * a loaded machine looks like that, and the request then waits for it instead of failing.
+ */
+static struct up_replica *pick_suspect(struct up_model *m, const struct want *w, int capped)
+{
+    struct up_replica *a = NULL;
+    for (size_t i = 0; i < m->n && !capped; i++) {
+        struct up_replica *r = m->replicas[i];
+        if (r->suspect && !r->ready && !r->ejected && !r->draining && !r->removed &&
+            wanted(r, w) && up_connected(r) && (!a || r->outstanding < a->outstanding))
+            a = r;
+    }
+    if (a)
+        LOG_DEBUG("model '%s' has no ready replica: trying %s, which answered late", m->name,
+                  a->url);
+    return a;
+}
+
+/*
  * The first choice for a request: a request that names no version first draws its side of
  * the model's canary split, then falls back to any eligible replica when that side has none,
  * so the split never fails a request.
@@ -81,7 +102,8 @@ static struct up_replica *pick_first(struct upstream *u, struct up_model *m, con
             return r;
         w.side = NULL;
     }
-    return pick(u, m, &w, capped);
+    struct up_replica *r = pick(u, m, &w, capped);
+    return r ? r : pick_suspect(m, &w, *capped);
 }
 
 static void finish(struct up_call *c, struct upstream_done *d)
@@ -103,7 +125,9 @@ static int retry_elsewhere(struct up_replica *r, struct up_call *c, const char *
     struct upstream *u = c->u;
     int capped = 0;
     struct want w = {.version = c->version, .exclude = r};
-    struct up_replica *alt = c->attempts < 2 ? pick(u, r->model, &w, &capped) : NULL;
+    struct up_replica *alt = NULL;
+    if (c->attempts < 2 && !(alt = pick(u, r->model, &w, &capped)))
+        alt = pick_suspect(r->model, &w, capped);
     if (!alt || uv_now(u->loop) >= c->deadline)
         return 0;
     LOG_WARN("retrying a request for model '%s' on %s after %s failed: %s", r->model->name,

@@ -16,8 +16,13 @@ void up_set_not_ready(struct up_replica *r, const char *why, int unhealthy)
     else if (strcmp(r->why, why) != 0)
         LOG_DEBUG("replica %s of model '%s' still not ready: %s", r->url, r->model->name, why);
     r->ready = 0;
+    /* Unhealthy but still connected after being ready: late or stalled, perhaps only
+     * paused. Starting, draining or another version is no suspicion: it is an answer. */
+    r->suspect = unhealthy && up_connected(r) && (was || r->suspect);
     snprintf(r->why, sizeof r->why, "%s", why);
-    if (unhealthy && was && r->outstanding)
+    /* What it holds is cancelled (and retried elsewhere) only where there is an
+     * elsewhere; the last replica of a model keeps its requests to their deadlines. */
+    if (unhealthy && was && r->outstanding && up_model_has_other(r))
         up_abort_calls(r);
 }
 
@@ -126,6 +131,7 @@ void up_on_health_done(struct up_replica *r, struct up_call *c)
         LOG_INFO("replica %s of model '%s' is ready (version %s)%s", r->url, r->model->name,
                  r->version[0] ? r->version : "?", r->ejected ? ", re-admitted" : "");
     r->ready = 1;
+    r->suspect = 0;
     r->ejected = 0;
     r->fail_streak = 0;
     r->why[0] = '\0';

@@ -200,6 +200,15 @@ int up_takes_traffic(const struct up_replica *r)
     return r->ready && !r->ejected && !r->draining && !r->removed;
 }
 
+int up_model_has_other(const struct up_replica *r)
+{
+    const struct up_model *m = r->model;
+    for (size_t i = 0; i < m->n; i++)
+        if (m->replicas[i] != r && up_takes_traffic(m->replicas[i]))
+            return 1;
+    return 0;
+}
+
 /* ---- connection events (loop thread) ---- */
 
 void up_on_conn_up(void *arg)

@@ -37,6 +37,11 @@ struct up_replica {
     char *url;
     struct sp_req *conn;
     int ready;    /* last health answer said live and ready */
+    /* Ready until a health answer came late or said the executor stalls, while its
+     * connection stays up: what a pause of a loaded machine looks like. Such a replica
+     * still takes a model's requests when no replica of the model is ready (up_balance.c),
+     * rather than the model answering 503. */
+    int suspect;
     int ejected;  /* passive health: too many transport failures in a row */
     int draining; /* the replica table says draining: no new work, in-flight answered */
     int removed;  /* gone from the replica table: freed once nothing refers to it */
@@ -136,6 +141,8 @@ int up_pack_request(struct up_call *c, const Corral__Request *req);
 /* Starts (or restarts, for a retry) a call on r; UP_OK or UP_ENOTCONN. */
 int up_call_launch(struct up_call *c, struct up_replica *r);
 void up_abort_calls(struct up_replica *r);
+/* True when another replica of r's model takes traffic. */
+int up_model_has_other(const struct up_replica *r);
 const char *up_reason(int rv);
 int up_connected(const struct up_replica *r);
 int up_takes_traffic(const struct up_replica *r);

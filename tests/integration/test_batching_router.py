@@ -196,6 +196,30 @@ class BatchingThroughRouter(unittest.TestCase):
         self.assertLess(took, 8.0)
         self.assertIsNotNone(time_until(lambda: self.c.http("GET", path)[0] == 200, 30))
 
+    def test_paused_last_replica_keeps_its_requests(self):
+        # A pause of the whole machine looks, to the router, like a replica that answers
+        # its health probe late. When it is the model's only replica, requests sent then
+        # wait for it and are answered, rather than 503 "no ready replica"; readiness
+        # still says the model is not ready meanwhile.
+        proc = self.start("digits_b")
+        path = "/v2/models/digits_b/ready"
+        os.kill(proc.p.pid, signal.SIGSTOP)
+        try:
+            self.assertIsNotNone(time_until(lambda: self.c.http("GET", path)[0] == 503, 30))
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(self.post(
+                "digits_b", body([self.ref["inputs"][0]])))) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            self.assertEqual(results, [], "answered while the replica was stopped")
+        finally:
+            os.kill(proc.p.pid, signal.SIGCONT)
+        for t in threads:
+            t.join(60)
+        self.assertEqual(sorted(st for st, _ in results), [200] * 4, results)
+        self.assertIsNotNone(time_until(lambda: self.c.http("GET", path)[0] == 200, 30))
+
 
 if __name__ == "__main__":
     testrun.main()
