@@ -288,6 +288,19 @@ static int parse_triple(const json_t *v, const char *what, float dflt, int posit
     return CORRAL_OK;
 }
 
+/* preprocess.KEY: `first` (the default, *second = 0) or `other` (*second = 1). */
+static int one_of(const json_t *pre, const char *key, const char *first, const char *other,
+                  int *second, struct cerr *e)
+{
+    const json_t *v = json_object_get(pre, key);
+    const char *s = json_is_string(v) ? json_string_value(v) : v ? "" : first;
+    if (strcmp(s, first) != 0 && strcmp(s, other) != 0)
+        return cerr_set(e, CORRAL_EINVAL, "config.json: preprocess.%s must be \"%s\" or \"%s\"",
+                        key, first, other);
+    *second = strcmp(s, other) == 0;
+    return CORRAL_OK;
+}
+
 /* A key naming one of the model's inputs or outputs (absent: *idx is left as it is). */
 static int io_named(const json_t *v, const struct model_io *io, size_t n, const char *key,
                     const char *what, int *idx, struct cerr *e)
@@ -383,18 +396,9 @@ int image_prep_parse(const json_t *pre, const json_t *post, const struct model_c
     if ((rc = parse_triple(json_object_get(pre, "mean"), "mean", 0.0f, 0, p->mean, e)) ||
         (rc = parse_triple(json_object_get(pre, "std"), "std", 1.0f, 1, p->std, e)))
         return rc;
-    const json_t *ch = json_object_get(pre, "channels");
-    const char *chs = json_is_string(ch) ? json_string_value(ch) : ch ? "" : "RGB";
-    if (strcmp(chs, "RGB") && strcmp(chs, "BGR"))
-        return cerr_set(e, CORRAL_EINVAL, "config.json: preprocess.channels must be \"RGB\" or "
-                        "\"BGR\"");
-    p->bgr = strcmp(chs, "BGR") == 0;
-    const json_t *ly = json_object_get(pre, "layout");
-    const char *lys = json_is_string(ly) ? json_string_value(ly) : ly ? "" : "NCHW";
-    if (strcmp(lys, "NCHW") && strcmp(lys, "NHWC"))
-        return cerr_set(e, CORRAL_EINVAL, "config.json: preprocess.layout must be \"NCHW\" or "
-                        "\"NHWC\"");
-    p->nhwc = strcmp(lys, "NHWC") == 0;
+    if ((rc = one_of(pre, "channels", "RGB", "BGR", &p->bgr, e)) ||
+        (rc = one_of(pre, "layout", "NCHW", "NHWC", &p->nhwc, e)))
+        return rc;
     if (p->crop_h) {
         p->out_h = p->crop_h;
         p->out_w = p->crop_w;

@@ -102,14 +102,16 @@ static void infer_done(void *arg, const struct upstream_done *d)
     }
     char *body = NULL;
     size_t len = 0, jlen = 0;
-    int rc = p->top_k ? (md && md->image ? oip_classify_render(resp, md, p->top_k, p->model,
-                                                               &body, &len, &e)
-                                         : cerr_set(&e, CORRAL_EUNAVAIL, "metadata of model "
-                                                    "'%s' version %s is no longer known",
-                                                    p->model, version))
-                      : oip_infer_response_render(resp, &p->in, p->model, &body, &len, &jlen, &e);
-    if (p->top_k)
+    int rc;
+    if (!p->top_k) {
+        rc = oip_infer_response_render(resp, &p->in, p->model, &body, &len, &jlen, &e);
+    } else if (md && md->image) {
+        rc = oip_classify_render(resp, md, p->top_k, p->model, &body, &len, &e);
         jlen = len;
+    } else {
+        rc = cerr_set(&e, CORRAL_EUNAVAIL, "metadata of model '%s' version %s is no longer "
+                      "known, so its answer cannot be ranked; try again", p->model, version);
+    }
     if (rc) {
         record(p, corral_err_http_status(e.code), version, d, -1, -1);
         oip_respond_cerr(req, &e);

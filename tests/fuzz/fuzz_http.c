@@ -4,7 +4,8 @@
  * a server running on this process's loop, then half-closed; the loop runs until the
  * server has closed the connection. The handler answers every request at once and
  * checks what the server hands it: a method, a NUL-terminated percent-decoded path
- * without NUL bytes, headers within the limits, a body within the body limit. Limits
+ * without NUL bytes, headers within the limits, a body within the body limit; an infer
+ * body then goes through the OIP decode (JSON and binary extension) as the router's. Limits
  * are small (2 KiB of headers, 8 KiB of body, 8 pipelined requests) so inputs reach them.
  */
 #include <errno.h>
@@ -17,6 +18,7 @@
 
 #include "fuzz.h"
 #include "http.h"
+#include "oip_codec.h"
 #include "log.h"
 
 static uv_loop_t g_loop;
@@ -37,6 +39,22 @@ static void handle(void *arg, struct http_request *req)
     CHECK(req->body && req->body[req->body_len] == '\0', "the body is not NUL-terminated");
     for (int i = 0; i < req->n_headers; i++)
         CHECK(req->headers[i].name && req->headers[i].value, "header %d is missing a part", i);
+    /* An infer body goes on to the OIP decode, split as the router splits it. */
+    size_t pl = strlen(req->path);
+    if (pl >= 6 && strcmp(req->path + pl - 6, "/infer") == 0) {
+        const char *hcl = http_request_header(req, "Inference-Header-Content-Length");
+        char *end = NULL;
+        unsigned long long json_len = hcl ? strtoull(hcl, &end, 10) : req->body_len;
+        if (!hcl || (*hcl && !*end && hcl[0] != '-' && json_len <= req->body_len)) {
+            struct oip_infer in;
+            struct cerr e = {0};
+            if (oip_infer_parse((const char *)req->body, (size_t)json_len,
+                                req->body + json_len, req->body_len - (size_t)json_len, "m",
+                                "", &in, &e) != 0)
+                CHECK(e.msg[0], "a refused infer body without a message");
+            oip_infer_free(&in);
+        }
+    }
     const char *ct = http_request_header(req, "Content-Type");
     char *body = malloc(64);
     int n = body ? snprintf(body, 64, "{\"headers\":%d,\"bytes\":%zu,\"ct\":%d}", req->n_headers,

@@ -230,6 +230,13 @@ def infer_async(cluster, body, n=1, model="digits"):
     return threads, out
 
 
+def sanitizer_build(binary):
+    """True when the executable links a sanitizer's runtime (address or thread)."""
+    with open(binary, "rb") as f:
+        data = f.read()
+    return b"libasan.so" in data or b"libtsan.so" in data
+
+
 def sanitized(pid):
     """True when the process runs with a sanitizer's runtime (address or thread), whose
     quarantine and shadow memory grow with traffic: memory bounds say nothing about

@@ -24,6 +24,7 @@ from onnx import numpy_helper
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testrun  # noqa: E402
+from cluster import sanitizer_build  # noqa: E402
 
 BUILD, ROOT = sys.argv[1], sys.argv[2]
 REPLICA = os.path.join(BUILD, "replica", "corral-replica")
@@ -261,8 +262,7 @@ class BadModels(unittest.TestCase):
         # a limit forbids: there the refusal is checked without it.
         def cap():
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
-        with open(REPLICA, "rb") as f:
-            sanitized = any(lib in f.read() for lib in (b"libasan.so", b"libtsan.so"))
+        sanitized = sanitizer_build(REPLICA)
         results = []
         for mode in (["--verify"], ["--listen", "tcp://127.0.0.1:0"]):
             p = subprocess.run([REPLICA, "--model-repo", self.tmp, "--model", "wide"] + mode,
